@@ -1,0 +1,38 @@
+#include "autograd/checkpoint.h"
+
+#include "autograd/function.h"
+
+namespace fg::ag {
+
+std::vector<Variable> checkpoint(const RegionFn& fn, const std::vector<Variable>& inputs) {
+  std::vector<Tensor> outputs;
+  {
+    NoGradGuard no_grad;  // nothing inside the region is recorded, so nothing is kept
+    for (Variable& out : fn(inputs)) outputs.push_back(out.data());
+  }
+  auto backward_fn = [fn, inputs](const std::vector<Tensor>& grad_outputs) {
+    // Fresh leaves stand for the inputs, so the recomputed sub-graph ends here.
+    std::vector<Variable> leaves;
+    for (const Variable& in : inputs)
+      leaves.emplace_back(in.defined() ? in.data() : Tensor(), in.requires_grad());
+    std::vector<Variable> outs;
+    {
+      EnableGradGuard enable;
+      outs = fn(leaves);
+    }
+    std::vector<Variable> roots;
+    std::vector<Tensor> grads;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      if (!outs[i].requires_grad()) continue;
+      roots.push_back(outs[i]);
+      grads.push_back(grad_outputs[i]);
+    }
+    if (!roots.empty()) backward(roots, grads);
+    std::vector<Tensor> input_grads;
+    for (const Variable& leaf : leaves) input_grads.push_back(leaf.defined() ? leaf.grad() : Tensor());
+    return input_grads;
+  };
+  return record("checkpoint", inputs, std::move(outputs), backward_fn);
+}
+
+}  // namespace fg::ag

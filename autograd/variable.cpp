@@ -1,0 +1,160 @@
+#include "autograd/variable.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+#include "autograd/function.h"
+#include "ops/add/add.h"
+
+namespace fg::ag {
+
+struct VariableImpl {
+  Tensor data;
+  Tensor grad;
+  bool requires_grad = false;
+  std::shared_ptr<Node> grad_fn;  // null for leaves
+  int output_nr = 0;
+  std::vector<std::function<void(Variable&)>> ready_hooks;
+};
+
+namespace {
+thread_local bool g_grad_enabled = true;
+
+void accumulate(Tensor& into, const Tensor& g) {
+  if (!into.defined()) {
+    into = g.clone();  // own the gradient: g may alias a tensor backward still uses
+  } else {
+    ops::add_inplace(into, g);
+  }
+}
+}  // namespace
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+EnableGradGuard::EnableGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = true; }
+EnableGradGuard::~EnableGradGuard() { g_grad_enabled = previous_; }
+
+Variable::Variable(Tensor data, bool requires_grad) : impl_(std::make_shared<VariableImpl>()) {
+  impl_->data = std::move(data);
+  impl_->requires_grad = requires_grad;
+}
+
+Variable make_non_leaf(Tensor data, std::shared_ptr<Node> node, int output_nr) {
+  Variable v(std::move(data), true);
+  v.impl_->grad_fn = std::move(node);
+  v.impl_->output_nr = output_nr;
+  return v;
+}
+
+const Tensor& Variable::data() const {
+  FG_CHECK(impl_, "use of an undefined Variable");
+  return impl_->data;
+}
+void Variable::set_data(Tensor data) { impl_->data = std::move(data); }
+const Tensor& Variable::grad() const {
+  FG_CHECK(impl_, "use of an undefined Variable");
+  return impl_->grad;
+}
+void Variable::set_grad(Tensor grad) { impl_->grad = std::move(grad); }
+void Variable::zero_grad() { impl_->grad = Tensor(); }
+bool Variable::requires_grad() const { return impl_ && impl_->requires_grad; }
+bool Variable::is_leaf() const { return !impl_->grad_fn; }
+const std::shared_ptr<Node>& Variable::grad_fn() const { return impl_->grad_fn; }
+int Variable::output_nr() const { return impl_->output_nr; }
+Variable Variable::detach() const { return Variable(data(), false); }
+void Variable::register_grad_ready_hook(std::function<void(Variable&)> hook) {
+  FG_CHECK(is_leaf(), "grad-ready hooks go on leaves (parameters) only");
+  impl_->ready_hooks.push_back(std::move(hook));
+}
+
+void Variable::backward(const Tensor& grad_output) const {
+  Tensor g = grad_output;
+  if (!g.defined()) {
+    FG_CHECK(data().numel() == 1, "backward: implicit gradient needs a one-element output, got ",
+             data().shape_str());
+    g = Tensor::ones(data().shape(), data().dtype(), data().device());
+  }
+  ag::backward({*this}, {g});
+}
+
+// Kahn's algorithm over the nodes reachable from the roots: a node runs once
+// every node that consumes one of its outputs has sent its gradient.
+void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& grad_outputs) {
+  FG_CHECK(roots.size() == grad_outputs.size(), "backward: ", roots.size(), " roots but ",
+           grad_outputs.size(), " gradients");
+  NoGradGuard no_grad;  // backward closures do not build graph
+  std::unordered_map<Node*, int> pending;            // consumers not yet run
+  std::unordered_map<VariableImpl*, int> leaf_uses;  // contributions still to come
+  std::unordered_map<Node*, std::shared_ptr<Node>> keep;
+  std::vector<Node*> stack;
+  auto visit_edge = [&](const Variable& v) {
+    if (!v.requires_grad()) return;
+    if (v.is_leaf()) {
+      leaf_uses[v.impl()] += 1;
+      return;
+    }
+    Node* n = v.grad_fn().get();
+    if (pending[n]++ == 0 && !keep.count(n)) {
+      keep[n] = v.grad_fn();
+      stack.push_back(n);
+    }
+  };
+  for (const Variable& r : roots) {
+    FG_CHECK(r.requires_grad(), "backward: a root does not require grad (no parameter reaches it)");
+    visit_edge(r);
+  }
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (const Variable& in : n->inputs) visit_edge(in);
+  }
+
+  std::unordered_map<Node*, std::vector<Tensor>> buffers;
+  std::vector<Node*> ready;
+  auto send = [&](const Variable& v, const Tensor& g) {
+    if (!v.requires_grad() || !g.defined()) {
+      if (v.requires_grad() && v.is_leaf() && --leaf_uses[v.impl()] == 0) {
+        Variable leaf = v;
+        for (auto& hook : v.impl()->ready_hooks) hook(leaf);
+      } else if (v.requires_grad() && !v.is_leaf() && --pending[v.grad_fn().get()] == 0) {
+        ready.push_back(v.grad_fn().get());
+      }
+      return;
+    }
+    FG_CHECK(g.shape() == v.shape(), "backward: gradient ", g.shape_str(), " for a variable of shape ",
+             v.data().shape_str());
+    if (v.is_leaf()) {
+      accumulate(v.impl()->grad, g);
+      if (--leaf_uses[v.impl()] == 0) {
+        Variable leaf = v;
+        for (auto& hook : v.impl()->ready_hooks) hook(leaf);
+      }
+      return;
+    }
+    Node* n = v.grad_fn().get();
+    auto& buf = buffers[n];
+    if (buf.empty()) buf.resize(n->output_shapes.size());
+    accumulate(buf[v.output_nr()], g);
+    if (--pending[n] == 0) ready.push_back(n);
+  };
+  for (size_t i = 0; i < roots.size(); ++i) send(roots[i], grad_outputs[i]);
+
+  while (!ready.empty()) {
+    Node* n = ready.back();
+    ready.pop_back();
+    std::vector<Tensor> grads = std::move(buffers[n]);
+    buffers.erase(n);
+    grads.resize(n->output_shapes.size());
+    for (size_t i = 0; i < grads.size(); ++i)
+      if (!grads[i].defined())
+        grads[i] = Tensor::zeros(n->output_shapes[i], n->output_dtypes[i], n->output_devices[i]);
+    std::vector<Tensor> input_grads = n->backward(grads);
+    FG_CHECK(input_grads.size() == n->inputs.size(), "backward of ", n->name, " returned ",
+             input_grads.size(), " gradients for ", n->inputs.size(), " inputs");
+    n->backward = nullptr;  // frees what the closure saved for backward
+    for (size_t i = 0; i < n->inputs.size(); ++i) send(n->inputs[i], input_grads[i]);
+  }
+}
+
+}  // namespace fg::ag

@@ -1,0 +1,31 @@
+// CUDA helpers: the check macro, the stream every kernel runs on, and the
+// launch helpers. Only compiled into CUDA builds.
+#pragma once
+
+#ifdef FG_CUDA
+#include <cuda_runtime.h>
+
+#include "core/error.h"
+
+#define FG_CUDA_CHECK(expr)                                                              \
+  do {                                                                                   \
+    cudaError_t fg_err_ = (expr);                                                        \
+    if (fg_err_ != cudaSuccess)                                                          \
+      ::fg::throw_error(__FILE__, __LINE__, #expr,                                       \
+                        ::fg::str_cat("CUDA error: ", cudaGetErrorString(fg_err_)));     \
+  } while (0)
+
+namespace fg::cuda {
+
+// All fusegpt kernels run in order on one stream per device.
+cudaStream_t stream();
+
+// Sets the current device and checks it exists.
+void set_device(int index);
+
+inline unsigned grid_for(int64_t n, int block) {
+  return static_cast<unsigned>((n + block - 1) / block);
+}
+
+}  // namespace fg::cuda
+#endif

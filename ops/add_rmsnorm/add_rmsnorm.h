@@ -1,0 +1,25 @@
+// Residual add fused with RMSNorm: h = x + residual, y = rmsnorm(h) * weight.
+// Backward keeps h and rstd only.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace fg::ops {
+
+struct AddRMSNormOut {
+  Tensor y;     // (..., D)
+  Tensor h;     // (..., D), the new residual stream
+  Tensor rstd;  // (rows)
+};
+AddRMSNormOut add_rmsnorm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                                  double eps);
+
+struct AddRMSNormGrads {
+  Tensor dx;       // = dresidual: dh + the gradient through the norm
+  Tensor dweight;  // (D)
+};
+// dh (the gradient arriving at h from later uses) may be undefined.
+AddRMSNormGrads add_rmsnorm_backward(const Tensor& dy, const Tensor& dh, const Tensor& h,
+                                     const Tensor& weight, const Tensor& rstd);
+
+}  // namespace fg::ops

@@ -1,0 +1,19 @@
+// y = x @ weight^T + bias, weights stored [out, in] as in PyTorch.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace fg::ops {
+
+// x (..., in), weight (out, in), bias (out) or undefined -> y (..., out)
+Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+struct LinearGrads {
+  Tensor dx;       // (..., in)
+  Tensor dweight;  // (out, in)
+  Tensor dbias;    // (out), undefined when has_bias is false
+};
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                            bool has_bias);
+
+}  // namespace fg::ops
