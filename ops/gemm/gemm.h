@@ -1,0 +1,26 @@
+// The one matrix multiply every op uses: C = alpha * op(A) @ op(B) + beta * C
+// (+ bias broadcast over rows), row-major 2-D operands whose last dimension is
+// contiguous. CPU: plain loops in the operands' dtype. CUDA: cuBLASLt, bf16/f32
+// in, fp32 accumulate, bias in the epilogue.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace fg::ops {
+
+// a: (m, k), or (k, m) with trans_a; b: (k, n), or (n, k) with trans_b; c: (m, n);
+// bias: (n) or undefined. All the same dtype and device.
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+          double alpha = 1.0, double beta = 0.0, const Tensor& bias = Tensor());
+
+// Shorthand: returns op(A) @ op(B) in a new tensor.
+Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b);
+
+namespace detail {
+void gemm_cpu(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+              double alpha, double beta, const Tensor& bias);
+void gemm_cuda(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+               double alpha, double beta, const Tensor& bias);
+}  // namespace detail
+
+}  // namespace fg::ops

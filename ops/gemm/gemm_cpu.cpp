@@ -1,0 +1,88 @@
+#include "ops/gemm/gemm.h"
+
+#include <vector>
+
+namespace fg::ops {
+
+namespace {
+void check_matrix(const char* name, const Tensor& t) {
+  check_defined("gemm", name, t);
+  FG_CHECK(t.dim() == 2, "gemm: ", name, " must be 2-D, got ", t.shape_str());
+  FG_CHECK(t.strides()[1] == 1 || t.size(1) == 1, "gemm: ", name, " ", t.shape_str(),
+           " needs a contiguous last dimension");
+}
+}  // namespace
+
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+          double alpha, double beta, const Tensor& bias) {
+  check_matrix("a", a);
+  check_matrix("b", b);
+  check_matrix("c", c);
+  int64_t m = trans_a ? a.size(1) : a.size(0), k = trans_a ? a.size(0) : a.size(1);
+  int64_t kb = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
+  FG_CHECK(k == kb, "gemm: op(a) is (", m, ", ", k, ") but op(b) is (", kb, ", ", n, ")");
+  FG_CHECK(c.size(0) == m && c.size(1) == n, "gemm: c is ", c.shape_str(), " but op(a) @ op(b) is (",
+           m, ", ", n, ")");
+  FG_CHECK(a.dtype() == b.dtype() && a.dtype() == c.dtype(), "gemm: dtypes differ: a ",
+           dtype_name(a.dtype()), ", b ", dtype_name(b.dtype()), ", c ", dtype_name(c.dtype()));
+  check_same_device("gemm", "a", a, "b", b);
+  check_same_device("gemm", "a", a, "c", c);
+  if (bias.defined()) {
+    check_shape("gemm", "bias", bias, {n});
+    check_same_device("gemm", "a", a, "bias", bias);
+  }
+#ifdef FG_CUDA
+  if (c.is_cuda()) return detail::gemm_cuda(a, trans_a, b, trans_b, c, alpha, beta, bias);
+#endif
+  detail::gemm_cpu(a, trans_a, b, trans_b, c, alpha, beta, bias);
+}
+
+Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b) {
+  FG_CHECK(a.dim() == 2 && b.dim() == 2, "matmul: a ", a.shape_str(), " and b ", b.shape_str(),
+           " must be 2-D");
+  int64_t m = trans_a ? a.size(1) : a.size(0), n = trans_b ? b.size(0) : b.size(1);
+  Tensor c = Tensor::empty({m, n}, a.dtype(), a.device());
+  gemm(a, trans_a, b, trans_b, c);
+  return c;
+}
+
+namespace detail {
+
+void gemm_cpu(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+              double alpha, double beta, const Tensor& bias) {
+  dispatch_float("gemm", c.dtype(), [&]<class T>() {
+    int64_t m = c.size(0), n = c.size(1), k = trans_a ? a.size(0) : a.size(1);
+    int64_t lda = a.strides()[0], ldb = b.strides()[0], ldc = c.strides()[0];
+    const T* pa = a.data<T>();
+    const T* pb = b.data<T>();
+    T* pc = c.data<T>();
+    const T* pbias = bias.defined() ? bias.data<T>() : nullptr;
+    std::vector<T> row(n);
+    for (int64_t i = 0; i < m; ++i) {
+      std::fill(row.begin(), row.end(), T(0));
+      if (trans_b) {  // b is (n, k): dot products along contiguous rows
+        for (int64_t j = 0; j < n; ++j) {
+          T acc = 0;
+          for (int64_t p = 0; p < k; ++p)
+            acc += (trans_a ? pa[p * lda + i] : pa[i * lda + p]) * pb[j * ldb + p];
+          row[j] = acc;
+        }
+      } else {  // b is (k, n): axpy over contiguous rows of b
+        for (int64_t p = 0; p < k; ++p) {
+          T av = trans_a ? pa[p * lda + i] : pa[i * lda + p];
+          const T* brow = pb + p * ldb;
+          for (int64_t j = 0; j < n; ++j) row[j] += av * brow[j];
+        }
+      }
+      T* crow = pc + i * ldc;
+      for (int64_t j = 0; j < n; ++j) {
+        T v = static_cast<T>(alpha) * row[j] + (pbias ? pbias[j] : T(0));
+        crow[j] = beta == 0.0 ? v : v + static_cast<T>(beta) * crow[j];
+      }
+    }
+  });
+}
+
+}  // namespace detail
+
+}  // namespace fg::ops

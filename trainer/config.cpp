@@ -1,0 +1,24 @@
+#include "trainer/config.h"
+
+#include "core/error.h"
+
+namespace fg::trainer {
+
+void GPTConfig::validate() const {
+  FG_CHECK(vocab_size > 0, "config: vocab_size must be > 0, got ", vocab_size);
+  FG_CHECK(n_layer > 0, "config: n_layer must be > 0, got ", n_layer);
+  FG_CHECK(n_head > 0, "config: n_head must be > 0, got ", n_head);
+  FG_CHECK(n_kv_head >= 0, "config: n_kv_head must be >= 0 (0 means n_head), got ", n_kv_head);
+  FG_CHECK(n_head % kv_heads() == 0, "config: n_head (", n_head,
+           ") must be a multiple of n_kv_head (", kv_heads(), ")");
+  FG_CHECK(d_model > 0 && d_model % n_head == 0, "config: d_model (", d_model,
+           ") must be a positive multiple of n_head (", n_head, ")");
+  FG_CHECK(d_ff >= 0, "config: d_ff must be >= 0 (0 means round_up(8*d_model/3, 64)), got ", d_ff);
+  FG_CHECK(max_seq_len > 0, "config: max_seq_len must be > 0, got ", max_seq_len);
+  FG_CHECK(rope_theta > 0, "config: rope_theta must be > 0, got ", rope_theta);
+  FG_CHECK(rotary_dim >= 0 && rope_dim() % 2 == 0 && rope_dim() <= head_dim(),
+           "config: rotary_dim (", rope_dim(), ") must be even and <= head_dim (", head_dim(), ")");
+  FG_CHECK(norm_eps > 0, "config: norm_eps must be > 0, got ", norm_eps);
+}
+
+}  // namespace fg::trainer
