@@ -278,7 +278,7 @@ Tensor Tensor::to(Device device, DType dtype) const {
   return t;
 }
 
-void Tensor::copy_(const Tensor& src) {
+void Tensor::copy_(const Tensor& src) const {
   FG_CHECK(defined() && src.defined(), "copy_: undefined tensor");
   FG_CHECK(shape_ == src.shape_, "copy_: destination is ", shape_str(), " but source is ",
            src.shape_str());
@@ -320,7 +320,7 @@ void Tensor::copy_(const Tensor& src) {
 #endif
 }
 
-void Tensor::fill_(double value) {
+void Tensor::fill_(double value) const {
   FG_CHECK(defined(), "fill_: tensor is undefined");
   if (device_.is_cuda()) {
 #ifdef FG_CUDA

@@ -80,9 +80,10 @@ class Tensor {
   Tensor to(Device device) const;
   Tensor to(DType dtype) const;
   Tensor to(Device device, DType dtype) const;
-  void copy_(const Tensor& src);  // same shape; any dtype and device
-  void fill_(double value);
-  void zero_() { fill_(0.0); }
+  // Writes into this tensor's elements (const: the handle does not change).
+  void copy_(const Tensor& src) const;  // same shape; any dtype and device
+  void fill_(double value) const;
+  void zero_() const { fill_(0.0); }
 
   double item() const;                   // one-element tensor as double
   std::vector<double> to_vector() const;  // all elements in row-major order, as double
