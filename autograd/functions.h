@@ -7,6 +7,7 @@
 #include "autograd/functions/cross_entropy.h"
 #include "autograd/functions/embedding.h"
 #include "autograd/functions/linear.h"
+#include "autograd/functions/reshape.h"
 #include "autograd/functions/rmsnorm.h"
 #include "autograd/functions/rmsnorm_qkv_rope.h"
 #include "autograd/functions/rope.h"

@@ -20,4 +20,17 @@ struct AttentionGrads {
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const Tensor& out, const Tensor& lse);
 
+namespace detail {
+// Checked, contiguous operands; outputs allocated by the caller (dk, dv zeroed
+// by the kernel itself). bf16 on the CPU computes in f32.
+void attention_forward_cpu(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                           const Tensor& lse);
+void attention_forward_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                            const Tensor& lse);
+void attention_backward_cpu(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor& out, const Tensor& lse, const AttentionGrads& grads);
+void attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& out, const Tensor& lse, const AttentionGrads& grads);
+}  // namespace detail
+
 }  // namespace fg::ops

@@ -20,4 +20,18 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& target
 Tensor cross_entropy_backward(double dloss, const Tensor& logits, const Tensor& targets,
                               const Tensor& lse, int64_t count);
 
+namespace detail {
+// Checked, contiguous operands; outputs allocated by the caller (loss (), lse (N)
+// in the loss dtype); forward returns the count. The CPU versions check the
+// target range; on the GPU an out-of-range target makes its row's loss NaN.
+int64_t cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, const Tensor& loss,
+                                  const Tensor& lse);
+int64_t cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets, const Tensor& loss,
+                                   const Tensor& lse);
+void cross_entropy_backward_cpu(double dloss, const Tensor& logits, const Tensor& targets,
+                                const Tensor& lse, int64_t count, const Tensor& dlogits);
+void cross_entropy_backward_cuda(double dloss, const Tensor& logits, const Tensor& targets,
+                                 const Tensor& lse, int64_t count, const Tensor& dlogits);
+}  // namespace detail
+
 }  // namespace fg::ops

@@ -15,4 +15,13 @@ void scale_grads(const std::vector<Tensor>& grads, double factor);
 // norm before clipping (what training logs call grad_norm).
 double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm);
 
+namespace detail {
+// Undefined entries (parameters that got no gradient) are skipped by all three
+// functions above. These take defined, contiguous tensors of one device.
+double sum_squares_cpu(const std::vector<Tensor>& grads);
+double sum_squares_cuda(const std::vector<Tensor>& grads);  // one host sync
+void scale_cpu(const std::vector<Tensor>& grads, double factor);
+void scale_cuda(const std::vector<Tensor>& grads, double factor);
+}  // namespace detail
+
 }  // namespace fg::ops

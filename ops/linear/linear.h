@@ -16,4 +16,10 @@ struct LinearGrads {
 LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                             bool has_bias);
 
+namespace detail {
+// Column sums of a contiguous dy (rows, out) into db (out): the bias gradient.
+void column_sum_cpu(const Tensor& dy, const Tensor& db);
+void column_sum_cuda(const Tensor& dy, const Tensor& db);
+}  // namespace detail
+
 }  // namespace fg::ops

@@ -20,4 +20,56 @@ struct RMSNormGrads {
 RMSNormGrads rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                               const Tensor& rstd);
 
+namespace detail {
+// The row kernels behind rmsnorm, add_rmsnorm and rmsnorm_qkv_rope. Operands are
+// contiguous with D = weight.numel() > 0 and rows = x.numel() / D; the public
+// entries check them. rstd has rmsnorm_stat_dtype(x.dtype()).
+
+// h = x + residual; rstd = 1 / sqrt(mean(h^2) + eps); y = h * rstd * weight.
+// Without a residual (undefined) h is x itself and is not written (pass it undefined).
+void rmsnorm_rows_forward(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                          double eps, const Tensor& h, const Tensor& y, const Tensor& rstd);
+// y = x * rstd * weight from a saved rstd: backward recomputing the normalized rows.
+void rmsnorm_rows_apply(const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                        const Tensor& y);
+// xhat = x * rstd, g = weight * dy: dx = rstd * (g - xhat * mean(g * xhat)) (+ dh when
+// defined), dweight = the sum over rows of dy * xhat.
+void rmsnorm_rows_backward(const Tensor& dy, const Tensor& dh, const Tensor& x,
+                           const Tensor& weight, const Tensor& rstd, const Tensor& dx,
+                           const Tensor& dweight);
+
+void rmsnorm_rows_forward_cpu(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                              double eps, const Tensor& h, const Tensor& y, const Tensor& rstd);
+void rmsnorm_rows_apply_cpu(const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                            const Tensor& y);
+void rmsnorm_rows_backward_cpu(const Tensor& dy, const Tensor& dh, const Tensor& x,
+                               const Tensor& weight, const Tensor& rstd, const Tensor& dx,
+                               const Tensor& dweight);
+void rmsnorm_rows_forward_cuda(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                               double eps, const Tensor& h, const Tensor& y, const Tensor& rstd);
+void rmsnorm_rows_apply_cuda(const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                             const Tensor& y);
+void rmsnorm_rows_backward_cuda(const Tensor& dy, const Tensor& dh, const Tensor& x,
+                                const Tensor& weight, const Tensor& rstd, const Tensor& dx,
+                                const Tensor& dweight);
+
+// f64 for f64 inputs, else f32.
+DType rmsnorm_stat_dtype(DType dtype);
+
+// Argument checks shared by the norm ops; messages name the op and both sides.
+// x (..., D) of a float dtype with D > 0, weight (D) of x's dtype and device.
+void check_rmsnorm_operands(const char* op, const char* x_name, const Tensor& x,
+                            const Tensor& weight);
+// rstd (rows of x) in rmsnorm_stat_dtype on x's device.
+void check_rstd(const char* op, const Tensor& rstd, const char* x_name, const Tensor& x);
+// t has ref's shape, dtype and device.
+void check_like(const char* op, const char* name, const Tensor& t, const char* ref_name,
+                const Tensor& ref);
+
+// rmsnorm_backward with an optional dh added to dx; add_rmsnorm_backward reuses it.
+RMSNormGrads rmsnorm_backward_checked(const char* op, const Tensor& dy, const Tensor& dh,
+                                      const char* x_name, const Tensor& x, const Tensor& weight,
+                                      const Tensor& rstd);
+}  // namespace detail
+
 }  // namespace fg::ops

@@ -4,6 +4,9 @@
 // dims >= rotary_dim pass through. Backward is the inverse rotation.
 #pragma once
 
+#include <cmath>
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace fg::ops {
@@ -14,5 +17,37 @@ Tensor rope_backward(const Tensor& dy, const Tensor& positions, int64_t rotary_d
 
 // Throws unless x is (B, T, nh, hd), positions (T) or (B, T) i32, rotary_dim even and <= hd.
 void check_rope_args(const char* op, const Tensor& x, const Tensor& positions, int64_t rotary_dim);
+
+namespace detail {
+// A run of heads that rope moves from `in` to `out`, rotated or copied. Both are
+// (B, T, nh, hd) with packed heads (strides (sb, st, hd, 1), any sb and st), so q, k
+// and v can be column blocks of one qkv row: one launch splits qkv into rotated q,
+// rotated k and copied v, and the backward packs them back.
+struct RopeSegment {
+  Tensor in;
+  Tensor out;
+  bool rotate = true;
+};
+constexpr int kMaxRopeSegments = 3;
+
+// Rotates by +angle, or by -angle when `inverse` (the backward). The segments share
+// B, T and hd; positions are contiguous i32 (T) or (B, T) on their device.
+void rope_segments(const std::vector<RopeSegment>& segments, const Tensor& positions,
+                   int64_t rotary_dim, double theta, bool inverse);
+void rope_segments_cpu(const std::vector<RopeSegment>& segments, const Tensor& positions,
+                       int64_t rotary_dim, double theta, bool inverse);
+void rope_segments_cuda(const std::vector<RopeSegment>& segments, const Tensor& positions,
+                        int64_t rotary_dim, double theta, bool inverse);
+
+// Throws unless positions is i32 (T) or (B, T) on `device`.
+void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t T,
+                     Device device);
+
+// theta^(-2i / rotary_dim), computed in double on both devices and then rounded to the
+// angle type, so f32 angles on the CPU and the GPU agree bit for bit.
+FG_HOST_DEVICE double rope_inv_freq(int64_t i, int64_t rotary_dim, double log2_theta) {
+  return exp2(-2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim) * log2_theta);
+}
+}  // namespace detail
 
 }  // namespace fg::ops

@@ -11,4 +11,12 @@ Tensor swiglu_forward(const Tensor& gu);
 // dout (..., F), gu (..., 2F) -> dgu (..., 2F)
 Tensor swiglu_backward(const Tensor& dout, const Tensor& gu);
 
+namespace detail {
+// Checked, contiguous operands; outputs allocated by the caller.
+void swiglu_forward_cpu(const Tensor& gu, const Tensor& out);
+void swiglu_forward_cuda(const Tensor& gu, const Tensor& out);
+void swiglu_backward_cpu(const Tensor& dout, const Tensor& gu, const Tensor& dgu);
+void swiglu_backward_cuda(const Tensor& dout, const Tensor& gu, const Tensor& dgu);
+}  // namespace detail
+
 }  // namespace fg::ops

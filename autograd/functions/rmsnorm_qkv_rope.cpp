@@ -1,0 +1,53 @@
+#include "autograd/functions/rmsnorm_qkv_rope.h"
+
+#include "autograd/function.h"
+
+namespace fg::ag {
+
+QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
+                               const Tensor& positions, const Variable& residual,
+                               const Variable& norm_weight, const Variable& wqkv,
+                               const Variable& bias) {
+  auto data = [](const Variable& v) { return v.defined() ? v.data() : Tensor(); };
+  ops::QKVRoPEOut out = ops::rmsnorm_qkv_rope_forward(cfg, x.data(), positions, data(residual),
+                                                      norm_weight.data(), wqkv.data(), data(bias));
+  // Saved for backward: h (an output anyway) and rstd, besides the parameters and
+  // positions. The normalized rows and qkv are recomputed, never kept.
+  std::vector<Variable> r = record(
+      "rmsnorm_qkv_rope", {x, residual, norm_weight, wqkv, bias},
+      {out.q, out.k, out.v, out.h},
+      [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(),
+       w = wqkv.data()](const std::vector<Tensor>& g) {
+        ops::QKVRoPEGrads d =
+            ops::rmsnorm_qkv_rope_backward(cfg, g[0], g[1], g[2], g[3], h, rstd, positions, wn, w);
+        return std::vector<Tensor>{d.dx, cfg.add_residual ? d.dx : Tensor(), d.dnorm_weight,
+                                   d.dwqkv, d.dbias};
+      });
+  return {r[0], r[1], r[2], r[3]};
+}
+
+FusedRMSNormQKVRoPE::FusedRMSNormQKVRoPE(int64_t hidden_dim, int64_t num_heads,
+                                         int64_t num_kv_heads, int64_t rotary_dim,
+                                         bool add_residual, bool use_bias, double eps,
+                                         double rope_theta, Generator& gen, DType dtype,
+                                         Device device) {
+  cfg_.hidden_dim = hidden_dim;
+  cfg_.num_heads = num_heads;
+  cfg_.num_kv_heads = num_kv_heads;
+  cfg_.rotary_dim = rotary_dim;
+  cfg_.add_residual = add_residual;
+  cfg_.use_bias = use_bias;
+  cfg_.eps = eps;
+  cfg_.rope_theta = rope_theta;
+  cfg_.validate();
+  norm_weight = Variable(Tensor::ones({hidden_dim}, dtype, device), true);
+  wqkv = Variable(Tensor::randn({cfg_.qkv_dim(), hidden_dim}, gen, dtype, device, 0.0, 0.02), true);
+  if (use_bias) bias = Variable(Tensor::zeros({cfg_.qkv_dim()}, dtype, device), true);
+}
+
+QKVRoPEResult FusedRMSNormQKVRoPE::forward(const Variable& x, const Tensor& positions,
+                                           const Variable& residual) const {
+  return rmsnorm_qkv_rope(cfg_, x, positions, residual, norm_weight, wqkv, bias);
+}
+
+}  // namespace fg::ag

@@ -1,0 +1,324 @@
+// gemm on the GPU through cuBLASLt: row-major C = alpha op(A) op(B) + beta C
+// (+ bias), computed as the column-major C^T = op(B)^T op(A)^T. One handle and
+// one workspace per device; a plan (descriptors, layouts, chosen algorithm) per
+// problem, built on first use and cached.
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "core/cuda_utils.h"
+#include "ops/gemm/gemm.h"
+
+#define FG_CUBLAS_CHECK(expr)                                                                      \
+  do {                                                                                             \
+    cublasStatus_t fg_status_ = (expr);                                                            \
+    if (fg_status_ != CUBLAS_STATUS_SUCCESS)                                                       \
+      ::fg::throw_error(__FILE__, __LINE__, #expr,                                                 \
+                        ::fg::str_cat("cuBLASLt error: ", cublasLtGetStatusName(fg_status_), " (", \
+                                      cublasLtGetStatusString(fg_status_), ")"));                  \
+  } while (0)
+
+namespace fg::ops::detail {
+namespace {
+
+constexpr size_t kWorkspaceBytes = 32u << 20;  // cuBLASLt's split-K and stream-K scratch
+constexpr uint32_t kMaxAlignment = 256;        // the most any cuBLASLt kernel asks for
+constexpr int kBlock = 256;
+
+// Owns one cuBLASLt object; destroyed with its matching destroy function.
+template <class T, cublasStatus_t (*Destroy)(T)>
+class LtObject {
+ public:
+  LtObject() = default;
+  explicit LtObject(T h) : h_(h) {}
+  ~LtObject() {
+    if (h_) Destroy(h_);  // status ignored: destructors never throw
+  }
+  LtObject(LtObject&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  LtObject& operator=(LtObject&& o) noexcept {
+    std::swap(h_, o.h_);
+    return *this;
+  }
+  LtObject(const LtObject&) = delete;
+  LtObject& operator=(const LtObject&) = delete;
+  T get() const { return h_; }
+
+ private:
+  T h_ = nullptr;
+};
+
+using LtHandle = LtObject<cublasLtHandle_t, cublasLtDestroy>;
+using MatmulDesc = LtObject<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
+using MatrixLayout = LtObject<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+using MatmulPreference = LtObject<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
+
+// Device memory from cudaMalloc, freed once (the workspace lives as long as the process).
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) { FG_CUDA_CHECK(cudaMalloc(&ptr_, bytes)); }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+struct DeviceContext {
+  LtHandle handle;
+  DeviceBuffer workspace{kWorkspaceBytes};
+};
+
+// Everything that decides the algorithm. Pointer alignments are part of it:
+// cuBLASLt picks kernels that may need 256-byte aligned operands, and views
+// (slices of a fused projection, say) can start anywhere.
+struct PlanKey {
+  int device;
+  DType dtype;
+  int64_t m, n, k, lda, ldb, ldc;
+  bool trans_a, trans_b, bias_epilogue;
+  uint32_t align_a, align_b, align_c, align_bias;
+  auto operator<=>(const PlanKey&) const = default;
+};
+
+struct Plan {
+  MatmulDesc desc;
+  MatrixLayout a, b, c;  // cuBLASLt's A is our B and vice versa (column-major view)
+  cublasLtMatmulAlgo_t algo;
+};
+
+// One handle, workspace and plan cache per device, behind one lock: cuBLASLt
+// calls only enqueue work, so holding it across a matmul costs little.
+struct Registry {
+  std::mutex mutex;
+  std::map<int, std::unique_ptr<DeviceContext>> devices;
+  std::map<PlanKey, std::unique_ptr<Plan>> plans;
+};
+
+Registry& registry() {
+  static Registry* r = new Registry();  // never destroyed: outlives every static user
+  return *r;
+}
+
+DeviceContext& device_context(Registry& r, int device) {
+  auto it = r.devices.find(device);
+  if (it != r.devices.end()) return *it->second;
+  auto ctx = std::make_unique<DeviceContext>();
+  cublasLtHandle_t h = nullptr;
+  FG_CUBLAS_CHECK(cublasLtCreate(&h));
+  ctx->handle = LtHandle(h);
+  return *r.devices.emplace(device, std::move(ctx)).first->second;
+}
+
+uint32_t alignment_of(const void* p) {
+  auto addr = reinterpret_cast<uintptr_t>(p);
+  uint32_t a = kMaxAlignment;
+  while (a > 1 && addr % a != 0) a /= 2;
+  return a;
+}
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::F32:
+      return CUDA_R_32F;
+    case DType::F64:
+      return CUDA_R_64F;
+    case DType::BF16:
+      return CUDA_R_16BF;
+    default:
+      FG_THROW("gemm: dtype ", dtype_name(t), " is not supported on the GPU");
+  }
+}
+
+template <class Attr, class V>
+void set_desc(cublasLtMatmulDesc_t d, Attr attr, const V& value) {
+  FG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &value, sizeof(value)));
+}
+
+template <class V>
+void set_pref(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t attr,
+              const V& value) {
+  FG_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, attr, &value, sizeof(value)));
+}
+
+MatrixLayout make_layout(DType t, int64_t rows, int64_t cols, int64_t ld) {
+  cublasLtMatrixLayout_t l = nullptr;
+  FG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, cuda_type(t), static_cast<uint64_t>(rows),
+                                             static_cast<uint64_t>(cols), ld));
+  return MatrixLayout(l);
+}
+
+// Builds the plan, or returns null when no algorithm supports it (the bias
+// epilogue is not offered for every dtype; the caller then adds bias itself).
+std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, const void* bias_ptr) {
+  auto plan = std::make_unique<Plan>();
+  // f64 accumulates in f64; f32 and bf16 in fp32, never TF32, so f32 matches the CPU.
+  bool f64 = key.dtype == DType::F64;
+  cublasLtMatmulDesc_t d = nullptr;
+  FG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
+                                           f64 ? CUDA_R_64F : CUDA_R_32F));
+  plan->desc = MatmulDesc(d);
+  // Column-major problem: D^T (n, m) = op'(B) (n, k) @ op'(A) (k, m).
+  cublasOperation_t op_b = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t op_a = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  set_desc(d, CUBLASLT_MATMUL_DESC_TRANSA, op_b);
+  set_desc(d, CUBLASLT_MATMUL_DESC_TRANSB, op_a);
+  if (key.bias_epilogue) {
+    set_desc(d, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+    set_desc(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias_ptr);
+  }
+  // Stored shapes: row-major B (k, n) is column-major (n, k); (n, k) with trans_b is (k, n).
+  plan->a = key.trans_b ? make_layout(key.dtype, key.k, key.n, key.ldb)
+                        : make_layout(key.dtype, key.n, key.k, key.ldb);
+  plan->b = key.trans_a ? make_layout(key.dtype, key.m, key.k, key.lda)
+                        : make_layout(key.dtype, key.k, key.m, key.lda);
+  plan->c = make_layout(key.dtype, key.n, key.m, key.ldc);
+
+  cublasLtMatmulPreference_t p = nullptr;
+  FG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p));
+  MatmulPreference pref(p);
+  set_pref(p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, kWorkspaceBytes);
+  set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_b);
+  set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_a);
+  set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c);
+  set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+      handle, d, plan->a.get(), plan->b.get(), plan->c.get(), plan->c.get(), p, 1, &result, &found);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0)) {
+    FG_CHECK(key.bias_epilogue, "gemm: cuBLASLt has no algorithm for ", dtype_name(key.dtype), " (",
+             key.m, ", ", key.k, ") @ (", key.k, ", ", key.n, ")");
+    return nullptr;
+  }
+  FG_CUBLAS_CHECK(st);
+  plan->algo = result.algo;
+  return plan;
+}
+
+// The cached plan for key, built on first use; null (also cached) when the
+// bias epilogue has no algorithm for it.
+Plan* find_or_make_plan(Registry& r, cublasLtHandle_t handle, const PlanKey& key,
+                        const void* bias_ptr) {
+  auto it = r.plans.find(key);
+  if (it == r.plans.end()) it = r.plans.emplace(key, make_plan(handle, key, bias_ptr)).first;
+  return it->second.get();
+}
+
+// c = (beta == 0 ? 0 : beta c) + bias, on (m, n) with row stride ldc. Finishes
+// what cuBLASLt did not: bias when beta != 0 or without the epilogue (then
+// beta is 1 after the matmul), and the whole result when k == 0.
+template <class T>
+__global__ void scale_add_bias_kernel(T* c, int64_t m, int64_t n, int64_t ldc, double beta,
+                                      const T* bias) {
+  int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= m * n) return;
+  int64_t row = i / n, col = i % n;
+  T* p = c + row * ldc + col;
+  if constexpr (std::is_same_v<T, bf16>) {
+    float v = beta == 0.0 ? 0.f : static_cast<float>(beta) * bf16_to_float(*p);
+    *p = float_to_bf16(v + (bias ? bf16_to_float(bias[col]) : 0.f));
+  } else {
+    T v = beta == 0.0 ? T(0) : static_cast<T>(beta) * *p;
+    *p = v + (bias ? bias[col] : T(0));
+  }
+}
+
+template <class T>
+void launch_scale_add_bias(const Tensor& c, int64_t ldc, double beta, const Tensor& bias) {
+  int64_t total = c.numel();
+  if (total == 0) return;
+  scale_add_bias_kernel<T><<<cuda::grid_for(total, kBlock), kBlock, 0, cuda::stream()>>>(
+      c.data<T>(), c.size(0), c.size(1), ldc, beta, bias.defined() ? bias.data<T>() : nullptr);
+  FG_CUDA_CHECK(cudaGetLastError());
+}
+
+void scale_add_bias(const Tensor& c, int64_t ldc, double beta, const Tensor& bias) {
+  switch (c.dtype()) {
+    case DType::F32:
+      return launch_scale_add_bias<float>(c, ldc, beta, bias);
+    case DType::F64:
+      return launch_scale_add_bias<double>(c, ldc, beta, bias);
+    case DType::BF16:
+      return launch_scale_add_bias<bf16>(c, ldc, beta, bias);
+    default:
+      FG_THROW("gemm: dtype ", dtype_name(c.dtype()), " is not supported on the GPU");
+  }
+}
+
+// Row stride of a row-major matrix, as cuBLASLt needs it (>= the row length);
+// a single row may carry any stride.
+int64_t leading_dim(const Tensor& t) {
+  return t.size(0) <= 1 ? std::max<int64_t>(t.size(1), 1) : t.strides()[0];
+}
+
+}  // namespace
+
+void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_b, const Tensor& c,
+               double alpha, double beta, const Tensor& bias_in) {
+  int64_t m = c.size(0), n = c.size(1), k = trans_a ? a_in.size(0) : a_in.size(1);
+  if (m == 0 || n == 0) return;
+  if (bias_in.defined())
+    FG_CHECK(bias_in.dtype() == c.dtype(), "gemm: bias is ", dtype_name(bias_in.dtype()),
+             " but c is ", dtype_name(c.dtype()));
+  Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();  // packed (n)
+  int64_t ldc = leading_dim(c);
+  FG_CHECK(ldc >= n, "gemm: c ", c.shape_str(), " has row stride ", ldc,
+           " (overlapping rows cannot be written)");
+  if (k == 0) return scale_add_bias(c, ldc, beta, bias);  // empty product: beta c + bias
+  // Overlapping rows (a stride-0 broadcast, say) are made real for cuBLASLt.
+  Tensor a = leading_dim(a_in) >= a_in.size(1) ? a_in : a_in.contiguous();
+  Tensor b = leading_dim(b_in) >= b_in.size(1) ? b_in : b_in.contiguous();
+
+  PlanKey key{c.device().index,
+              c.dtype(),
+              m,
+              n,
+              k,
+              leading_dim(a),
+              leading_dim(b),
+              ldc,
+              trans_a,
+              trans_b,
+              bias.defined() && beta == 0.0,
+              alignment_of(a.raw_data()),
+              alignment_of(b.raw_data()),
+              alignment_of(c.raw_data()),
+              bias.defined() ? alignment_of(bias.raw_data()) : kMaxAlignment};
+  bool bias_done = false;
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    DeviceContext& ctx = device_context(r, key.device);
+    Plan* plan =
+        find_or_make_plan(r, ctx.handle.get(), key, key.bias_epilogue ? bias.raw_data() : nullptr);
+    if (!plan) {  // no algorithm with the bias epilogue: plain matmul, bias added below
+      key.bias_epilogue = false;
+      key.align_bias = kMaxAlignment;
+      plan = find_or_make_plan(r, ctx.handle.get(), key, nullptr);
+    }
+    if (key.bias_epilogue) {  // the pointer changes per call; its alignment is in the key
+      set_desc(plan->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias.raw_data());
+      bias_done = true;
+    }
+    double alpha64 = alpha, beta64 = beta;
+    float alpha32 = static_cast<float>(alpha), beta32 = static_cast<float>(beta);
+    bool f64 = c.dtype() == DType::F64;
+    const void* p_alpha = f64 ? static_cast<const void*>(&alpha64) : &alpha32;
+    const void* p_beta = f64 ? static_cast<const void*>(&beta64) : &beta32;
+    // cuBLASLt's A is our B: C^T = op(B)^T op(A)^T.
+    FG_CUBLAS_CHECK(cublasLtMatmul(ctx.handle.get(), plan->desc.get(), p_alpha, b.raw_data(),
+                                   plan->a.get(), a.raw_data(), plan->b.get(), p_beta, c.raw_data(),
+                                   plan->c.get(), c.raw_data(), plan->c.get(), &plan->algo,
+                                   ctx.workspace.get(), kWorkspaceBytes, cuda::stream()));
+  }
+  if (bias.defined() && !bias_done) scale_add_bias(c, ldc, 1.0, bias);
+}
+
+}  // namespace fg::ops::detail

@@ -1,0 +1,118 @@
+// Global gradient norm and clipping: the public entries (grouping the tensors
+// by device) and the CPU loops. Sums of squares accumulate in f64.
+#include <cmath>
+#include <map>
+#include <type_traits>
+#include <utility>
+
+#include "ops/grad_norm/grad_norm.h"
+
+namespace fg::ops {
+
+namespace {
+
+// The defined gradients grouped by device, CPU first. Reading takes contiguous
+// copies of strided gradients; writing in place refuses them.
+std::map<std::pair<int, int>, std::vector<Tensor>> by_device(const char* op,
+                                                              const std::vector<Tensor>& grads,
+                                                              bool for_write) {
+  std::map<std::pair<int, int>, std::vector<Tensor>> groups;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const Tensor& g = grads[i];
+    if (!g.defined()) continue;
+    FG_CHECK(g.dtype() == DType::F32 || g.dtype() == DType::F64 || g.dtype() == DType::BF16, op,
+             ": grad ", i, " is ", dtype_name(g.dtype()), " but gradients must be f32, f64 or bf16");
+    FG_CHECK(!for_write || g.is_contiguous(), op, ": grad ", i, " ", g.shape_str(),
+             " is not contiguous");
+    std::pair<int, int> key{g.is_cuda() ? 1 : 0, g.device().index};
+    groups[key].push_back(for_write ? g : g.contiguous());
+  }
+  return groups;
+}
+
+template <class F>
+double sum_squares(const F* p, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double x;
+    if constexpr (std::is_same_v<F, bf16>) {
+      x = bf16_to_float(p[i]);
+    } else {
+      x = static_cast<double>(p[i]);
+    }
+    s += x * x;
+  }
+  return s;
+}
+
+}  // namespace
+
+double global_grad_norm(const std::vector<Tensor>& grads) {
+  double total = 0;
+  for (const auto& [key, group] : by_device("global_grad_norm", grads, false)) {
+#ifdef FG_CUDA
+    if (key.first == 1) {
+      total += detail::sum_squares_cuda(group);
+      continue;
+    }
+#endif
+    total += detail::sum_squares_cpu(group);
+  }
+  return std::sqrt(total);
+}
+
+void scale_grads(const std::vector<Tensor>& grads, double factor) {
+  for (const auto& [key, group] : by_device("scale_grads", grads, true)) {
+#ifdef FG_CUDA
+    if (key.first == 1) {
+      detail::scale_cuda(group, factor);
+      continue;
+    }
+#endif
+    detail::scale_cpu(group, factor);
+  }
+}
+
+double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
+  FG_CHECK(max_norm > 0, "clip_grad_norm: max_norm is ", max_norm, " but must be > 0");
+  double norm = global_grad_norm(grads);
+  // A NaN or inf norm is returned as is with the gradients untouched: the
+  // trainer's non-finite guard decides what to do with the step.
+  if (std::isfinite(norm) && norm > max_norm) scale_grads(grads, max_norm / (norm + 1e-6));
+  return norm;
+}
+
+namespace detail {
+
+double sum_squares_cpu(const std::vector<Tensor>& grads) {
+  double total = 0;
+  for (const Tensor& g : grads) {
+    switch (g.dtype()) {
+      case DType::F32: total += sum_squares(g.data<float>(), g.numel()); break;
+      case DType::F64: total += sum_squares(g.data<double>(), g.numel()); break;
+      case DType::BF16: total += sum_squares(g.data<bf16>(), g.numel()); break;
+      default: FG_THROW("global_grad_norm: dtype ", dtype_name(g.dtype()), " is not supported");
+    }
+  }
+  return total;
+}
+
+void scale_cpu(const std::vector<Tensor>& grads, double factor) {
+  for (const Tensor& g : grads) {
+    if (g.dtype() == DType::BF16) {
+      bf16* p = g.data<bf16>();
+      for (int64_t i = 0, n = g.numel(); i < n; ++i)
+        p[i] = float_to_bf16(bf16_to_float(p[i]) * static_cast<float>(factor));
+      continue;
+    }
+    dispatch_float("scale_grads", g.dtype(), [&]<class F>() {
+      F* p = g.data<F>();
+      F f = static_cast<F>(factor);
+      for (int64_t i = 0, n = g.numel(); i < n; ++i) p[i] *= f;
+    });
+  }
+}
+
+}  // namespace detail
+
+}  // namespace fg::ops

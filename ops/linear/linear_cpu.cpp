@@ -1,0 +1,87 @@
+// Linear: y = x @ W^T + b over the leading dims of x, through ops::gemm on
+// either device; only the bias gradient (a column sum) has kernels of its own.
+#include "ops/linear/linear.h"
+
+#include "ops/gemm/gemm.h"
+
+namespace fg::ops {
+
+namespace {
+// x (..., in) -> the row count of x viewed as (rows, in).
+int64_t check_linear(const char* op, const Tensor& x, const Tensor& weight) {
+  check_defined(op, "x", x);
+  check_defined(op, "weight", weight);
+  FG_CHECK(weight.dim() == 2, op, ": weight must be (out, in), got ", weight.shape_str());
+  FG_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), op, ": x is ", x.shape_str(),
+           " but weight is ", weight.shape_str());
+  FG_CHECK(x.dtype() == weight.dtype(), op, ": x is ", dtype_name(x.dtype()), " but weight is ",
+           dtype_name(weight.dtype()));
+  FG_CHECK(x.dtype() != DType::I32, op, ": x must be a float tensor, got ", x.describe());
+  check_same_device(op, "x", x, "weight", weight);
+  return shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+}
+}  // namespace
+
+Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  int64_t rows = check_linear("linear", x, weight);
+  int64_t out_features = weight.size(0);
+  if (bias.defined()) {
+    FG_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "linear: bias is ",
+             bias.shape_str(), " but weight is ", weight.shape_str());
+    FG_CHECK(bias.dtype() == x.dtype(), "linear: bias is ", dtype_name(bias.dtype()),
+             " but x is ", dtype_name(x.dtype()));
+    check_same_device("linear", "x", x, "bias", bias);
+  }
+  Shape y_shape = x.shape();
+  y_shape.back() = out_features;
+  Tensor y = Tensor::empty(y_shape, x.dtype(), x.device());  // (..., out)
+  gemm(x.contiguous().view({rows, x.size(-1)}), false, weight.contiguous(), true,
+       y.view({rows, out_features}), 1.0, 0.0, bias.defined() ? bias.contiguous() : Tensor());
+  return y;
+}
+
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                            bool has_bias) {
+  int64_t rows = check_linear("linear_backward", x, weight);
+  check_defined("linear_backward", "dy", dy);
+  Shape y_shape = x.shape();
+  y_shape.back() = weight.size(0);
+  FG_CHECK(dy.shape() == y_shape, "linear_backward: dy is ", dy.shape_str(), " but x ",
+           x.shape_str(), " @ weight^T ", weight.shape_str(), " is ", shape_str(y_shape));
+  FG_CHECK(dy.dtype() == x.dtype(), "linear_backward: dy is ", dtype_name(dy.dtype()),
+           " but x is ", dtype_name(x.dtype()));
+  check_same_device("linear_backward", "dy", dy, "x", x);
+  Tensor dy2 = dy.contiguous().view({rows, weight.size(0)});  // (rows, out)
+  Tensor x2 = x.contiguous().view({rows, weight.size(1)});    // (rows, in)
+  LinearGrads g;
+  g.dx = matmul(dy2, false, weight.contiguous(), false).view(x.shape());  // dy @ W
+  g.dweight = matmul(dy2, true, x2, false);                                // dy^T @ x
+  if (has_bias) {
+    g.dbias = Tensor::empty({weight.size(0)}, dy.dtype(), dy.device());
+#ifdef FG_CUDA
+    if (dy.is_cuda()) {
+      detail::column_sum_cuda(dy2, g.dbias);
+      return g;
+    }
+#endif
+    detail::column_sum_cpu(dy2, g.dbias);
+  }
+  return g;
+}
+
+namespace detail {
+
+void column_sum_cpu(const Tensor& dy, const Tensor& db) {
+  dispatch_float("linear_backward", dy.dtype(), [&]<class T>() {
+    int64_t rows = dy.size(0), cols = dy.size(1);
+    const T* p = dy.data<T>();
+    T* out = db.data<T>();
+    std::fill(out, out + cols, T(0));
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) out[j] += p[i * cols + j];
+  });
+}
+
+}  // namespace detail
+
+}  // namespace fg::ops

@@ -1,0 +1,176 @@
+// The fused residual add + RMSNorm + QKV projection + bias + RoPE layer: config
+// validation, argument checks and the composition. Every step is a shared kernel
+// that dispatches on the device (rmsnorm's rows, ops::gemm, rope's segments), so the
+// same code is the CPU reference and the GPU path; no intermediate outlives a call.
+#include "ops/rmsnorm_qkv_rope/rmsnorm_qkv_rope.h"
+
+#include "ops/gemm/gemm.h"
+#include "ops/linear/linear.h"
+#include "ops/rmsnorm/rmsnorm.h"
+#include "ops/rope/rope.h"
+
+namespace fg::ops {
+
+void QKVRoPEConfig::validate() const {
+  FG_CHECK(hidden_dim > 0, "QKVRoPEConfig: hidden_dim is ", hidden_dim, " but must be > 0");
+  FG_CHECK(num_heads > 0, "QKVRoPEConfig: num_heads is ", num_heads, " but must be > 0");
+  FG_CHECK(num_kv_heads > 0, "QKVRoPEConfig: num_kv_heads is ", num_kv_heads,
+           " but must be > 0");
+  FG_CHECK(hidden_dim % num_heads == 0, "QKVRoPEConfig: hidden_dim ", hidden_dim,
+           " is not a multiple of num_heads ", num_heads);
+  FG_CHECK(num_heads % num_kv_heads == 0, "QKVRoPEConfig: num_heads ", num_heads,
+           " is not a multiple of num_kv_heads ", num_kv_heads);
+  FG_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim(),
+           "QKVRoPEConfig: rotary_dim is ", rotary_dim, " but must be even, positive and <= ",
+           "head_dim ", head_dim());
+  FG_CHECK(eps >= 0, "QKVRoPEConfig: eps is ", eps, " but must be >= 0");
+  FG_CHECK(rope_theta > 0, "QKVRoPEConfig: rope_theta is ", rope_theta, " but must be > 0");
+}
+
+namespace {
+
+constexpr const char* kOp = "rmsnorm_qkv_rope";
+constexpr const char* kBackwardOp = "rmsnorm_qkv_rope_backward";
+
+// Parameters shared by forward and backward: norm weight (D), wqkv (qkv_dim, D), positions.
+void check_parameters(const char* op, const QKVRoPEConfig& cfg, const Tensor& h_like,
+                      const Tensor& positions, const Tensor& norm_weight, const Tensor& wqkv) {
+  detail::check_rmsnorm_operands(op, "x", h_like, norm_weight);
+  check_shape(op, "wqkv", wqkv, {cfg.qkv_dim(), cfg.hidden_dim});
+  check_dtype(op, "wqkv", wqkv, h_like.dtype());
+  check_same_device(op, "wqkv", wqkv, "x", h_like);
+  detail::check_positions(op, positions, h_like.size(0), h_like.size(1), h_like.device());
+}
+
+// x (B, T, D) with D = hidden_dim.
+void check_activation(const char* op, const char* name, const QKVRoPEConfig& cfg,
+                      const Tensor& t) {
+  check_defined(op, name, t);
+  FG_CHECK(t.dim() == 3 && t.size(2) == cfg.hidden_dim, op, ": ", name, " is ", t.shape_str(),
+           " but expected (B, T, ", cfg.hidden_dim, ")");
+}
+
+// The q, k and v column blocks of qkv rows (B*T, qkv_dim) as (B, T, heads, hd) views.
+struct QKVViews {
+  Tensor q, k, v;
+};
+QKVViews split_qkv(const QKVRoPEConfig& cfg, const Tensor& qkv, int64_t B, int64_t T) {
+  const int64_t H = cfg.num_heads, Hkv = cfg.num_kv_heads;
+  Tensor heads = qkv.view({B, T, H + 2 * Hkv, cfg.head_dim()});
+  return {heads.slice(2, 0, H), heads.slice(2, H, H + Hkv), heads.slice(2, H + Hkv, H + 2 * Hkv)};
+}
+
+// The bias gradient: column sums of dqkv (rows, qkv_dim), on the tensor's device.
+void column_sum(const Tensor& dqkv, const Tensor& dbias) {
+#ifdef FG_CUDA
+  if (dqkv.is_cuda()) return detail::column_sum_cuda(dqkv, dbias);
+#endif
+  detail::column_sum_cpu(dqkv, dbias);
+}
+
+}  // namespace
+
+QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
+                                    const Tensor& positions, const Tensor& residual,
+                                    const Tensor& norm_weight, const Tensor& wqkv,
+                                    const Tensor& bias) {
+  cfg.validate();
+  check_activation(kOp, "x", cfg, x);
+  check_parameters(kOp, cfg, x, positions, norm_weight, wqkv);
+  if (cfg.add_residual) {
+    detail::check_like(kOp, "residual", residual, "x", x);
+  } else {
+    FG_CHECK(!residual.defined(), kOp, ": residual ", residual.shape_str(),
+             " was given but add_residual is false");
+  }
+  if (cfg.use_bias) {
+    check_shape(kOp, "bias", bias, {cfg.qkv_dim()});
+    check_dtype(kOp, "bias", bias, x.dtype());
+    check_same_device(kOp, "bias", bias, "x", x);
+  } else {
+    FG_CHECK(!bias.defined(), kOp, ": bias ", bias.shape_str(), " was given but use_bias is false");
+  }
+  const int64_t B = x.size(0), T = x.size(1), D = cfg.hidden_dim, rows = B * T;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+
+  // h = x (+ residual), n = rmsnorm(h) * norm_weight; without a residual h is x itself.
+  Tensor xc = x.contiguous();
+  QKVRoPEOut out;
+  out.h = cfg.add_residual ? Tensor::empty(x.shape(), dt, dev) : xc;
+  out.rstd = Tensor::empty({rows}, detail::rmsnorm_stat_dtype(dt), dev);
+  Tensor n = Tensor::empty({rows, D}, dt, dev);  // (B*T, D), dropped on return
+  detail::rmsnorm_rows_forward(xc, cfg.add_residual ? residual.contiguous() : Tensor(),
+                               norm_weight.contiguous(), cfg.eps,
+                               cfg.add_residual ? out.h : Tensor(), n, out.rstd);
+
+  // qkv = n @ wqkv^T (+ bias); (B*T, qkv_dim), dropped on return.
+  Tensor qkv = Tensor::empty({rows, cfg.qkv_dim()}, dt, dev);
+  gemm(n, false, wqkv.contiguous(), true, qkv, 1.0, 0.0,
+       cfg.use_bias ? bias.contiguous() : Tensor());
+
+  // One segment pass splits qkv into rotated q, rotated k and copied v.
+  out.q = Tensor::empty({B, T, cfg.num_heads, cfg.head_dim()}, dt, dev);
+  out.k = Tensor::empty({B, T, cfg.num_kv_heads, cfg.head_dim()}, dt, dev);
+  out.v = Tensor::empty({B, T, cfg.num_kv_heads, cfg.head_dim()}, dt, dev);
+  QKVViews parts = split_qkv(cfg, qkv, B, T);
+  detail::rope_segments({{parts.q, out.q, true}, {parts.k, out.k, true}, {parts.v, out.v, false}},
+                        positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, false);
+  return out;
+}
+
+QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& dq,
+                                       const Tensor& dk, const Tensor& dv, const Tensor& dh,
+                                       const Tensor& h, const Tensor& rstd,
+                                       const Tensor& positions, const Tensor& norm_weight,
+                                       const Tensor& wqkv) {
+  cfg.validate();
+  check_activation(kBackwardOp, "h", cfg, h);
+  check_parameters(kBackwardOp, cfg, h, positions, norm_weight, wqkv);
+  const int64_t B = h.size(0), T = h.size(1), D = cfg.hidden_dim, rows = B * T;
+  const DType dt = h.dtype();
+  const Device dev = h.device();
+  auto check_head_grad = [&](const char* name, const Tensor& g, int64_t heads) {
+    check_shape(kBackwardOp, name, g, {B, T, heads, cfg.head_dim()});
+    check_dtype(kBackwardOp, name, g, dt);
+    check_same_device(kBackwardOp, name, g, "h", h);
+  };
+  check_head_grad("dq", dq, cfg.num_heads);
+  check_head_grad("dk", dk, cfg.num_kv_heads);
+  check_head_grad("dv", dv, cfg.num_kv_heads);
+  if (dh.defined()) detail::check_like(kBackwardOp, "dh", dh, "h", h);
+  detail::check_rstd(kBackwardOp, rstd, "h", h);
+
+  // Inverse RoPE on dq, dk and the copy of dv, packed into dqkv rows (B*T, qkv_dim).
+  Tensor dqkv = Tensor::empty({rows, cfg.qkv_dim()}, dt, dev);
+  QKVViews parts = split_qkv(cfg, dqkv, B, T);
+  detail::rope_segments(
+      {{dq.contiguous(), parts.q, true}, {dk.contiguous(), parts.k, true},
+       {dv.contiguous(), parts.v, false}},
+      positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, true);
+
+  // Recompute n = h * rstd * norm_weight (B*T, D) from what forward kept.
+  Tensor hc = h.contiguous(), wn = norm_weight.contiguous(), w = wqkv.contiguous();
+  Tensor rstdc = rstd.contiguous();
+  Tensor n = Tensor::empty({rows, D}, dt, dev);
+  detail::rmsnorm_rows_apply(hc, wn, rstdc, n);
+
+  QKVRoPEGrads grads;
+  grads.dwqkv = Tensor::empty({cfg.qkv_dim(), D}, dt, dev);
+  gemm(dqkv, true, n, false, grads.dwqkv);  // dW = dqkv^T @ n
+  if (cfg.use_bias) {
+    grads.dbias = Tensor::empty({cfg.qkv_dim()}, dt, dev);
+    column_sum(dqkv, grads.dbias);
+  }
+  Tensor dn = n;                  // n is dead once dW has it: its buffer takes dn
+  gemm(dqkv, false, w, false, dn);  // dn = dqkv @ wqkv, (B*T, D)
+
+  // Through the norm, plus the gradient reaching h directly.
+  grads.dx = Tensor::empty(h.shape(), dt, dev);
+  grads.dnorm_weight = Tensor::empty({D}, dt, dev);
+  detail::rmsnorm_rows_backward(dn, dh.defined() ? dh.contiguous() : Tensor(), hc, wn, rstdc,
+                                grads.dx, grads.dnorm_weight);
+  return grads;
+}
+
+}  // namespace fg::ops

@@ -1,0 +1,98 @@
+// SwiGLU: the public entries (checks, device dispatch) and the CPU reference.
+#include <cmath>
+
+#include "ops/swiglu/swiglu.h"
+
+namespace fg::ops {
+
+namespace {
+void check_gu(const char* op, const Tensor& gu) {
+  check_defined(op, "gu", gu);
+  FG_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0, op, ": gu is ", gu.shape_str(),
+           " but its last dimension must be even ([gate | up])");
+  FG_CHECK(gu.dtype() != DType::I32, op, ": gu must be a float tensor, got ", gu.describe());
+}
+
+// gu (..., 2F) -> (..., F)
+Shape half_last(const Shape& shape) {
+  Shape s = shape;
+  s.back() /= 2;
+  return s;
+}
+
+template <class T>
+T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+}  // namespace
+
+Tensor swiglu_forward(const Tensor& gu) {
+  check_gu("swiglu", gu);
+  Tensor out = Tensor::empty(half_last(gu.shape()), gu.dtype(), gu.device());
+#ifdef FG_CUDA
+  if (gu.is_cuda()) {
+    detail::swiglu_forward_cuda(gu.contiguous(), out);
+    return out;
+  }
+#endif
+  detail::swiglu_forward_cpu(gu.contiguous(), out);
+  return out;
+}
+
+Tensor swiglu_backward(const Tensor& dout, const Tensor& gu) {
+  check_gu("swiglu_backward", gu);
+  check_defined("swiglu_backward", "dout", dout);
+  FG_CHECK(dout.shape() == half_last(gu.shape()), "swiglu_backward: dout is ", dout.shape_str(),
+           " but gu is ", gu.shape_str(), " (expected dout (..., F) for gu (..., 2F))");
+  FG_CHECK(dout.dtype() == gu.dtype(), "swiglu_backward: dout is ", dtype_name(dout.dtype()),
+           " but gu is ", dtype_name(gu.dtype()));
+  check_same_device("swiglu_backward", "dout", dout, "gu", gu);
+  Tensor dgu = Tensor::empty(gu.shape(), gu.dtype(), gu.device());
+#ifdef FG_CUDA
+  if (gu.is_cuda()) {
+    detail::swiglu_backward_cuda(dout.contiguous(), gu.contiguous(), dgu);
+    return dgu;
+  }
+#endif
+  detail::swiglu_backward_cpu(dout.contiguous(), gu.contiguous(), dgu);
+  return dgu;
+}
+
+namespace detail {
+
+void swiglu_forward_cpu(const Tensor& gu, const Tensor& out) {
+  dispatch_float("swiglu", gu.dtype(), [&]<class T>() {
+    int64_t f = out.size(-1), rows = f ? out.numel() / f : 0;
+    const T* p = gu.data<T>();
+    T* po = out.data<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* g = p + r * 2 * f;  // gate half, then up half
+      const T* u = g + f;
+      for (int64_t j = 0; j < f; ++j) po[r * f + j] = g[j] * sigmoid(g[j]) * u[j];
+    }
+  });
+}
+
+void swiglu_backward_cpu(const Tensor& dout, const Tensor& gu, const Tensor& dgu) {
+  dispatch_float("swiglu_backward", gu.dtype(), [&]<class T>() {
+    int64_t f = dout.size(-1), rows = f ? dout.numel() / f : 0;
+    const T* p = gu.data<T>();
+    const T* pd = dout.data<T>();
+    T* pdg = dgu.data<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* g = p + r * 2 * f;
+      const T* u = g + f;
+      T* dg = pdg + r * 2 * f;
+      T* du = dg + f;
+      for (int64_t j = 0; j < f; ++j) {
+        T s = sigmoid(g[j]), d = pd[r * f + j];
+        dg[j] = d * u[j] * s * (T(1) + g[j] * (T(1) - s));  // d silu/dg = s (1 + g (1 - s))
+        du[j] = d * g[j] * s;
+      }
+    }
+  });
+}
+
+}  // namespace detail
+
+}  // namespace fg::ops

@@ -1,0 +1,380 @@
+// Causal GQA attention: CPU forward and backward against a naive f64 reference
+// written here and against finite differences, masking and edge cases, error
+// messages, and CUDA against the CPU (f32, bf16) over shapes that fit no block size.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "ops/attention/attention.h"
+#include "test_util.h"
+
+using fg::Device;
+using fg::DType;
+using fg::Generator;
+using fg::Shape;
+using fg::Tensor;
+
+namespace {
+
+struct AttnShape {
+  int64_t B, T, H, Hkv, hd;
+};
+
+std::string shape_name(const AttnShape& s) {
+  return "B" + std::to_string(s.B) + "_T" + std::to_string(s.T) + "_H" + std::to_string(s.H) +
+         "_Hkv" + std::to_string(s.Hkv) + "_hd" + std::to_string(s.hd);
+}
+
+struct Qkv {
+  Tensor q, k, v;
+};
+
+Qkv random_qkv(const AttnShape& s, uint64_t seed, DType dtype = DType::F64,
+               Device device = Device::cpu(), double std = 1.0) {
+  Generator gen(seed);
+  return {Tensor::randn({s.B, s.T, s.H, s.hd}, gen, dtype, device, 0.0, std),
+          Tensor::randn({s.B, s.T, s.Hkv, s.hd}, gen, dtype, device, 0.0, std),
+          Tensor::randn({s.B, s.T, s.Hkv, s.hd}, gen, dtype, device, 0.0, std)};
+}
+
+// The textbook definition, one query row at a time, in f64.
+struct NaiveOut {
+  Tensor out, lse, dq, dk, dv;
+};
+
+NaiveOut naive_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& dout = Tensor()) {
+  int64_t B = q.size(0), T = q.size(1), H = q.size(2), Hkv = k.size(2), hd = q.size(3);
+  int64_t group = H / Hkv;
+  double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  auto Q = q.to_vector(), K = k.to_vector(), V = v.to_vector();
+  std::vector<double> dO = dout.defined() ? dout.to_vector() : std::vector<double>(Q.size(), 0.0);
+  std::vector<double> O(Q.size()), L(B * H * T), dQ(Q.size()), dK(K.size()), dV(V.size());
+  auto qi = [&](int64_t b, int64_t t, int64_t h, int64_t i) { return ((b * T + t) * H + h) * hd + i; };
+  auto ki = [&](int64_t b, int64_t t, int64_t g, int64_t i) {
+    return ((b * T + t) * Hkv + g) * hd + i;
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      int64_t g = h / group;
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<double> s(t + 1), p(t + 1), dp(t + 1);
+        double mx = -INFINITY;
+        for (int64_t j = 0; j <= t; ++j) {
+          double acc = 0;
+          for (int64_t i = 0; i < hd; ++i) acc += Q[qi(b, t, h, i)] * K[ki(b, j, g, i)];
+          s[j] = acc * scale;
+          mx = std::max(mx, s[j]);
+        }
+        double total = 0;
+        for (int64_t j = 0; j <= t; ++j) total += std::exp(s[j] - mx);
+        double lse = mx + std::log(total);
+        L[(b * H + h) * T + t] = lse;
+        for (int64_t j = 0; j <= t; ++j) p[j] = std::exp(s[j] - lse);
+        for (int64_t i = 0; i < hd; ++i) {
+          double acc = 0;
+          for (int64_t j = 0; j <= t; ++j) acc += p[j] * V[ki(b, j, g, i)];
+          O[qi(b, t, h, i)] = acc;
+        }
+        // Backward of this row: dP = dO V^T, dS = P (dP - sum P dP).
+        double dsum = 0;
+        for (int64_t j = 0; j <= t; ++j) {
+          double acc = 0;
+          for (int64_t i = 0; i < hd; ++i) acc += dO[qi(b, t, h, i)] * V[ki(b, j, g, i)];
+          dp[j] = acc;
+          dsum += p[j] * acc;
+        }
+        for (int64_t j = 0; j <= t; ++j) {
+          double ds = p[j] * (dp[j] - dsum);
+          for (int64_t i = 0; i < hd; ++i) {
+            dQ[qi(b, t, h, i)] += ds * K[ki(b, j, g, i)] * scale;
+            dK[ki(b, j, g, i)] += ds * Q[qi(b, t, h, i)] * scale;
+            dV[ki(b, j, g, i)] += p[j] * dO[qi(b, t, h, i)];
+          }
+        }
+      }
+    }
+  }
+  auto make = [](const std::vector<double>& x, const Shape& shape) {
+    return Tensor::from_vector(x, shape, DType::F64);
+  };
+  return {make(O, q.shape()), make(L, {B, H, T}), make(dQ, q.shape()), make(dK, k.shape()),
+          make(dV, v.shape())};
+}
+
+// f64 copies on the CPU.
+Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+
+// Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
+// kernel that leaves an output element unwritten shows NaN there.
+void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
+  std::vector<Tensor> poison;
+  for (const Shape& s : shapes) poison.push_back(Tensor::full(s, NAN, dtype, device));
+  for (const Shape& s : shapes) poison.push_back(Tensor::full(s, NAN, DType::F32, device));
+}
+
+const std::vector<AttnShape> kCpuShapes = {
+    {1, 1, 1, 1, 1},  {2, 5, 6, 2, 3},  {1, 7, 3, 1, 5},
+    {3, 4, 2, 2, 5},  {2, 13, 4, 4, 9}, {1, 37, 6, 3, 11},
+};
+
+class AttentionCpu : public ::testing::TestWithParam<AttnShape> {};
+
+TEST_P(AttentionCpu, ForwardMatchesNaive) {
+  AttnShape s = GetParam();
+  Qkv x = random_qkv(s, 7);
+  NaiveOut ref = naive_attention(x.q, x.k, x.v);
+  fg::ops::AttentionOut r = fg::ops::attention_forward(x.q, x.k, x.v);
+  EXPECT_EQ(r.out.dtype(), DType::F64);
+  EXPECT_EQ(r.lse.dtype(), DType::F64);
+  EXPECT_LT(fg::max_abs_diff(r.out, ref.out), 1e-12);
+  EXPECT_LT(fg::max_abs_diff(r.lse, ref.lse), 1e-12);
+  // f32 in: softmax in f32, lse in f32.
+  fg::ops::AttentionOut r32 =
+      fg::ops::attention_forward(x.q.to(DType::F32), x.k.to(DType::F32), x.v.to(DType::F32));
+  EXPECT_EQ(r32.out.dtype(), DType::F32);
+  EXPECT_EQ(r32.lse.dtype(), DType::F32);
+  EXPECT_TRUE(close_rel(r32.out, ref.out, 1e-5));
+  EXPECT_TRUE(close_rel(r32.lse, ref.lse, 1e-5));
+}
+
+TEST_P(AttentionCpu, BackwardMatchesNaive) {
+  AttnShape s = GetParam();
+  Qkv x = random_qkv(s, 8);
+  Generator gen(99);
+  Tensor dout = Tensor::randn(x.q.shape(), gen, DType::F64);
+  NaiveOut ref = naive_attention(x.q, x.k, x.v, dout);
+  fg::ops::AttentionOut r = fg::ops::attention_forward(x.q, x.k, x.v);
+  fg::ops::AttentionGrads g = fg::ops::attention_backward(dout, x.q, x.k, x.v, r.out, r.lse);
+  EXPECT_LT(fg::max_abs_diff(g.dq, ref.dq), 1e-11);
+  EXPECT_LT(fg::max_abs_diff(g.dk, ref.dk), 1e-11);
+  EXPECT_LT(fg::max_abs_diff(g.dv, ref.dv), 1e-11);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionCpu, ::testing::ValuesIn(kCpuShapes),
+                         [](const auto& info) { return shape_name(info.param); });
+
+TEST(AttentionCpuEdge, FutureKeysAndValuesDoNotChangeEarlierRows) {
+  AttnShape s{2, 9, 4, 2, 5};
+  Qkv x = random_qkv(s, 3);
+  fg::ops::AttentionOut before = fg::ops::attention_forward(x.q, x.k, x.v);
+  const int64_t t0 = 4;
+  // New keys and values at positions > t0; rows <= t0 must be bit-identical.
+  Qkv noise = random_qkv(s, 4, DType::F64, Device::cpu(), 5.0);
+  Tensor k2 = x.k.clone(), v2 = x.v.clone();
+  k2.slice(1, t0 + 1, s.T).copy_(noise.k.slice(1, t0 + 1, s.T));
+  v2.slice(1, t0 + 1, s.T).copy_(noise.v.slice(1, t0 + 1, s.T));
+  fg::ops::AttentionOut after = fg::ops::attention_forward(x.q, k2, v2);
+  EXPECT_EQ(fg::max_abs_diff(before.out.slice(1, 0, t0 + 1), after.out.slice(1, 0, t0 + 1)), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(before.lse.slice(2, 0, t0 + 1), after.lse.slice(2, 0, t0 + 1)), 0.0);
+  // ... and the later rows do see the change.
+  EXPECT_GT(fg::max_abs_diff(before.out.slice(1, t0 + 1, s.T), after.out.slice(1, t0 + 1, s.T)),
+            1e-3);
+}
+
+TEST(AttentionCpuEdge, SingleTokenReturnsItsValue) {
+  AttnShape s{3, 1, 6, 2, 7};
+  Qkv x = random_qkv(s, 5);
+  fg::ops::AttentionOut r = fg::ops::attention_forward(x.q, x.k, x.v);
+  auto out = r.out.to_vector(), v = x.v.to_vector();
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t i = 0; i < s.hd; ++i)
+        EXPECT_EQ(out[(b * s.H + h) * s.hd + i], v[(b * s.Hkv + h / 3) * s.hd + i]);
+  // lse is the one scaled score; dq is 0 (a softmax over one key is constant).
+  NaiveOut ref = naive_attention(x.q, x.k, x.v);
+  EXPECT_LT(fg::max_abs_diff(r.lse, ref.lse), 1e-12);
+  Generator gen(6);
+  Tensor dout = Tensor::randn(x.q.shape(), gen, DType::F64);
+  fg::ops::AttentionGrads g = fg::ops::attention_backward(dout, x.q, x.k, x.v, r.out, r.lse);
+  EXPECT_EQ(fg::max_abs_diff(g.dq, Tensor::zeros(x.q.shape(), DType::F64)), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(g.dk, Tensor::zeros(x.k.shape(), DType::F64)), 0.0);
+}
+
+TEST(AttentionCpuEdge, StridedInputsMatchContiguous) {
+  AttnShape s{2, 6, 4, 2, 3};
+  Qkv x = random_qkv(s, 12);
+  // q as a transposed view of a (B, H, T, hd) tensor.
+  Tensor q_bhtd = x.q.transpose(1, 2).contiguous();
+  Tensor q_view = q_bhtd.transpose(1, 2);
+  ASSERT_FALSE(q_view.is_contiguous());
+  fg::ops::AttentionOut a = fg::ops::attention_forward(x.q, x.k, x.v);
+  fg::ops::AttentionOut b = fg::ops::attention_forward(q_view, x.k, x.v);
+  EXPECT_EQ(fg::max_abs_diff(a.out, b.out), 0.0);
+}
+
+TEST(AttentionCpuEdge, Bf16ComputesInF32) {
+  AttnShape s{2, 11, 4, 2, 8};
+  Qkv x = random_qkv(s, 13, DType::BF16);
+  fg::ops::AttentionOut r = fg::ops::attention_forward(x.q, x.k, x.v);
+  EXPECT_EQ(r.out.dtype(), DType::BF16);
+  EXPECT_EQ(r.lse.dtype(), DType::F32);
+  Generator gen(14);
+  Tensor dout = Tensor::randn(x.q.shape(), gen, DType::BF16);
+  NaiveOut ref = naive_attention(f64(x.q), f64(x.k), f64(x.v), f64(dout));
+  EXPECT_TRUE(close_rel(r.out, ref.out, 1e-2));
+  EXPECT_TRUE(close_rel(r.lse, ref.lse, 1e-5));
+  fg::ops::AttentionGrads g = fg::ops::attention_backward(dout, x.q, x.k, x.v, r.out, r.lse);
+  EXPECT_EQ(g.dq.dtype(), DType::BF16);
+  EXPECT_TRUE(close_rel(g.dq, ref.dq, 1e-2));
+  EXPECT_TRUE(close_rel(g.dk, ref.dk, 1e-2));
+  EXPECT_TRUE(close_rel(g.dv, ref.dv, 1e-2));
+}
+
+TEST(AttentionCpuEdge, ErrorsNameBothSides) {
+  using fg::ops::attention_backward;
+  using fg::ops::attention_forward;
+  Tensor q = Tensor::zeros({2, 5, 6, 7}), k = Tensor::zeros({2, 5, 4, 7});
+  EXPECT_FG_ERROR(attention_forward(q, k, k), "attention: q is (2, 5, 6, 7) but k is (2, 5, 4, 7)");
+  Tensor k2 = Tensor::zeros({2, 5, 2, 7}), v3 = Tensor::zeros({2, 5, 3, 7});
+  EXPECT_FG_ERROR(attention_forward(q, k2, v3), "attention: k is (2, 5, 2, 7) but v is (2, 5, 3, 7)");
+  EXPECT_FG_ERROR(attention_forward(q, Tensor::zeros({2, 4, 2, 7}), Tensor::zeros({2, 4, 2, 7})),
+                  "q is (2, 5, 6, 7) but k is (2, 4, 2, 7)");
+  EXPECT_FG_ERROR(attention_forward(q, Tensor::zeros({2, 5, 2, 8}), Tensor::zeros({2, 5, 2, 8})),
+                  "q is (2, 5, 6, 7) but k is (2, 5, 2, 8)");
+  EXPECT_FG_ERROR(attention_forward(Tensor::zeros({5, 6, 7}), k2, k2), "q must be (B, T, H, hd)");
+  EXPECT_FG_ERROR(attention_forward(q, k2.to(DType::F64), k2), "attention: q is f32 but k is f64");
+  EXPECT_FG_ERROR(attention_forward(q, k2, k2.to(DType::F64)), "attention: q is f32 but v is f64");
+  EXPECT_FG_ERROR(attention_forward(q, Tensor(), k2), "attention: k is undefined");
+  fg::ops::AttentionOut r = attention_forward(q, k2, k2);
+  EXPECT_FG_ERROR(attention_backward(Tensor::zeros({2, 5, 6, 6}), q, k2, k2, r.out, r.lse),
+                  "attention_backward: dout is (2, 5, 6, 6) but q is (2, 5, 6, 7)");
+  EXPECT_FG_ERROR(attention_backward(r.out, q, k2, k2, r.out, r.lse.to(DType::F64)),
+                  "attention_backward: lse is f64 but expected f32");
+  EXPECT_FG_ERROR(attention_backward(r.out, q, k2, k2, r.out, Tensor::zeros({2, 5, 6})),
+                  "attention_backward: lse is (2, 5, 6) but expected (2, 6, 5)");
+}
+
+TEST(AttentionCpuEdge, BackwardMatchesFiniteDifferences) {
+  // Central differences in f64 on L = <out, w> through the ops API (the autograd
+  // wrapper has its own check in `gradcheck --ops`).
+  for (AttnShape s : {AttnShape{2, 5, 6, 2, 3}, AttnShape{1, 6, 3, 1, 5}, AttnShape{2, 1, 2, 1, 3}}) {
+    Qkv x = random_qkv(s, 17);
+    Generator gen(18);
+    Tensor w = Tensor::uniform(x.q.shape(), gen, -1.0, 1.0, DType::F64);
+    auto loss = [&](const Tensor& q, const Tensor& k, const Tensor& v) {
+      auto out = fg::ops::attention_forward(q, k, v).out.to_vector(), wv = w.to_vector();
+      double total = 0;
+      for (size_t i = 0; i < out.size(); ++i) total += out[i] * wv[i];
+      return total;
+    };
+    fg::ops::AttentionOut r = fg::ops::attention_forward(x.q, x.k, x.v);
+    fg::ops::AttentionGrads g = fg::ops::attention_backward(w, x.q, x.k, x.v, r.out, r.lse);
+    const Tensor* inputs[] = {&x.q, &x.k, &x.v};
+    const Tensor* grads[] = {&g.dq, &g.dk, &g.dv};
+    const double eps = 1e-6;
+    for (int which = 0; which < 3; ++which) {
+      auto analytic = grads[which]->to_vector();
+      auto base = inputs[which]->to_vector();
+      for (size_t i = 0; i < base.size(); ++i) {
+        auto moved = [&](double delta) {
+          std::vector<double> values = base;
+          values[i] += delta;
+          Tensor t = Tensor::from_vector(values, inputs[which]->shape(), DType::F64);
+          Tensor in[] = {x.q, x.k, x.v};
+          in[which] = t;
+          return loss(in[0], in[1], in[2]);
+        };
+        double numeric = (moved(eps) - moved(-eps)) / (2 * eps);
+        ASSERT_LE(std::fabs(analytic[i] - numeric), 1e-5 + 1e-3 * std::fabs(numeric))
+            << shape_name(s) << " input " << which << " element " << i;
+      }
+    }
+  }
+}
+
+// ---- CUDA against the CPU ----
+
+const std::vector<AttnShape> kCudaShapes = {
+    {1, 1, 3, 1, 8},     {2, 5, 6, 2, 3},     {2, 37, 6, 2, 24},   {3, 129, 4, 4, 64},
+    {1, 300, 8, 2, 128}, {2, 65, 5, 5, 72},   {1, 257, 6, 1, 33},  {2, 100, 3, 3, 7},
+    {1, 520, 4, 2, 96},  {1, 64, 2, 1, 256},
+};
+
+class AttentionCuda : public ::testing::TestWithParam<AttnShape> {};
+
+// GPU forward and backward in `dtype` against the CPU in f64 on the same
+// (rounded) inputs.
+void check_cuda_against_cpu(const AttnShape& s, DType dtype, double tol, double input_std) {
+  Device gpu = Device::cuda(0);
+  Qkv x = random_qkv(s, 21, dtype, gpu, input_std);
+  Generator gen(22);
+  Tensor dout = Tensor::randn(x.q.shape(), gen, dtype, gpu);
+  Tensor q64 = f64(x.q), k64 = f64(x.k), v64 = f64(x.v), dout64 = f64(dout);
+  fg::ops::AttentionOut ref = fg::ops::attention_forward(q64, k64, v64);
+  fg::ops::AttentionGrads ref_g =
+      fg::ops::attention_backward(dout64, q64, k64, v64, ref.out, ref.lse);
+
+  poison_pool({x.q.shape(), {s.B, s.H, s.T}}, dtype, gpu);
+  fg::ops::AttentionOut r = fg::ops::attention_forward(x.q, x.k, x.v);
+  ASSERT_TRUE(r.out.is_cuda());
+  EXPECT_EQ(r.out.dtype(), dtype);
+  EXPECT_EQ(r.lse.dtype(), DType::F32);
+  EXPECT_FALSE(fg::has_non_finite(r.out));
+  EXPECT_FALSE(fg::has_non_finite(r.lse));
+  EXPECT_TRUE(close_rel(r.out, ref.out, tol)) << "out";
+  EXPECT_TRUE(close_rel(r.lse, ref.lse, 1e-5)) << "lse";
+
+  poison_pool({x.q.shape(), x.k.shape(), x.v.shape()}, dtype, gpu);
+  fg::ops::AttentionGrads g = fg::ops::attention_backward(dout, x.q, x.k, x.v, r.out, r.lse);
+  for (const Tensor* t : {&g.dq, &g.dk, &g.dv}) {
+    EXPECT_TRUE(t->is_cuda());
+    EXPECT_EQ(t->dtype(), dtype);
+    EXPECT_FALSE(fg::has_non_finite(*t));
+  }
+  EXPECT_TRUE(close_rel(g.dq, ref_g.dq, tol)) << "dq";
+  EXPECT_TRUE(close_rel(g.dk, ref_g.dk, tol)) << "dk";
+  EXPECT_TRUE(close_rel(g.dv, ref_g.dv, tol)) << "dv";
+}
+
+TEST_P(AttentionCuda, F32MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_cuda_against_cpu(GetParam(), DType::F32, 1e-5, 1.0);
+}
+
+TEST_P(AttentionCuda, F32SharpSoftmaxMatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_cuda_against_cpu(GetParam(), DType::F32, 1e-5, 3.0);
+}
+
+TEST_P(AttentionCuda, Bf16MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_cuda_against_cpu(GetParam(), DType::BF16, 1e-2, 1.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionCuda, ::testing::ValuesIn(kCudaShapes),
+                         [](const auto& info) { return shape_name(info.param); });
+
+TEST(AttentionCudaEdge, F32CpuAndGpuAgree) {
+  FG_REQUIRE_GPU();
+  // CPU f32 against GPU f32 directly (the other tests compare with f64).
+  AttnShape s{2, 45, 6, 3, 40};
+  Qkv x = random_qkv(s, 31, DType::F32);
+  fg::ops::AttentionOut c = fg::ops::attention_forward(x.q, x.k, x.v);
+  Device gpu = Device::cuda(0);
+  fg::ops::AttentionOut g =
+      fg::ops::attention_forward(x.q.to(gpu), x.k.to(gpu), x.v.to(gpu));
+  EXPECT_TRUE(close_rel(g.out, c.out, 1e-5));
+  EXPECT_TRUE(close_rel(g.lse, c.lse, 1e-5));
+}
+
+TEST(AttentionCudaEdge, NonFiniteInputPropagates) {
+  FG_REQUIRE_GPU();
+  AttnShape s{1, 8, 2, 1, 16};
+  Device gpu = Device::cuda(0);
+  Qkv x = random_qkv(s, 32, DType::F32);
+  x.v.slice(1, 3, 4).fill_(NAN);  // position 3: rows t >= 3 read it
+  fg::ops::AttentionOut r = fg::ops::attention_forward(x.q.to(gpu), x.k.to(gpu), x.v.to(gpu));
+  EXPECT_FALSE(fg::has_non_finite(r.out.slice(1, 0, 3)));
+  EXPECT_TRUE(fg::has_non_finite(r.out.slice(1, 3, 4)));
+}
+
+TEST(AttentionCudaEdge, DeviceMismatchIsAnError) {
+  FG_REQUIRE_GPU();
+  Tensor q = Tensor::zeros({1, 4, 2, 8}, DType::F32, Device::cuda(0));
+  Tensor k = Tensor::zeros({1, 4, 1, 8});
+  EXPECT_FG_ERROR(fg::ops::attention_forward(q, k, k), "attention: q is on cuda:0 but k is on cpu");
+}
+
+}  // namespace

@@ -1,0 +1,195 @@
+// gemm: the CPU reference on hand-computed products and its error messages;
+// cuBLASLt against the CPU in f64 / f32 / bf16 over transposes, odd shapes,
+// alpha/beta, the bias epilogue and leading dimensions wider than the matrix.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "ops/gemm/gemm.h"
+#include "test_util.h"
+
+using fg::Device;
+using fg::DType;
+using fg::Generator;
+using fg::Shape;
+using fg::Tensor;
+
+namespace {
+
+Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+
+// Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
+// kernel that leaves an element of a freshly allocated output unwritten shows NaN.
+void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
+  std::vector<Tensor> poison;
+  for (const Shape& s : shapes) poison.push_back(Tensor::full(s, NAN, dtype, device));
+}
+
+TEST(Gemm, HandComputedProducts) {
+  Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3}, DType::F64);  // (2, 3)
+  Tensor b = Tensor::from_vector({1, 0, -1, 2, 0.5, 1}, {3, 2}, DType::F64);  // (3, 2)
+  // a @ b = [[1*1 + 2*-1 + 3*0.5, 0 + 4 + 3], [4 - 5 + 3, 0 + 10 + 6]]
+  std::vector<double> ab = {0.5, 7, 2, 16};
+  EXPECT_EQ(fg::ops::matmul(a, false, b, false).to_vector(), ab);
+  Tensor at = a.transpose(0, 1).contiguous(), bt = b.transpose(0, 1).contiguous();
+  EXPECT_EQ(fg::ops::matmul(at, true, b, false).to_vector(), ab);
+  EXPECT_EQ(fg::ops::matmul(a, false, bt, true).to_vector(), ab);
+  EXPECT_EQ(fg::ops::matmul(at, true, bt, true).to_vector(), ab);
+
+  // c = 2 (a @ b) + 0.5 c + bias
+  Tensor c = Tensor::from_vector({2, 4, 6, 8}, {2, 2}, DType::F64);
+  Tensor bias = Tensor::from_vector({10, 20}, {2}, DType::F64);
+  fg::ops::gemm(a, false, b, false, c, 2.0, 0.5, bias);
+  EXPECT_EQ(c.to_vector(), (std::vector<double>{1 + 1 + 10, 14 + 2 + 20, 4 + 3 + 10, 32 + 4 + 20}));
+}
+
+TEST(Gemm, ErrorsNameTheShapes) {
+  Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({4, 2}), c = Tensor::zeros({2, 2});
+  EXPECT_FG_ERROR(fg::ops::gemm(a, false, b, false, c), "op(a) is (2, 3) but op(b) is (4, 2)");
+  EXPECT_FG_ERROR(fg::ops::gemm(a, false, Tensor::zeros({3, 5}), false, c),
+                  "c is (2, 2) but op(a) @ op(b) is (2, 5)");
+  EXPECT_FG_ERROR(fg::ops::gemm(a, false, Tensor::zeros({3, 2}, DType::F64), false, c),
+                  "dtypes differ: a f32, b f64, c f32");
+  EXPECT_FG_ERROR(fg::ops::gemm(a, false, Tensor::zeros({3, 2}), false, c, 1, 0,
+                                Tensor::zeros({3})),
+                  "bias is (3,) but expected (2,)");
+  EXPECT_FG_ERROR(fg::ops::matmul(Tensor::zeros({2, 3, 4}), false, b, false), "must be 2-D");
+}
+
+// ---------------------------------------------------------------------------
+// CUDA: cuBLASLt against the CPU reference in f64.
+
+struct GemmCase {
+  int64_t m, n, k;
+  bool trans_a, trans_b;
+};
+
+std::string case_name(const GemmCase& c) {
+  return "m" + std::to_string(c.m) + "_n" + std::to_string(c.n) + "_k" + std::to_string(c.k) +
+         (c.trans_a ? "_At" : "_A") + (c.trans_b ? "_Bt" : "_B");
+}
+
+std::vector<GemmCase> cuda_cases() {
+  std::vector<GemmCase> cases;
+  for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{
+           {1, 1, 1}, {7, 13, 5}, {33, 17, 65}, {129, 75, 257}, {3, 300, 2}, {250, 1, 97}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) cases.push_back({m, n, k, ta, tb});
+  return cases;
+}
+
+double tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::BF16: return 1e-2;
+    case DType::F32: return 1e-5;
+    default: return 1e-12;
+  }
+}
+
+struct Operands {
+  Tensor a, b, c, bias;  // on the GPU, in the dtype under test
+};
+
+// a: (m, k) or (k, m); b: (k, n) or (n, k); c (m, n); bias (n). With `wide`,
+// a and b are column slices of wider matrices, so their leading dimension
+// exceeds their width.
+Operands make_operands(const GemmCase& g, DType dtype, uint64_t seed, bool wide = false) {
+  Generator gen(seed);
+  Device gpu = Device::cuda(0);
+  Shape sa = g.trans_a ? Shape{g.k, g.m} : Shape{g.m, g.k};
+  Shape sb = g.trans_b ? Shape{g.n, g.k} : Shape{g.k, g.n};
+  auto make = [&](const Shape& s) {
+    int64_t extra = wide ? 3 : 0;
+    Tensor t = Tensor::randn({s[0], s[1] + extra}, gen, dtype, gpu);
+    return t.slice(1, 0, s[1]);
+  };
+  Operands o;
+  o.a = make(sa);
+  o.b = make(sb);
+  o.c = Tensor::randn({g.m, g.n}, gen, dtype, gpu);
+  o.bias = Tensor::randn({g.n}, gen, dtype, gpu);
+  return o;
+}
+
+class GemmCuda : public ::testing::TestWithParam<GemmCase> {};
+
+void check_gemm(const GemmCase& g, DType dtype, double alpha, double beta, bool bias, bool wide) {
+  Operands o = make_operands(g, dtype, 100 + g.m + g.n + g.k, wide);
+  Tensor c_ref = f64(o.c);
+  fg::ops::gemm(f64(o.a), g.trans_a, f64(o.b), g.trans_b, c_ref, alpha, beta,
+                bias ? f64(o.bias) : Tensor());
+  if (beta == 0.0) o.c.fill_(NAN);  // beta 0 must not read c
+  fg::ops::gemm(o.a, g.trans_a, o.b, g.trans_b, o.c, alpha, beta, bias ? o.bias : Tensor());
+  EXPECT_FALSE(fg::has_non_finite(o.c));
+  EXPECT_TRUE(close_rel(o.c, c_ref, tolerance(dtype)))
+      << dtype_name(dtype) << " alpha " << alpha << " beta " << beta << " bias " << bias;
+}
+
+TEST_P(GemmCuda, F32MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_gemm(GetParam(), DType::F32, 1.0, 0.0, false, false);
+  check_gemm(GetParam(), DType::F32, 1.0, 0.0, true, false);  // bias epilogue
+  check_gemm(GetParam(), DType::F32, 0.7, 1.3, true, false);  // bias with beta != 0
+  check_gemm(GetParam(), DType::F32, -2.0, 1.0, false, true);  // accumulate, wide operands
+}
+
+TEST_P(GemmCuda, Bf16MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_gemm(GetParam(), DType::BF16, 1.0, 0.0, false, false);
+  check_gemm(GetParam(), DType::BF16, 1.0, 0.0, true, true);
+  check_gemm(GetParam(), DType::BF16, 0.5, 1.0, true, false);
+}
+
+TEST_P(GemmCuda, F64MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_gemm(GetParam(), DType::F64, 1.0, 0.0, true, false);
+  check_gemm(GetParam(), DType::F64, 0.25, -1.5, false, true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, GemmCuda, ::testing::ValuesIn(cuda_cases()),
+                         [](const auto& info) { return case_name(info.param); });
+
+TEST(GemmCudaEdge, RepeatedCallsReuseTheCachedPlan) {
+  FG_REQUIRE_GPU();
+  // The same shape twice (cached plan), then another shape, then the first again.
+  GemmCase g1{37, 29, 41, false, true}, g2{29, 37, 41, true, false};
+  for (const GemmCase& g : {g1, g1, g2, g1}) check_gemm(g, DType::F32, 1.0, 0.0, true, false);
+}
+
+TEST(GemmCudaEdge, MatmulAllocatesAndWritesEveryElement) {
+  FG_REQUIRE_GPU();
+  Device gpu = Device::cuda(0);
+  Generator gen(5);
+  Tensor a = Tensor::randn({45, 71}, gen, DType::BF16, gpu);
+  Tensor b = Tensor::randn({53, 71}, gen, DType::BF16, gpu);
+  poison_pool({{45, 53}}, DType::BF16, gpu);
+  Tensor c = fg::ops::matmul(a, false, b, true);
+  EXPECT_TRUE(c.is_cuda());
+  EXPECT_EQ(c.dtype(), DType::BF16);
+  EXPECT_FALSE(fg::has_non_finite(c));
+  EXPECT_TRUE(close_rel(c, fg::ops::matmul(f64(a), false, f64(b), true), 1e-2));
+}
+
+TEST(GemmCudaEdge, EmptyInnerDimensionGivesBetaCPlusBias) {
+  FG_REQUIRE_GPU();
+  Device gpu = Device::cuda(0);
+  Tensor a = Tensor::zeros({3, 0}, DType::F32, gpu), b = Tensor::zeros({0, 5}, DType::F32, gpu);
+  Tensor c = Tensor::full({3, 5}, 2.0, DType::F32, gpu);
+  Tensor bias = Tensor::full({5}, 1.0, DType::F32, gpu);
+  fg::ops::gemm(a, false, b, false, c, 1.0, 0.5, bias);
+  EXPECT_EQ(fg::sum(c), 15 * 2.0);
+  Tensor e = fg::ops::matmul(Tensor::zeros({0, 4}, DType::F32, gpu), false,
+                             Tensor::zeros({4, 6}, DType::F32, gpu), false);
+  EXPECT_EQ(e.shape(), (Shape{0, 6}));
+}
+
+TEST(GemmCudaEdge, DeviceMismatchIsAnError) {
+  FG_REQUIRE_GPU();
+  Tensor a = Tensor::zeros({2, 3}, DType::F32, Device::cuda(0)), b = Tensor::zeros({3, 2});
+  EXPECT_FG_ERROR(fg::ops::matmul(a, false, b, false), "gemm: a is on cuda:0 but b is on cpu");
+}
+
+}  // namespace

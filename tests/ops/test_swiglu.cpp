@@ -1,0 +1,166 @@
+// swiglu: forward and backward on hand-computed values, error messages; CUDA
+// against the CPU in f64 (f32, bf16) over odd F, NaN poison.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "ops/swiglu/swiglu.h"
+#include "test_util.h"
+
+using fg::Device;
+using fg::DType;
+using fg::Generator;
+using fg::Shape;
+using fg::Tensor;
+using fg::ops::swiglu_backward;
+using fg::ops::swiglu_forward;
+
+namespace {
+
+Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+
+// Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
+// kernel that leaves an element of a freshly allocated output unwritten shows NaN.
+void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
+  std::vector<Tensor> poison;
+  for (const Shape& s : shapes) poison.push_back(Tensor::full(s, NAN, dtype, device));
+}
+
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+TEST(Swiglu, ForwardHandComputed) {
+  // Two rows of [g0 g1 | u0 u1].
+  Tensor gu = Tensor::from_vector({0, 1, 5, 3, -2, 4, 0.5, -1}, {2, 4}, DType::F64);
+  Tensor out = swiglu_forward(gu);
+  EXPECT_EQ(out.shape(), (Shape{2, 2}));
+  std::vector<double> expect = {0 * 5, 1 * sigmoid(1) * 3, -2 * sigmoid(-2) * 0.5,
+                                4 * sigmoid(4) * -1};
+  std::vector<double> got = out.to_vector();
+  for (size_t i = 0; i < expect.size(); ++i) EXPECT_NEAR(got[i], expect[i], 1e-15) << i;
+}
+
+TEST(Swiglu, BackwardHandComputed) {
+  double g = 0.7, u = -1.3, d = 2.0;
+  Tensor gu = Tensor::from_vector({g, u}, {1, 2}, DType::F64);
+  Tensor dgu = swiglu_backward(Tensor::from_vector({d}, {1, 1}, DType::F64), gu);
+  double s = sigmoid(g);
+  std::vector<double> got = dgu.to_vector();
+  EXPECT_NEAR(got[0], d * u * (s + g * s * (1 - s)), 1e-15);  // d/dg of g s(g) u
+  EXPECT_NEAR(got[1], d * g * s, 1e-15);                      // d/du
+}
+
+TEST(Swiglu, LeadingDimsAndFloat32) {
+  Generator gen(2);
+  Tensor gu = Tensor::randn({3, 5, 14}, gen, DType::F64);
+  Tensor out = swiglu_forward(gu);
+  EXPECT_EQ(out.shape(), (Shape{3, 5, 7}));
+  Tensor out32 = swiglu_forward(gu.to(DType::F32));
+  EXPECT_EQ(out32.dtype(), DType::F32);
+  EXPECT_TRUE(close_rel(out32, out, 1e-6));
+  Tensor dout = Tensor::randn({3, 5, 7}, gen, DType::F64);
+  EXPECT_TRUE(close_rel(swiglu_backward(dout.to(DType::F32), gu.to(DType::F32)),
+                        swiglu_backward(dout, gu), 1e-6));
+  // A non-contiguous gu gives the same as its contiguous copy.
+  Tensor gut = Tensor::randn({6, 4}, gen, DType::F64).transpose(0, 1);  // (4, 6)
+  EXPECT_EQ(fg::max_abs_diff(swiglu_forward(gut), swiglu_forward(gut.contiguous())), 0.0);
+}
+
+TEST(Swiglu, SaturatedGatesStayFinite) {
+  Tensor gu = Tensor::from_vector({-100, 100, 1, 1}, {1, 4});
+  std::vector<double> out = swiglu_forward(gu).to_vector();
+  EXPECT_EQ(out[0], 0.0);
+  EXPECT_NEAR(out[1], 100.0, 1e-4);
+  EXPECT_FALSE(fg::has_non_finite(swiglu_backward(Tensor::ones({1, 2}), gu)));
+}
+
+TEST(Swiglu, ErrorsNameTheShapes) {
+  EXPECT_FG_ERROR(swiglu_forward(Tensor::zeros({2, 5})),
+                  "swiglu: gu is (2, 5) but its last dimension must be even");
+  EXPECT_FG_ERROR(swiglu_forward(Tensor()), "swiglu: gu is undefined");
+  EXPECT_FG_ERROR(swiglu_backward(Tensor::zeros({2, 4}), Tensor::zeros({2, 6})),
+                  "swiglu_backward: dout is (2, 4) but gu is (2, 6)");
+  EXPECT_FG_ERROR(swiglu_backward(Tensor::zeros({2, 3}, DType::F64), Tensor::zeros({2, 6})),
+                  "swiglu_backward: dout is f64 but gu is f32");
+}
+
+// ---------------------------------------------------------------------------
+// CUDA against the CPU in f64 on the same (rounded) inputs.
+
+class SwigluCuda : public ::testing::TestWithParam<Shape> {};
+
+std::string case_name(const Shape& s) {
+  std::string n = "gu";
+  for (int64_t d : s) n += "_" + std::to_string(d);
+  return n;
+}
+
+void check_swiglu(const Shape& gu_shape, DType dtype, double tol) {
+  Device gpu = Device::cuda(0);
+  Generator gen(11 + gu_shape.back());
+  Tensor gu = Tensor::randn(gu_shape, gen, dtype, gpu, 0.0, 2.0);
+  Shape out_shape = gu_shape;
+  out_shape.back() /= 2;
+  Tensor dout = Tensor::randn(out_shape, gen, dtype, gpu);
+
+  poison_pool({out_shape}, dtype, gpu);
+  Tensor out = swiglu_forward(gu);
+  EXPECT_TRUE(out.is_cuda());
+  EXPECT_EQ(out.dtype(), dtype);
+  EXPECT_FALSE(fg::has_non_finite(out));
+  EXPECT_TRUE(close_rel(out, swiglu_forward(f64(gu)), tol)) << "out";
+
+  poison_pool({gu_shape}, dtype, gpu);
+  Tensor dgu = swiglu_backward(dout, gu);
+  EXPECT_EQ(dgu.dtype(), dtype);
+  EXPECT_FALSE(fg::has_non_finite(dgu));
+  EXPECT_TRUE(close_rel(dgu, swiglu_backward(f64(dout), f64(gu)), tol)) << "dgu";
+}
+
+TEST_P(SwigluCuda, F32MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_swiglu(GetParam(), DType::F32, 1e-5);
+}
+
+TEST_P(SwigluCuda, Bf16MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_swiglu(GetParam(), DType::BF16, 1e-2);
+}
+
+TEST_P(SwigluCuda, F64MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_swiglu(GetParam(), DType::F64, 1e-12);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SwigluCuda,
+                         ::testing::Values(Shape{1, 2}, Shape{3, 5, 14}, Shape{13, 22},
+                                           Shape{2, 37, 2002}, Shape{129, 690},
+                                           Shape{4, 7, 3, 6}, Shape{1, 2048}, Shape{3, 4098}),
+                         [](const auto& info) { return case_name(info.param); });
+
+#ifdef FG_CUDA  // calls the CUDA entry points directly
+TEST(SwigluCudaEdge, KernelsWriteEveryElement) {
+  FG_REQUIRE_GPU();
+  Device gpu = Device::cuda(0);
+  Generator gen(12);
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    Tensor gu = Tensor::randn({7, 9, 26}, gen, dtype, gpu);
+    Tensor out = Tensor::full({7, 9, 13}, NAN, dtype, gpu);
+    fg::ops::detail::swiglu_forward_cuda(gu, out);
+    EXPECT_FALSE(fg::has_non_finite(out)) << dtype_name(dtype);
+    Tensor dgu = Tensor::full({7, 9, 26}, NAN, dtype, gpu);
+    fg::ops::detail::swiglu_backward_cuda(Tensor::ones({7, 9, 13}, dtype, gpu), gu, dgu);
+    EXPECT_FALSE(fg::has_non_finite(dgu)) << dtype_name(dtype);
+  }
+}
+#endif
+
+TEST(SwigluCudaEdge, DeviceMismatchIsAnError) {
+  FG_REQUIRE_GPU();
+  Tensor gu = Tensor::zeros({2, 6}, DType::F32, Device::cuda(0));
+  EXPECT_FG_ERROR(swiglu_backward(Tensor::zeros({2, 3}), gu),
+                  "swiglu_backward: dout is on cpu but gu is on cuda:0");
+}
+
+}  // namespace

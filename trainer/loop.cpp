@@ -1,0 +1,326 @@
+#include "trainer/loop.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "ops/grad_norm/grad_norm.h"
+#include "trainer/checkpoint.h"
+#include "trainer/loader.h"
+#include "trainer/markov.h"
+#include "trainer/token_file.h"
+#include "trainer/tokenizer.h"
+
+namespace fg::trainer {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  FG_CHECK(in.good(), path, ": cannot open for reading");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  FG_CHECK(!text.empty(), path, ": the file is empty; there is nothing to train on");
+  return text;
+}
+
+// Everything the run reads: tokens, their tokenizer, and (synthetic) the best loss.
+struct Dataset {
+  std::unique_ptr<DataLoader> loader;
+  Tokenizer tokenizer = Tokenizer::byte_level();
+  double entropy_rate = -1;
+  std::string description;
+};
+
+Dataset open_dataset(const TrainOptions& o) {
+  Dataset d;
+  if (o.data.empty()) {
+    FG_CHECK(o.synth_vocab >= 2 && o.synth_vocab <= 26, "--synth-vocab must be in [2, 26], got ",
+             o.synth_vocab);
+    MarkovSource source(o.synth_vocab, static_cast<int>(o.synth_order), o.seed,
+                        o.synth_concentration);
+    d.loader = std::make_unique<DataLoader>(source.generate(o.synth_tokens, o.seed + 1),
+                                            o.synth_vocab, o.seed, "synthetic corpus");
+    d.tokenizer = Tokenizer::char_level_from_vocab([&] {
+      std::vector<uint8_t> v;
+      for (int64_t i = 0; i < o.synth_vocab; ++i) v.push_back(static_cast<uint8_t>('a' + i));  // printable names
+      return v;
+    }());
+    d.entropy_rate = source.entropy_rate();
+    d.description = source.describe();
+  } else if (TokenFile::is_token_file(o.data)) {
+    auto file = std::make_shared<const TokenFile>(o.data);
+    d.tokenizer = file->tokenizer();
+    d.loader = std::make_unique<DataLoader>(file, o.seed);
+    d.description = str_cat(o.data, ": ", file->size(), " tokens (prepared, ",
+                            d.tokenizer.kind(), ", vocab ", d.tokenizer.vocab_size(), ")");
+  } else {
+    std::string text = read_text_file(o.data);
+    FG_CHECK(o.tokenizer == "char" || o.tokenizer == "byte", "--tokenizer: expected byte or char, got '",
+             o.tokenizer, "'");
+    d.tokenizer = o.tokenizer == "char" ? Tokenizer::char_level_from_text(text)
+                                        : Tokenizer::byte_level();
+    std::vector<int32_t> ids = d.tokenizer.encode(text);
+    d.loader = std::make_unique<DataLoader>(ids, d.tokenizer.vocab_size(), o.seed, o.data);
+    d.description = str_cat(o.data, ": ", ids.size(), " tokens (", d.tokenizer.kind(),
+                            ", vocab ", d.tokenizer.vocab_size(), ")");
+  }
+  return d;
+}
+
+NamedTensors named(const std::vector<ParamSpec>& specs, const std::vector<Tensor>& tensors) {
+  NamedTensors out;
+  for (size_t i = 0; i < specs.size(); ++i)
+    out.emplace_back(specs[i].name, tensors[i].to(Device::cpu(), DType::F32));
+  return out;
+}
+
+std::vector<Tensor> data_of(const std::vector<ag::Variable>& vars) {
+  std::vector<Tensor> t;
+  for (const auto& v : vars) t.push_back(v.data());
+  return t;
+}
+
+void save(const TrainOptions& o, const std::string& path, const GPT& model, const AdamW& opt,
+          const Dataset& data, int64_t step, int64_t tokens_seen, const ScheduleConfig& sched) {
+  CheckpointData ck;
+  ck.config = model.config();
+  ck.step = step;
+  ck.tokens_seen = tokens_seen;
+  ck.model = named(model.specs(), data_of(model.params()));
+  ck.exp_avg = named(model.specs(), opt.exp_avg());
+  ck.exp_avg_sq = named(model.specs(), opt.exp_avg_sq());
+  ck.optimizer.lr = lr_at(sched, std::max<int64_t>(step - 1, 0));
+  ck.optimizer.beta1 = opt.beta1();
+  ck.optimizer.beta2 = opt.beta2();
+  ck.optimizer.eps = opt.eps();
+  ck.optimizer.weight_decay = opt.weight_decay();
+  ck.optimizer.step = opt.step_count();
+  // The loader is a pure function of (seed, step), so these are all exact resume needs.
+  ck.trainer_ints["seed"] = static_cast<int64_t>(o.seed);
+  ck.trainer_ints["data_step"] = step;
+  ck.trainer_ints["rng_seed"] = static_cast<int64_t>(o.seed);
+  ck.trainer_ints["rng_offset"] = 0;
+  ck.trainer_ints["synth_vocab"] = o.synth_vocab;
+  ck.trainer_ints["synth_order"] = o.synth_order;
+  ck.trainer_ints["synth_tokens"] = o.synth_tokens;
+  ck.trainer_floats["synth_concentration"] = o.synth_concentration;
+  ck.trainer_strings["data"] = o.data;
+  ck.tokenizer_kind = data.tokenizer.kind();
+  ck.tokenizer_vocab = data.tokenizer.vocab();
+  save_checkpoint(path, ck);
+}
+
+std::string format_eta(double s) {
+  int t = static_cast<int>(s + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%d:%02d", t / 60, t % 60);
+  return buf;
+}
+
+}  // namespace
+
+GPTConfig load_checkpoint_config(const std::string& path) { return load_checkpoint(path).config; }
+
+LoadedModel load_model(const std::string& path, Device device, DType dtype) {
+  CheckpointData ck = load_checkpoint(path);
+  ck.config.validate();
+  GPT model(ck.config, 0, device, dtype);
+  std::vector<std::pair<std::string, Shape>> expected;
+  for (const ParamSpec& s : model.specs()) expected.emplace_back(s.name, s.shape);
+  check_model_tensors(path, ck.model, expected);
+  for (size_t i = 0; i < expected.size(); ++i) model.params()[i].data().copy_(ck.model[i].second);
+  Tokenizer tok = ck.tokenizer_kind == "byte" ? Tokenizer::byte_level()
+                                               : Tokenizer::char_level_from_vocab(ck.tokenizer_vocab);
+  return LoadedModel{std::move(model), std::move(tok), ck.step};
+}
+
+TrainResult train(const TrainOptions& options) {
+  TrainOptions o = options;
+  FG_CHECK(o.steps >= 0, "--steps must be >= 0, got ", o.steps);
+  FG_CHECK(o.batch > 0, "--batch must be > 0, got ", o.batch);
+  FG_CHECK(o.seq > 0, "--seq must be > 0, got ", o.seq);
+  FG_CHECK(o.grad_accum > 0 && o.batch % o.grad_accum == 0, "--grad-accum (", o.grad_accum,
+           ") must divide --batch (", o.batch, ")");
+  FG_CHECK(o.seq <= o.model.max_seq_len, "--seq (", o.seq, ") is longer than --max-seq-len (",
+           o.model.max_seq_len, ")");
+  Dataset data = open_dataset(o);
+  if (o.model.vocab_size == 0) o.model.vocab_size = data.loader->vocab_size();
+  o.model.validate();
+  FG_CHECK(data.loader->vocab_size() <= o.model.vocab_size, "--vocab-size (", o.model.vocab_size,
+           ") is smaller than the data's vocabulary (", data.loader->vocab_size(), ")");
+  data.loader->check_seq(o.seq);
+
+  GPT model(o.model, o.seed, o.device, o.dtype);
+  AdamW opt(model.params(), model.specs(), o.beta1, o.beta2, o.adam_eps, o.weight_decay);
+  ScheduleConfig sched = o.schedule;
+  int64_t start_step = 0, tokens_seen = 0;
+
+  if (!o.resume.empty()) {
+    CheckpointData ck = load_checkpoint(o.resume);
+    o.model.visit_fields([&](const char* name, const auto& mine) {
+      ck.config.visit_fields([&](const char* other, const auto& theirs) {
+        if (std::string(name) != other) return;
+        FG_CHECK(static_cast<double>(mine) == static_cast<double>(theirs), o.resume,
+                 ": checkpoint has ", name, " = ", theirs, " but the run asks for ", mine);
+      });
+    });
+    FG_CHECK(ck.trainer_ints["seed"] == static_cast<int64_t>(o.seed), o.resume,
+             ": checkpoint was trained with --seed ", ck.trainer_ints["seed"],
+             "; exact resume needs the same seed, got ", o.seed);
+    std::vector<std::pair<std::string, Shape>> expected;
+    for (const ParamSpec& s : model.specs()) expected.emplace_back(s.name, s.shape);
+    check_model_tensors(o.resume, ck.model, expected);
+    check_model_tensors(o.resume, ck.exp_avg, expected);
+    check_model_tensors(o.resume, ck.exp_avg_sq, expected);
+    for (size_t i = 0; i < expected.size(); ++i) {
+      model.params()[i].data().copy_(ck.model[i].second);
+      opt.exp_avg()[i].copy_(ck.exp_avg[i].second);
+      opt.exp_avg_sq()[i].copy_(ck.exp_avg_sq[i].second);
+    }
+    opt.set_step_count(ck.optimizer.step);
+    start_step = ck.step;
+    tokens_seen = ck.tokens_seen;
+    FG_CHECK(start_step <= o.steps, o.resume, ": checkpoint is at step ", start_step,
+             " but --steps is ", o.steps);
+  }
+
+  const bool tty = isatty(fileno(stdout));
+  std::printf("data: %s\n", data.description.c_str());
+  std::printf("model: %lld parameters, %lld layers, d_model %lld, %lld heads (%lld kv), on %s %s\n",
+              static_cast<long long>(model.num_params()), static_cast<long long>(o.model.n_layer),
+              static_cast<long long>(o.model.d_model), static_cast<long long>(o.model.n_head),
+              static_cast<long long>(o.model.kv_heads()), o.device.str().c_str(),
+              dtype_name(o.dtype));
+  if (start_step > 0) std::printf("resumed from %s at step %lld\n", o.resume.c_str(),
+                                  static_cast<long long>(start_step));
+
+  std::ofstream log;
+  if (!o.log.empty()) {
+    log.open(o.log, start_step > 0 ? std::ios::app : std::ios::trunc);
+    FG_CHECK(log.good(), "--log ", o.log, ": cannot open for writing");
+  }
+
+  auto evaluate = [&]() {
+    ag::NoGradGuard no_grad;
+    double total = 0;
+    for (int64_t i = 0; i < o.eval_batches; ++i) {
+      Batch b = data.loader->val_batch(i, o.batch / o.grad_accum, o.seq);
+      total += model.loss(b.inputs, b.targets, Recompute::None).data().item();
+    }
+    return total / static_cast<double>(o.eval_batches);
+  };
+
+  TrainResult result;
+  result.entropy_rate = data.entropy_rate;
+  result.best_val_loss = INFINITY;
+  const int64_t micro = o.batch / o.grad_accum;
+  const int64_t tokens_per_step = o.batch * o.seq;
+  int64_t bad_in_row = 0;
+  auto t_start = Clock::now();
+  double train_seconds = 0;
+
+  for (int64_t step = start_step; step < o.steps; ++step) {
+    auto t0 = Clock::now();
+    double lr = lr_at(sched, step);
+    model.zero_grad();
+    double loss = 0;
+    for (int m = 0; m < o.grad_accum; ++m) {
+      Batch b = data.loader->train_batch(step, 0, 1, micro, o.seq, m);
+      ag::Variable l = model.loss(b.inputs, b.targets, o.recompute);
+      loss += l.data().item() / static_cast<double>(o.grad_accum);
+      l.backward(Tensor::full({}, 1.0 / static_cast<double>(o.grad_accum), l.dtype(), l.device()));
+    }
+    std::vector<Tensor> grads = gradients(model.params());
+    if (o.gradient_hook) o.gradient_hook(grads);
+    double grad_norm = o.clip > 0 ? ops::clip_grad_norm(grads, o.clip) : ops::global_grad_norm(grads);
+    bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    if (finite) {
+      opt.step(lr);
+      bad_in_row = 0;
+    } else {
+      result.skipped_steps += 1;
+      FG_CHECK(++bad_in_row < o.max_bad_steps, "training diverged: ", bad_in_row,
+               " non-finite steps in a row at step ", step, " (loss ", loss, ", grad norm ",
+               grad_norm, "); lower --lr or raise --clip");
+    }
+    tokens_seen += tokens_per_step;
+    double dt = seconds_since(t0);
+    train_seconds += dt;
+    result.losses.push_back(loss);
+
+    bool last = step + 1 == o.steps;
+    bool eval_now = o.eval_every > 0 && ((step + 1) % o.eval_every == 0 || last);
+    double val = NAN;
+    if (eval_now) {
+      val = evaluate();
+      result.final_val_loss = val;
+      if (val < result.best_val_loss) {
+        result.best_val_loss = val;
+        result.best_val_step = step + 1;
+      }
+    }
+    double tps = static_cast<double>(tokens_per_step) / dt;
+    if (log.is_open()) {
+      nlohmann::json j = {{"step", step + 1},       {"loss", loss},
+                          {"lr", lr},               {"grad_norm", grad_norm},
+                          {"tokens_per_s", tps},    {"ms_per_step", dt * 1e3}};
+      if (eval_now) j["val_loss"] = val;
+      if (!finite) j["skipped"] = true;
+      log << j.dump() << "\n";
+      log.flush();
+    }
+    if (o.progress) {
+      double eta = train_seconds / static_cast<double>(step + 1 - start_step) *
+                   static_cast<double>(o.steps - step - 1);
+      std::string line = str_cat("step ", step + 1, "/", o.steps, " loss ", loss, " lr ", lr,
+                                 " ", static_cast<int64_t>(tps), " tok/s eta ", format_eta(eta));
+      if (eval_now) line += str_cat(" val ", val);
+      if (!finite) line += " (skipped: non-finite)";
+      if (tty) {
+        int width = 30, done = static_cast<int>(width * (step + 1) / o.steps);
+        std::printf("\r[%s%s] %s\033[K", std::string(done, '#').c_str(),
+                    std::string(width - done, '.').c_str(), line.c_str());
+        if (eval_now) std::printf("\n");
+        std::fflush(stdout);
+      } else if (eval_now || step == start_step || (step + 1) % 50 == 0) {
+        std::printf("%s\n", line.c_str());
+        std::fflush(stdout);
+      }
+    }
+    if (!o.save.empty() && o.save_every > 0 && (step + 1) % o.save_every == 0 && !last)
+      save(o, o.save, model, opt, data, step + 1, tokens_seen, sched);
+  }
+  if (!o.save.empty()) save(o, o.save, model, opt, data, o.steps, tokens_seen, sched);
+
+  result.seconds = seconds_since(t_start);
+  int64_t trained = o.steps - start_step;
+  result.tokens_per_s = train_seconds > 0 ? static_cast<double>(trained * tokens_per_step) / train_seconds : 0;
+  if (o.progress) {
+    std::printf("done: %lld steps in %.1f s, %.0f tokens/s", static_cast<long long>(trained),
+                result.seconds, result.tokens_per_s);
+    if (!result.losses.empty()) std::printf(", final loss %.4f", result.losses.back());
+    if (result.best_val_step >= 0)
+      std::printf(", best val loss %.4f at step %lld", result.best_val_loss,
+                  static_cast<long long>(result.best_val_step));
+    if (result.entropy_rate >= 0)
+      std::printf(", entropy rate %.4f (gap %.4f)", result.entropy_rate,
+                  result.final_val_loss - result.entropy_rate);
+    if (result.skipped_steps) std::printf(", %lld skipped", static_cast<long long>(result.skipped_steps));
+    if (!o.save.empty()) std::printf(", saved %s", o.save.c_str());
+    std::printf("\n");
+  }
+  return result;
+}
+
+}  // namespace fg::trainer

@@ -1,0 +1,77 @@
+// The training loop: data, model, AdamW, schedule, clipping, eval, the
+// non-finite guard, JSONL metrics, progress, checkpoints and exact resume.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "trainer/config.h"
+#include "trainer/model.h"
+#include "trainer/optim.h"
+#include "trainer/tokenizer.h"
+
+namespace fg::trainer {
+
+struct TrainOptions {
+  GPTConfig model;  // vocab_size 0: the data's vocabulary
+  // Data: a text file (tokenized with `tokenizer`), a prepared token file, or
+  // empty for the built-in synthetic Markov corpus.
+  std::string data;
+  std::string tokenizer = "char";
+  int64_t synth_vocab = 8;
+  int64_t synth_order = 2;
+  int64_t synth_tokens = 200000;
+  double synth_concentration = 0.3;
+
+  Device device = Device::cpu();
+  DType dtype = DType::F32;
+  int64_t steps = 500;
+  int64_t batch = 16;  // sequences per optimizer step (all micro-batches)
+  int64_t seq = 64;
+  int64_t grad_accum = 1;  // micro-batches per step; batch % grad_accum == 0
+  ScheduleConfig schedule;
+  double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8, weight_decay = 0.1;
+  double clip = 1.0;  // <= 0: no clipping
+  int64_t eval_every = 100;
+  int64_t eval_batches = 8;
+  Recompute recompute = Recompute::None;
+  uint64_t seed = 1337;
+  int64_t max_bad_steps = 5;  // abort after this many non-finite steps in a row
+
+  std::string save;        // checkpoint path written at the end (and every save_every)
+  int64_t save_every = 0;  // 0: only at the end
+  std::string resume;      // checkpoint to continue from
+  std::string log;         // JSONL metrics file
+  bool progress = true;    // progress bar on a terminal, plain lines otherwise
+
+  // For tests: called on the gradients (table order) before clipping.
+  std::function<void(const std::vector<Tensor>&)> gradient_hook;
+};
+
+struct TrainResult {
+  std::vector<double> losses;  // per step (bitwise reproducible for the same options)
+  double final_val_loss = 0;
+  double best_val_loss = 0;
+  int64_t best_val_step = -1;
+  double entropy_rate = -1;  // synthetic corpus only: the best possible loss
+  double tokens_per_s = 0;
+  double seconds = 0;
+  int64_t skipped_steps = 0;
+};
+
+TrainResult train(const TrainOptions& options);
+
+// The model config stored in a checkpoint (for --resume without repeating flags).
+GPTConfig load_checkpoint_config(const std::string& path);
+
+// A model with the weights of a checkpoint (checked against the parameter table),
+// and the tokenizer it was trained with.
+struct LoadedModel {
+  GPT model;
+  Tokenizer tokenizer;
+  int64_t step;
+};
+LoadedModel load_model(const std::string& path, Device device, DType dtype = DType::F32);
+
+}  // namespace fg::trainer

@@ -1,0 +1,164 @@
+#include "trainer/model.h"
+
+#include <cmath>
+
+#include "autograd/checkpoint.h"
+#include "autograd/functions.h"
+
+namespace fg::trainer {
+
+using ag::Variable;
+
+std::vector<ParamSpec> parameter_table(const GPTConfig& cfg) {
+  using Init = ParamSpec::Init;
+  const int64_t V = cfg.vocab_size, D = cfg.d_model, F = cfg.ff_dim(), Q = cfg.qkv_dim();
+  std::vector<ParamSpec> t;
+  t.push_back({"tok_embeddings.weight", {V, D}, Init::Normal, true});
+  for (int64_t i = 0; i < cfg.n_layer; ++i) {
+    std::string p = "layers." + std::to_string(i) + ".";
+    t.push_back({p + "attn_norm.weight", {D}, Init::Ones, false});
+    t.push_back({p + "attn.wqkv.weight", {Q, D}, Init::Normal, true});
+    if (cfg.qkv_bias) t.push_back({p + "attn.wqkv.bias", {Q}, Init::Zeros, false});
+    t.push_back({p + "attn.wo.weight", {D, D}, Init::ResidualNormal, true});
+    t.push_back({p + "mlp_norm.weight", {D}, Init::Ones, false});
+    t.push_back({p + "mlp.w_gate_up.weight", {2 * F, D}, Init::Normal, true});
+    t.push_back({p + "mlp.w_down.weight", {D, F}, Init::ResidualNormal, true});
+  }
+  t.push_back({"norm.weight", {D}, Init::Ones, false});
+  if (!cfg.tie_embeddings) t.push_back({"lm_head.weight", {V, D}, Init::Normal, true});
+  return t;
+}
+
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::None;
+  if (name == "attn") return Recompute::Attn;
+  if (name == "full") return Recompute::Full;
+  FG_THROW("--recompute: expected none, attn or full, got '", name, "'");
+}
+
+GPT::GPT(const GPTConfig& cfg, uint64_t seed, Device device, DType dtype)
+    : cfg_(cfg), device_(device), dtype_(dtype), specs_(parameter_table(cfg)) {
+  cfg_.validate();
+  Generator gen(seed);
+  const double std_residual = 0.02 / std::sqrt(2.0 * static_cast<double>(cfg.n_layer));
+  for (const ParamSpec& s : specs_) {
+    Tensor t;
+    switch (s.init) {
+      case ParamSpec::Init::Normal:
+        t = Tensor::randn(s.shape, gen, DType::F32, Device::cpu(), 0.0, 0.02);
+        break;
+      case ParamSpec::Init::ResidualNormal:
+        t = Tensor::randn(s.shape, gen, DType::F32, Device::cpu(), 0.0, std_residual);
+        break;
+      case ParamSpec::Init::Ones: t = Tensor::ones(s.shape); break;
+      case ParamSpec::Init::Zeros: t = Tensor::zeros(s.shape); break;
+    }
+    params_.emplace_back(t.to(device, dtype), true);
+  }
+}
+
+int64_t GPT::num_params() const {
+  int64_t n = 0;
+  for (const Variable& p : params_) n += p.data().numel();
+  return n;
+}
+
+void GPT::zero_grad() const {
+  for (const Variable& p : params_) const_cast<Variable&>(p).zero_grad();
+}
+
+namespace {
+// The parameters of one layer, looked up by position in the table.
+struct LayerParams {
+  Variable attn_norm, wqkv, bias, wo, mlp_norm, w_gate_up, w_down;
+};
+}  // namespace
+
+Variable GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
+                      Recompute recompute) const {
+  FG_CHECK(p.size() == specs_.size(), "GPT: ", p.size(), " parameters given, the table has ",
+           specs_.size());
+  FG_CHECK(idx_in.dim() == 2, "GPT: idx must be (B, T), got ", idx_in.shape_str());
+  const int64_t B = idx_in.size(0), T = idx_in.size(1), D = cfg_.d_model;
+  FG_CHECK(T <= cfg_.max_seq_len, "GPT: sequence length ", T, " exceeds max_seq_len ",
+           cfg_.max_seq_len);
+  Tensor idx = idx_in.to(device_);
+  Tensor positions = Tensor::arange(T, DType::I32, device_);
+
+  ops::QKVRoPEConfig qcfg;
+  qcfg.hidden_dim = D;
+  qcfg.num_heads = cfg_.n_head;
+  qcfg.num_kv_heads = cfg_.kv_heads();
+  qcfg.rotary_dim = cfg_.rope_dim();
+  qcfg.use_bias = cfg_.qkv_bias;
+  qcfg.eps = cfg_.norm_eps;
+  qcfg.rope_theta = cfg_.rope_theta;
+
+  size_t at = 0;
+  const Variable& tok = p[at++];
+  // The residual stream is carried as (h, delta): the next fused norm adds them.
+  Variable h = ag::embedding(tok, idx);  // (B, T, D)
+  Variable delta;
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) {
+    LayerParams lp;
+    lp.attn_norm = p[at++];
+    lp.wqkv = p[at++];
+    if (cfg_.qkv_bias) lp.bias = p[at++];
+    lp.wo = p[at++];
+    lp.mlp_norm = p[at++];
+    lp.w_gate_up = p[at++];
+    lp.w_down = p[at++];
+
+    auto layer = [&, lp, qcfg](const std::vector<Variable>& in) {
+      // in = {h} for the first layer, {delta, h} after it.
+      ops::QKVRoPEConfig c = qcfg;
+      c.add_residual = in.size() == 2;
+      ag::QKVRoPEResult r = c.add_residual
+          ? ag::rmsnorm_qkv_rope(c, in[0], positions, in[1], lp.attn_norm, lp.wqkv, lp.bias)
+          : ag::rmsnorm_qkv_rope(c, in[0], positions, Variable(), lp.attn_norm, lp.wqkv, lp.bias);
+      Variable a;
+      if (recompute == Recompute::Attn) {
+        a = ag::checkpoint(
+            [](const std::vector<Variable>& qkv) {
+              return std::vector<Variable>{ag::attention(qkv[0], qkv[1], qkv[2])};
+            },
+            {r.q, r.k, r.v})[0];
+      } else {
+        a = ag::attention(r.q, r.k, r.v);  // (B, T, H, hd)
+      }
+      Variable attn_out = ag::linear(ag::reshape(a, {B, T, D}), lp.wo);
+      ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, r.h, lp.mlp_norm, cfg_.norm_eps);
+      Variable mlp = ag::linear(ag::swiglu(ag::linear(n2.y, lp.w_gate_up)), lp.w_down);
+      return std::vector<Variable>{mlp, n2.h};
+    };
+    std::vector<Variable> in = delta.defined() ? std::vector<Variable>{delta, h}
+                                               : std::vector<Variable>{h};
+    std::vector<Variable> out = recompute == Recompute::Full ? ag::checkpoint(layer, in) : layer(in);
+    delta = out[0];
+    h = out[1];
+  }
+  const Variable& norm_w = p[at++];
+  const Variable& head = cfg_.tie_embeddings ? tok : p[at++];
+  Variable y = ag::add_rmsnorm(delta, h, norm_w, cfg_.norm_eps).y;
+  return ag::reshape(ag::linear(y, head), {B * T, cfg_.vocab_size});
+}
+
+Variable GPT::loss_with(const std::vector<Variable>& params, const Tensor& idx,
+                        const Tensor& targets, Recompute recompute) const {
+  FG_CHECK(targets.shape() == idx.shape(), "GPT: targets are ", targets.shape_str(),
+           " but idx is ", idx.shape_str());
+  Variable logits = forward(params, idx, recompute);
+  return ag::cross_entropy(logits, targets.to(device_).reshape({idx.numel()}));
+}
+
+Variable GPT::loss(const Tensor& idx, const Tensor& targets, Recompute recompute) const {
+  return loss_with(params_, idx, targets, recompute);
+}
+
+Tensor GPT::logits(const Tensor& idx) const {
+  ag::NoGradGuard no_grad;
+  Tensor l = forward(params_, idx, Recompute::None).data();
+  return l.view({idx.size(0), idx.size(1), cfg_.vocab_size});
+}
+
+}  // namespace fg::trainer

@@ -1,0 +1,67 @@
+// The Llama-style GPT of DESIGN.md, built from the fused ops and autograd.
+// One parameter table (names, shapes, init, decay) serves the model, the
+// optimizer and the checkpoint.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "autograd/variable.h"
+#include "trainer/config.h"
+
+namespace fg::trainer {
+
+struct ParamSpec {
+  enum class Init { Normal, ResidualNormal, Ones, Zeros };
+  std::string name;
+  Shape shape;
+  Init init;
+  bool decay;  // AdamW weight decay: matrices and embeddings only
+};
+
+// Names and shapes exactly as DESIGN.md lists them, in a fixed order.
+std::vector<ParamSpec> parameter_table(const GPTConfig& cfg);
+
+// What backward recomputes instead of keeping: nothing, the attention core of
+// each layer, or each whole layer.
+enum class Recompute { None, Attn, Full };
+Recompute parse_recompute(const std::string& name);
+
+class GPT {
+ public:
+  // Parameters drawn from Philox(seed) on the CPU in table order, then moved to
+  // device: the same seed gives the same weights everywhere.
+  GPT(const GPTConfig& cfg, uint64_t seed, Device device = Device::cpu(),
+      DType dtype = DType::F32);
+
+  const GPTConfig& config() const { return cfg_; }
+  Device device() const { return device_; }
+  DType dtype() const { return dtype_; }
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  const std::vector<ag::Variable>& params() const { return params_; }
+  int64_t num_params() const;
+
+  // Mean next-token cross-entropy. idx, targets: (B, T) i32 on any device (moved
+  // to the model's); targets of -1 are ignored.
+  ag::Variable loss(const Tensor& idx, const Tensor& targets,
+                    Recompute recompute = Recompute::None) const;
+  // The same with explicit parameter variables in table order (gradcheck --model).
+  ag::Variable loss_with(const std::vector<ag::Variable>& params, const Tensor& idx,
+                         const Tensor& targets, Recompute recompute) const;
+  // Logits (B, T, V) without recording a graph.
+  Tensor logits(const Tensor& idx) const;
+
+  void zero_grad() const;
+
+ private:
+  ag::Variable forward(const std::vector<ag::Variable>& params, const Tensor& idx,
+                       Recompute recompute) const;  // logits (B*T, V)
+
+  GPTConfig cfg_;
+  Device device_;
+  DType dtype_;
+  std::vector<ParamSpec> specs_;
+  std::vector<ag::Variable> params_;
+};
+
+}  // namespace fg::trainer
