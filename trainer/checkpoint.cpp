@@ -17,16 +17,17 @@ constexpr size_t kMaxListedProblems = 3;
 void check_names(const std::string& path, const char* what, const NamedTensors& tensors) {
   std::set<std::string> seen;
   for (const auto& [name, t] : tensors) {
-    FG_CHECK(!name.empty() && name != "." && name.find('/') == std::string::npos, path, ": ",
-             what, " name '", name, "' is not a valid dataset name (empty, '.' or contains '/')");
+    FG_CHECK(!name.empty() && name != "." && name.find('/') == std::string::npos, path, ": ", what,
+             " name '", name, "' is not a valid dataset name (empty, '.' or contains '/')");
     FG_CHECK(seen.insert(name).second, path, ": ", what, " name '", name, "' appears twice");
     FG_CHECK(t.defined(), path, ": ", what, " tensor '", name, "' is undefined");
   }
 }
 
 // What differs between tensors and a parameter table: missing, mis-shaped, extra names.
-std::vector<std::string> tensor_problems(const std::string& path, const NamedTensors& got,
-                                         const std::vector<std::pair<std::string, Shape>>& expected) {
+std::vector<std::string> tensor_problems(
+    const std::string& path, const NamedTensors& got,
+    const std::vector<std::pair<std::string, Shape>>& expected) {
   std::map<std::string, const Tensor*> unmatched;
   for (const auto& [name, t] : got)
     FG_CHECK(unmatched.emplace(name, &t).second, path, ": parameter ", name, " appears twice");
@@ -64,8 +65,8 @@ void check_same_names(const std::string& path, const char* what, const NamedTens
   std::vector<std::pair<std::string, Shape>> expected;
   for (const auto& [name, t] : model) expected.emplace_back(name, t.shape());
   std::vector<std::string> problems = tensor_problems(path, got, expected);
-  FG_CHECK(problems.empty(), path, ": ", what, " does not match the model tensors: ",
-           join_problems(problems));
+  FG_CHECK(problems.empty(), path, ": ", what,
+           " does not match the model tensors: ", join_problems(problems));
 }
 
 void write_tensors(hid_t loc, const std::string& group, const NamedTensors& tensors,
@@ -178,7 +179,8 @@ void save_checkpoint(const std::string& path, const CheckpointData& data) {
     }
     {
       H5Group trainer = h5_create_group(file_id, "trainer", file);
-      for (const auto& [name, v] : data.trainer_ints) h5_write_attr_int(trainer.id(), name, v, file);
+      for (const auto& [name, v] : data.trainer_ints)
+        h5_write_attr_int(trainer.id(), name, v, file);
       for (const auto& [name, v] : data.trainer_floats)
         h5_write_attr_double(trainer.id(), name, v, file);
       for (const auto& [name, v] : data.trainer_strings)
@@ -186,7 +188,8 @@ void save_checkpoint(const std::string& path, const CheckpointData& data) {
     }
     H5Group tok = h5_create_group(file_id, "tokenizer", file);
     h5_write_attr_string(tok.id(), "kind", data.tokenizer_kind, file);
-    if (data.tokenizer_kind == "char") h5_write_bytes(tok.id(), "vocab", data.tokenizer_vocab, file);
+    if (data.tokenizer_kind == "char")
+      h5_write_bytes(tok.id(), "vocab", data.tokenizer_vocab, file);
   });
 }
 

@@ -36,7 +36,7 @@ struct CheckpointData {
   std::map<std::string, int64_t> trainer_ints;
   std::map<std::string, double> trainer_floats;
   std::map<std::string, std::string> trainer_strings;
-  std::string tokenizer_kind = "byte";  // "byte" or "char"
+  std::string tokenizer_kind = "byte";   // "byte" or "char"
   std::vector<uint8_t> tokenizer_vocab;  // "char" only: the characters in id order
 };
 

@@ -25,7 +25,9 @@ herr_t innermost_error(unsigned n, const H5E_error2_t* err, void* out) {
   return 0;
 }
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+  return std::strerror(errno);
+}
 
 // "/model/x" for name "x" under "/model"; "/x" under the root.
 std::string child_path(hid_t loc, const std::string& name) {
@@ -70,9 +72,9 @@ void write_dataset(hid_t loc, const std::string& name, const Shape& shape, hid_t
     FG_H5_CHECK(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()), file, where);
     FG_H5_CHECK(H5Pset_fletcher32(dcpl.id()), file, where);
   }
-  H5Dataset ds(FG_H5_CHECK(H5Dcreate2(loc, name.c_str(), file_type, space.id(), H5P_DEFAULT,
-                                      dcpl.id(), H5P_DEFAULT),
-                           file, where));
+  H5Dataset ds(FG_H5_CHECK(
+      H5Dcreate2(loc, name.c_str(), file_type, space.id(), H5P_DEFAULT, dcpl.id(), H5P_DEFAULT),
+      file, where));
   if (numel > 0)
     FG_H5_CHECK(H5Dwrite(ds.id(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), file, where);
   FG_H5_CHECK(ds.close(), file, where);
@@ -100,7 +102,8 @@ H5Dataset open_dataset(hid_t loc, const std::string& name, H5T_class_t cls, cons
 H5Attribute open_attr(hid_t loc, const std::string& name, const std::string& file) {
   FG_CHECK(h5_has_attr(loc, name, file), file, ": ", h5_path_of(loc), " has no attribute '", name,
            "'");
-  H5Attribute attr(FG_H5_CHECK(H5Aopen(loc, name.c_str(), H5P_DEFAULT), file, child_path(loc, name)));
+  H5Attribute attr(
+      FG_H5_CHECK(H5Aopen(loc, name.c_str(), H5P_DEFAULT), file, child_path(loc, name)));
   H5Dataspace space(FG_H5_CHECK(H5Aget_space(attr.id()), file));
   hssize_t n = FG_H5_CHECK(H5Sget_simple_extent_npoints(space.id()), file);
   FG_CHECK(n == 1, file, ": attribute '", name, "' of ", h5_path_of(loc), " holds ", n,
@@ -119,10 +122,14 @@ void write_attr(hid_t loc, const std::string& name, hid_t file_type, hid_t mem_t
 
 const char* kind_name(H5AttrKind kind) {
   switch (kind) {
-    case H5AttrKind::Int: return "an integer";
-    case H5AttrKind::Float: return "a float";
-    case H5AttrKind::String: return "a string";
-    case H5AttrKind::Other: break;
+    case H5AttrKind::Int:
+      return "an integer";
+    case H5AttrKind::Float:
+      return "a float";
+    case H5AttrKind::String:
+      return "a string";
+    case H5AttrKind::Other:
+      break;
   }
   return "of another type";
 }
@@ -130,10 +137,14 @@ const char* kind_name(H5AttrKind kind) {
 H5AttrKind attr_kind(hid_t attr, const std::string& file) {
   H5Datatype type(FG_H5_CHECK(H5Aget_type(attr), file));
   switch (FG_H5_CHECK(H5Tget_class(type.id()), file)) {
-    case H5T_INTEGER: return H5AttrKind::Int;
-    case H5T_FLOAT: return H5AttrKind::Float;
-    case H5T_STRING: return H5AttrKind::String;
-    default: return H5AttrKind::Other;
+    case H5T_INTEGER:
+      return H5AttrKind::Int;
+    case H5T_FLOAT:
+      return H5AttrKind::Float;
+    case H5T_STRING:
+      return H5AttrKind::String;
+    default:
+      return H5AttrKind::Other;
   }
 }
 
@@ -169,7 +180,9 @@ void h5_fail(const char* call, const std::string& file, const char* src, int lin
   throw_error(src, line, nullptr, message);
 }
 
-void h5_silence_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void h5_silence_errors() {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
 
 H5File h5_create_file(const std::string& path) {
   h5_silence_errors();
@@ -251,8 +264,7 @@ std::string h5_path_of(hid_t obj) {
   return name;
 }
 
-void h5_write_tensor(hid_t loc, const std::string& name, const Tensor& t,
-                     const std::string& file) {
+void h5_write_tensor(hid_t loc, const std::string& name, const Tensor& t, const std::string& file) {
   FG_CHECK(t.defined(), file, ": tensor ", name, " is undefined");
   FG_CHECK(t.dtype() != DType::I32, file, ": tensor ", name, " is ", t.describe(),
            "; checkpoints hold float tensors");
@@ -274,8 +286,8 @@ Tensor h5_read_tensor(hid_t loc, const std::string& name, const std::string& fil
 
 void h5_write_bytes(hid_t loc, const std::string& name, const std::vector<uint8_t>& bytes,
                     const std::string& file) {
-  write_dataset(loc, name, {static_cast<int64_t>(bytes.size())}, H5T_STD_U8LE, H5T_NATIVE_UINT8,
-                1, bytes.data(), file);
+  write_dataset(loc, name, {static_cast<int64_t>(bytes.size())}, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1,
+                bytes.data(), file);
 }
 
 std::vector<uint8_t> h5_read_bytes(hid_t loc, const std::string& name, const std::string& file) {
@@ -299,23 +311,22 @@ std::vector<std::string> h5_list_datasets(hid_t group, const std::string& file) 
   FG_H5_CHECK(H5Gget_info(group, &info), file, h5_path_of(group));
   std::vector<std::string> names;
   for (hsize_t i = 0; i < info.nlinks; ++i) {
-    ssize_t n = FG_H5_CHECK(
-        H5Lget_name_by_idx(group, ".", index, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT), file,
-        h5_path_of(group));
+    ssize_t n =
+        FG_H5_CHECK(H5Lget_name_by_idx(group, ".", index, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT),
+                    file, h5_path_of(group));
     std::string name(static_cast<size_t>(n) + 1, '\0');
     FG_H5_CHECK(H5Lget_name_by_idx(group, ".", index, H5_ITER_INC, i, name.data(), name.size(),
                                    H5P_DEFAULT),
                 file, h5_path_of(group));
     name.resize(static_cast<size_t>(n));
-    H5Object obj(FG_H5_CHECK(H5Oopen(group, name.c_str(), H5P_DEFAULT), file,
-                             child_path(group, name)));
+    H5Object obj(
+        FG_H5_CHECK(H5Oopen(group, name.c_str(), H5P_DEFAULT), file, child_path(group, name)));
     if (H5Iget_type(obj.id()) == H5I_DATASET) names.push_back(std::move(name));
   }
   return names;
 }
 
-void h5_write_attr_int(hid_t loc, const std::string& name, int64_t value,
-                       const std::string& file) {
+void h5_write_attr_int(hid_t loc, const std::string& name, int64_t value, const std::string& file) {
   write_attr(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value, file);
 }
 

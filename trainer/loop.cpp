@@ -39,7 +39,22 @@ struct Dataset {
   std::unique_ptr<DataLoader> loader;
   Tokenizer tokenizer = Tokenizer::byte_level();
   double entropy_rate = -1;
+  int64_t unscored_positions = 0;  // leading targets of each row that are not scored
   std::string description;
+
+  // On the synthetic corpus the first order-1 targets of a row lack the context
+  // that defines their distribution; not scoring them makes the entropy rate the
+  // exact bound for the loss.
+  Batch train(int64_t step, int64_t micro, int64_t seq, int m) const {
+    return mask(loader->train_batch(step, 0, 1, micro, seq, m));
+  }
+  Batch val(int64_t index, int64_t micro, int64_t seq) const {
+    return mask(loader->val_batch(index, micro, seq));
+  }
+  Batch mask(Batch b) const {
+    if (unscored_positions > 0) b.targets.slice(1, 0, unscored_positions).fill_(-1);
+    return b;
+  }
 };
 
 Dataset open_dataset(const TrainOptions& o) {
@@ -57,6 +72,7 @@ Dataset open_dataset(const TrainOptions& o) {
       return v;
     }());
     d.entropy_rate = source.entropy_rate();
+    d.unscored_positions = o.synth_order - 1;
     d.description = source.describe();
   } else if (TokenFile::is_token_file(o.data)) {
     auto file = std::make_shared<const TokenFile>(o.data);
@@ -83,6 +99,13 @@ NamedTensors named(const std::vector<ParamSpec>& specs, const std::vector<Tensor
   for (size_t i = 0; i < specs.size(); ++i)
     out.emplace_back(specs[i].name, tensors[i].to(Device::cpu(), DType::F32));
   return out;
+}
+
+// The tensor called `name`; check_model_tensors has made sure it is there.
+const Tensor& named_tensor(const NamedTensors& tensors, const std::string& name) {
+  for (const auto& [n, t] : tensors)
+    if (n == name) return t;
+  FG_THROW("no tensor named ", name);
 }
 
 std::vector<Tensor> data_of(const std::vector<ag::Variable>& vars) {
@@ -139,7 +162,8 @@ LoadedModel load_model(const std::string& path, Device device, DType dtype) {
   std::vector<std::pair<std::string, Shape>> expected;
   for (const ParamSpec& s : model.specs()) expected.emplace_back(s.name, s.shape);
   check_model_tensors(path, ck.model, expected);
-  for (size_t i = 0; i < expected.size(); ++i) model.params()[i].data().copy_(ck.model[i].second);
+  for (size_t i = 0; i < expected.size(); ++i)
+    model.params()[i].data().copy_(named_tensor(ck.model, expected[i].first));
   Tokenizer tok = ck.tokenizer_kind == "byte" ? Tokenizer::byte_level()
                                                : Tokenizer::char_level_from_vocab(ck.tokenizer_vocab);
   return LoadedModel{std::move(model), std::move(tok), ck.step};
@@ -184,9 +208,10 @@ TrainResult train(const TrainOptions& options) {
     check_model_tensors(o.resume, ck.exp_avg, expected);
     check_model_tensors(o.resume, ck.exp_avg_sq, expected);
     for (size_t i = 0; i < expected.size(); ++i) {
-      model.params()[i].data().copy_(ck.model[i].second);
-      opt.exp_avg()[i].copy_(ck.exp_avg[i].second);
-      opt.exp_avg_sq()[i].copy_(ck.exp_avg_sq[i].second);
+      const std::string& name = expected[i].first;
+      model.params()[i].data().copy_(named_tensor(ck.model, name));
+      opt.exp_avg()[i].copy_(named_tensor(ck.exp_avg, name));
+      opt.exp_avg_sq()[i].copy_(named_tensor(ck.exp_avg_sq, name));
     }
     opt.set_step_count(ck.optimizer.step);
     start_step = ck.step;
@@ -215,7 +240,7 @@ TrainResult train(const TrainOptions& options) {
     ag::NoGradGuard no_grad;
     double total = 0;
     for (int64_t i = 0; i < o.eval_batches; ++i) {
-      Batch b = data.loader->val_batch(i, o.batch / o.grad_accum, o.seq);
+      Batch b = data.val(i, o.batch / o.grad_accum, o.seq);
       total += model.loss(b.inputs, b.targets, Recompute::None).data().item();
     }
     return total / static_cast<double>(o.eval_batches);
@@ -236,7 +261,7 @@ TrainResult train(const TrainOptions& options) {
     model.zero_grad();
     double loss = 0;
     for (int m = 0; m < o.grad_accum; ++m) {
-      Batch b = data.loader->train_batch(step, 0, 1, micro, o.seq, m);
+      Batch b = data.train(step, micro, o.seq, m);
       ag::Variable l = model.loss(b.inputs, b.targets, o.recompute);
       loss += l.data().item() / static_cast<double>(o.grad_accum);
       l.backward(Tensor::full({}, 1.0 / static_cast<double>(o.grad_accum), l.dtype(), l.device()));

@@ -21,7 +21,7 @@ struct TrainOptions {
   std::string tokenizer = "char";
   int64_t synth_vocab = 8;
   int64_t synth_order = 2;
-  int64_t synth_tokens = 200000;
+  int64_t synth_tokens = 1000000;
   double synth_concentration = 0.3;
 
   Device device = Device::cpu();
@@ -34,7 +34,7 @@ struct TrainOptions {
   double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8, weight_decay = 0.1;
   double clip = 1.0;  // <= 0: no clipping
   int64_t eval_every = 100;
-  int64_t eval_batches = 8;
+  int64_t eval_batches = 32;
   Recompute recompute = Recompute::None;
   uint64_t seed = 1337;
   int64_t max_bad_steps = 5;  // abort after this many non-finite steps in a row

@@ -109,7 +109,8 @@ Variable GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
     lp.w_gate_up = p[at++];
     lp.w_down = p[at++];
 
-    auto layer = [&, lp, qcfg](const std::vector<Variable>& in) {
+    // Captures by value: with --recompute full, backward runs this again after forward returned.
+    auto layer = [=, this](const std::vector<Variable>& in) {
       // in = {h} for the first layer, {delta, h} after it.
       ops::QKVRoPEConfig c = qcfg;
       c.add_residual = in.size() == 2;

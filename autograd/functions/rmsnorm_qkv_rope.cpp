@@ -14,8 +14,7 @@ QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
   // Saved for backward: h (an output anyway) and rstd, besides the parameters and
   // positions. The normalized rows and qkv are recomputed, never kept.
   std::vector<Variable> r = record(
-      "rmsnorm_qkv_rope", {x, residual, norm_weight, wqkv, bias},
-      {out.q, out.k, out.v, out.h},
+      "rmsnorm_qkv_rope", {x, residual, norm_weight, wqkv, bias}, {out.q, out.k, out.v, out.h},
       [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(),
        w = wqkv.data()](const std::vector<Tensor>& g) {
         ops::QKVRoPEGrads d =

@@ -1,4 +1,5 @@
 #include "autograd/functions/add_rmsnorm.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {
@@ -6,14 +7,15 @@ namespace fg::ag {
 namespace {
 // Both outputs (y and h) are projected, so dx carries dh as well as the norm's gradient.
 OpCheck add_rmsnorm_case(const char* shapes, const Shape& x, double eps, uint64_t seed) {
-  return {"add_rmsnorm", shapes, [=] {
-            return gradcheck(
-                [eps](const std::vector<Variable>& in) {
-                  AddRMSNormResult r = add_rmsnorm(in[0], in[1], in[2], eps);
-                  return std::vector<Variable>{r.y, r.h};
-                },
-                {random_leaf(x, seed), random_leaf(x, seed + 1), random_leaf({x.back()}, seed + 2)});
-          }};
+  return {
+      "add_rmsnorm", shapes, [=] {
+        return gradcheck(
+            [eps](const std::vector<Variable>& in) {
+              AddRMSNormResult r = add_rmsnorm(in[0], in[1], in[2], eps);
+              return std::vector<Variable>{r.y, r.h};
+            },
+            {random_leaf(x, seed), random_leaf(x, seed + 1), random_leaf({x.back()}, seed + 2)});
+      }};
 }
 }  // namespace
 

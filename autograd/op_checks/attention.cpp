@@ -1,4 +1,5 @@
 #include "autograd/functions/attention.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {
@@ -8,14 +9,15 @@ namespace {
 // uniform in [-scale, scale] (a larger scale gives sharper softmax rows).
 OpCheck attention_check(std::string shapes, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                         int64_t hd, uint64_t seed, double scale = 1.0) {
-  return {"attention", std::move(shapes), [=] {
-            return gradcheck(
-                [](const std::vector<Variable>& in) {
-                  return std::vector<Variable>{attention(in[0], in[1], in[2])};
-                },
-                {random_leaf({B, T, H, hd}, seed, scale), random_leaf({B, T, Hkv, hd}, seed + 1, scale),
-                 random_leaf({B, T, Hkv, hd}, seed + 2, scale)});
-          }};
+  return {
+      "attention", std::move(shapes), [=] {
+        return gradcheck(
+            [](const std::vector<Variable>& in) {
+              return std::vector<Variable>{attention(in[0], in[1], in[2])};
+            },
+            {random_leaf({B, T, H, hd}, seed, scale), random_leaf({B, T, Hkv, hd}, seed + 1, scale),
+             random_leaf({B, T, Hkv, hd}, seed + 2, scale)});
+      }};
 }
 }  // namespace
 

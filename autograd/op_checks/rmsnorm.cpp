@@ -1,4 +1,5 @@
 #include "autograd/functions/rmsnorm.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {

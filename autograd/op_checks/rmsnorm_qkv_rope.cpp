@@ -1,4 +1,5 @@
 #include "autograd/functions/rmsnorm_qkv_rope.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {
@@ -22,15 +23,16 @@ OpCheck fused_case(const char* shapes, Case c, uint64_t seed) {
             const int64_t D = cfg.hidden_dim;
             std::vector<int32_t> pos;
             for (int64_t b = 0; b < (c.per_batch_positions ? c.B : 1); ++b)
-              for (int64_t t = 0; t < c.T; ++t) pos.push_back(c.offset + static_cast<int32_t>(5 * b + t));
+              for (int64_t t = 0; t < c.T; ++t)
+                pos.push_back(c.offset + static_cast<int32_t>(5 * b + t));
             Tensor positions = c.per_batch_positions ? Tensor::from_ints(pos, {c.B, c.T})
                                                      : Tensor::from_ints(pos, {c.T});
             // Inputs: x, residual, norm weight, wqkv, bias (the last two may be absent).
-            std::vector<Variable> in = {random_leaf({c.B, c.T, D}, seed),
-                                        c.residual ? random_leaf({c.B, c.T, D}, seed + 1) : Variable(),
-                                        random_leaf({D}, seed + 2),
-                                        random_leaf({cfg.qkv_dim(), D}, seed + 3, 0.5),
-                                        c.bias ? random_leaf({cfg.qkv_dim()}, seed + 4) : Variable()};
+            std::vector<Variable> in = {
+                random_leaf({c.B, c.T, D}, seed),
+                c.residual ? random_leaf({c.B, c.T, D}, seed + 1) : Variable(),
+                random_leaf({D}, seed + 2), random_leaf({cfg.qkv_dim(), D}, seed + 3, 0.5),
+                c.bias ? random_leaf({cfg.qkv_dim()}, seed + 4) : Variable()};
             std::vector<Variable> leaves;
             for (const Variable& v : in)
               if (v.defined()) leaves.push_back(v);

@@ -1,4 +1,5 @@
 #include "autograd/functions/rope.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {
@@ -29,8 +30,8 @@ std::vector<OpCheck> rope_checks() {
   return {
       rope_case("x (2, 5, 3, 10), rotary 6, pos 7 + t", {2, 5, 3, 10}, 6, 7, false, 1e4, 61),
       rope_case("x (3, 7, 1, 6), full rotary, pos (B, T)", {3, 7, 1, 6}, 6, 0, true, 1e4, 62),
-      rope_case("x (2, 3, 5, 14), rot 2, pos 100+t, theta 500", {2, 3, 5, 14}, 2, 100, false,
-                500.0, 63),
+      rope_case("x (2, 3, 5, 14), rot 2, pos 100+t, theta 500", {2, 3, 5, 14}, 2, 100, false, 500.0,
+                63),
   };
 }
 

@@ -1,7 +1,6 @@
 // Residual add + RMSNorm: the public entries. The work is rmsnorm's row kernels
 // (ops/rmsnorm), which take the residual in the same pass on both devices.
 #include "ops/add_rmsnorm/add_rmsnorm.h"
-
 #include "ops/rmsnorm/rmsnorm.h"
 
 namespace fg::ops {
@@ -11,10 +10,10 @@ AddRMSNormOut add_rmsnorm_forward(const Tensor& x, const Tensor& residual, const
   detail::check_rmsnorm_operands("add_rmsnorm", "x", x, weight);
   detail::check_like("add_rmsnorm", "residual", residual, "x", x);
   FG_CHECK(eps >= 0, "add_rmsnorm: eps is ", eps, " but must be >= 0");
-  AddRMSNormOut out{Tensor::empty(x.shape(), x.dtype(), x.device()),
-                    Tensor::empty(x.shape(), x.dtype(), x.device()),
-                    Tensor::empty({x.numel() / x.size(-1)},
-                                  detail::rmsnorm_stat_dtype(x.dtype()), x.device())};
+  AddRMSNormOut out{
+      Tensor::empty(x.shape(), x.dtype(), x.device()),
+      Tensor::empty(x.shape(), x.dtype(), x.device()),
+      Tensor::empty({x.numel() / x.size(-1)}, detail::rmsnorm_stat_dtype(x.dtype()), x.device())};
   detail::rmsnorm_rows_forward(x.contiguous(), residual.contiguous(), weight.contiguous(), eps,
                                out.h, out.y, out.rstd);
   return out;

@@ -37,12 +37,15 @@ AttentionDims check_qkv(const char* op, const Tensor& q, const Tensor& k, const 
 }
 
 // lse is f64 for f64 inputs and f32 otherwise.
-DType lse_dtype(DType input) { return input == DType::F64 ? DType::F64 : DType::F32; }
+DType lse_dtype(DType input) {
+  return input == DType::F64 ? DType::F64 : DType::F32;
+}
 
 // Rows of head `head` of batch `b` in a (B*T, heads*hd) view: a (T, hd) view with
 // row stride heads*hd.
 Tensor head_rows(const Tensor& x2, const AttentionDims& d, int64_t b, int64_t head) {
-  return x2.slice(0, b * d.seq, (b + 1) * d.seq).slice(1, head * d.head_dim, (head + 1) * d.head_dim);
+  return x2.slice(0, b * d.seq, (b + 1) * d.seq)
+      .slice(1, head * d.head_dim, (head + 1) * d.head_dim);
 }
 
 // Turns the scaled scores of one (b, h) into probabilities in place: entries
@@ -134,9 +137,9 @@ void backward_cpu(const Tensor& dout, const Tensor& q, const Tensor& k, const Te
         for (int64_t j = 0; j < d.seq; ++j)
           pdp[t * d.seq + j] = pp[t * d.seq + j] * (pdp[t * d.seq + j] - dsum);
       }
-      gemm(dp, false, kg, false, head_rows(dq2, d, b, h), scale);              // dq = dS K scale
-      gemm(dp, true, qh, false, head_rows(dk2, d, b, g), scale, 1.0);         // dk += dS^T q scale
-      gemm(p, true, douth, false, head_rows(dv2, d, b, g), 1.0, 1.0);         // dv += P^T dO
+      gemm(dp, false, kg, false, head_rows(dq2, d, b, h), scale);      // dq = dS K scale
+      gemm(dp, true, qh, false, head_rows(dk2, d, b, g), scale, 1.0);  // dk += dS^T q scale
+      gemm(p, true, douth, false, head_rows(dv2, d, b, g), 1.0, 1.0);  // dv += P^T dO
     }
   }
 }
@@ -167,8 +170,7 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
   check_defined(op, "out", out);
   FG_CHECK(dout.shape() == q.shape(), op, ": dout is ", dout.shape_str(), " but q is ",
            q.shape_str());
-  FG_CHECK(out.shape() == q.shape(), op, ": out is ", out.shape_str(), " but q is ",
-           q.shape_str());
+  FG_CHECK(out.shape() == q.shape(), op, ": out is ", out.shape_str(), " but q is ", q.shape_str());
   check_shape(op, "lse", lse, {d.batch, d.heads, d.seq});
   FG_CHECK(dout.dtype() == q.dtype(), op, ": q is ", dtype_name(q.dtype()), " but dout is ",
            dtype_name(dout.dtype()));
@@ -182,8 +184,8 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
   g.dq = Tensor::empty(q.shape(), q.dtype(), q.device());
   g.dk = Tensor::empty(k.shape(), k.dtype(), k.device());
   g.dv = Tensor::empty(v.shape(), v.dtype(), v.device());
-  Tensor doutc = dout.contiguous(), qc = q.contiguous(), kc = k.contiguous(),
-         vc = v.contiguous(), outc = out.contiguous(), lsec = lse.contiguous();
+  Tensor doutc = dout.contiguous(), qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(),
+         outc = out.contiguous(), lsec = lse.contiguous();
 #ifdef FG_CUDA
   if (q.is_cuda()) {
     detail::attention_backward_cuda(doutc, qc, kc, vc, outc, lsec, g);

@@ -17,10 +17,10 @@ namespace fg::ops::detail {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kTile = 32;                  // rows per shared tile: one per lane
-constexpr int kWarps = 8;                  // rows owned per block, one per warp
+constexpr int kTile = 32;  // rows per shared tile: one per lane
+constexpr int kWarps = 8;  // rows owned per block, one per warp
 constexpr int kBlock = kWarps * kWarp;
-constexpr int kRegs = 8;                   // head_dim values per lane
+constexpr int kRegs = 8;                    // head_dim values per lane
 constexpr int kMaxHeadDim = kRegs * kWarp;  // 256
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -71,7 +71,9 @@ struct Dims {
 
 // Tiles are padded to head_dim + 1 so that lanes reading different rows of the
 // same column (the scoring dot products) hit different banks.
-__host__ __device__ inline int tile_ld(int head_dim) { return head_dim + 1; }
+__host__ __device__ inline int tile_ld(int head_dim) {
+  return head_dim + 1;
+}
 
 // Rows [row0, row0 + kTile) of one head into a (kTile, ld) shared tile; rows at
 // or past `rows` become 0 so that a masked lane never reads garbage.
@@ -92,12 +94,20 @@ __device__ void load_row(Acc* dst, const T* src, int head_dim, Acc scale, int la
   for (int i = lane; i < head_dim; i += kWarp) dst[i] = to_acc<Acc>(src[i]) * scale;
 }
 
-// a (a warp's row, read as a broadcast) . b (this lane's tile row)
+// a (a warp's row, read as a broadcast) . b (this lane's tile row). Four partial
+// sums so that the multiply-adds do not wait on each other.
 template <class Acc>
 __device__ __forceinline__ Acc dot(const Acc* a, const Acc* b, int head_dim) {
-  Acc s = 0;
-  for (int i = 0; i < head_dim; ++i) s += a[i] * b[i];
-  return s;
+  Acc s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int i = 0;
+  for (; i + 4 <= head_dim; i += 4) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+  }
+  for (; i < head_dim; ++i) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
 }
 
 // acc[r] += sum over tile rows j in [first, end) of w_j * tile[j][lane + 32 r], where
@@ -134,8 +144,8 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, T* 
   extern __shared__ unsigned char smem_raw[];
   const int ld = tile_ld(d.head_dim);
   Acc* k_tile = reinterpret_cast<Acc*>(smem_raw);  // (kTile, ld)
-  Acc* v_tile = k_tile + kTile * ld;              // (kTile, ld)
-  Acc* q_rows = v_tile + kTile * ld;              // (kWarps, hd), pre-scaled
+  Acc* v_tile = k_tile + kTile * ld;               // (kTile, ld)
+  Acc* q_rows = v_tile + kTile * ld;               // (kWarps, hd), pre-scaled
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int b = blockIdx.z, h = blockIdx.y, g = h / (d.heads / d.kv_heads);
   const int row0 = blockIdx.x * kWarps, t = row0 + warp;
@@ -181,9 +191,9 @@ __global__ void attention_backward_dq_kernel(const T* dout, const T* q, const T*
   extern __shared__ unsigned char smem_raw[];
   const int ld = tile_ld(d.head_dim);
   Acc* k_tile = reinterpret_cast<Acc*>(smem_raw);  // (kTile, ld)
-  Acc* v_tile = k_tile + kTile * ld;              // (kTile, ld)
-  Acc* q_rows = v_tile + kTile * ld;              // (kWarps, hd), pre-scaled
-  Acc* do_rows = q_rows + kWarps * d.head_dim;    // (kWarps, hd)
+  Acc* v_tile = k_tile + kTile * ld;               // (kTile, ld)
+  Acc* q_rows = v_tile + kTile * ld;               // (kWarps, hd), pre-scaled
+  Acc* do_rows = q_rows + kWarps * d.head_dim;     // (kWarps, hd)
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int b = blockIdx.z, h = blockIdx.y, g = h / (d.heads / d.kv_heads);
   const int row0 = blockIdx.x * kWarps, t = row0 + warp;
@@ -238,11 +248,11 @@ __global__ void attention_backward_dkdv_kernel(const T* dout, const T* q, const 
   extern __shared__ unsigned char smem_raw[];
   const int ld = tile_ld(d.head_dim);
   Acc* q_tile = reinterpret_cast<Acc*>(smem_raw);  // (kTile, ld)
-  Acc* do_tile = q_tile + kTile * ld;             // (kTile, ld)
-  Acc* k_rows = do_tile + kTile * ld;             // (kWarps, hd), pre-scaled
-  Acc* v_rows = k_rows + kWarps * d.head_dim;     // (kWarps, hd)
-  Acc* lse_tile = v_rows + kWarps * d.head_dim;   // (kTile)
-  Acc* delta_tile = lse_tile + kTile;             // (kTile)
+  Acc* do_tile = q_tile + kTile * ld;              // (kTile, ld)
+  Acc* k_rows = do_tile + kTile * ld;              // (kWarps, hd), pre-scaled
+  Acc* v_rows = k_rows + kWarps * d.head_dim;      // (kWarps, hd)
+  Acc* lse_tile = v_rows + kWarps * d.head_dim;    // (kTile)
+  Acc* delta_tile = lse_tile + kTile;              // (kTile)
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int b = blockIdx.z, g = blockIdx.y, group = d.heads / d.kv_heads;
   const int row0 = blockIdx.x * kWarps, j = row0 + warp;
@@ -293,8 +303,12 @@ Dims make_dims(const Tensor& q, const Tensor& k) {
            " is more than the CUDA kernel's ", kMaxHeadDim);
   FG_CHECK(B <= 65535 && H <= 65535 && T <= (int64_t{1} << 30), "attention: q ", q.shape_str(),
            " is too large for the CUDA grid (B and H at most 65535)");
-  return {static_cast<int>(T), static_cast<int>(H), static_cast<int>(Hkv), static_cast<int>(hd),
-          H * hd, Hkv * hd};
+  return {static_cast<int>(T),
+          static_cast<int>(H),
+          static_cast<int>(Hkv),
+          static_cast<int>(hd),
+          H * hd,
+          Hkv * hd};
 }
 
 // Allows `bytes` of dynamic shared memory for `kernel` (above 48 KiB needs opting in).
@@ -352,10 +366,14 @@ void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const
 template <class F>
 void dispatch_attention(const char* op, DType dtype, F&& f) {
   switch (dtype) {
-    case DType::F32: return f.template operator()<float>();
-    case DType::F64: return f.template operator()<double>();
-    case DType::BF16: return f.template operator()<bf16>();
-    default: FG_THROW(op, ": dtype ", dtype_name(dtype), " is not supported");
+    case DType::F32:
+      return f.template operator()<float>();
+    case DType::F64:
+      return f.template operator()<double>();
+    case DType::BF16:
+      return f.template operator()<bf16>();
+    default:
+      FG_THROW(op, ": dtype ", dtype_name(dtype), " is not supported");
   }
 }
 
@@ -375,9 +393,8 @@ void attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& 
     grads.dv.zero_();
     return;
   }
-  dispatch_attention("attention_backward", q.dtype(), [&]<class T>() {
-    launch_backward<T>(dout, q, k, v, out, lse, grads);
-  });
+  dispatch_attention("attention_backward", q.dtype(),
+                     [&]<class T>() { launch_backward<T>(dout, q, k, v, out, lse, grads); });
 }
 
 }  // namespace fg::ops::detail

@@ -14,14 +14,15 @@ namespace {
 // The defined gradients grouped by device, CPU first. Reading takes contiguous
 // copies of strided gradients; writing in place refuses them.
 std::map<std::pair<int, int>, std::vector<Tensor>> by_device(const char* op,
-                                                              const std::vector<Tensor>& grads,
-                                                              bool for_write) {
+                                                             const std::vector<Tensor>& grads,
+                                                             bool for_write) {
   std::map<std::pair<int, int>, std::vector<Tensor>> groups;
   for (size_t i = 0; i < grads.size(); ++i) {
     const Tensor& g = grads[i];
     if (!g.defined()) continue;
     FG_CHECK(g.dtype() == DType::F32 || g.dtype() == DType::F64 || g.dtype() == DType::BF16, op,
-             ": grad ", i, " is ", dtype_name(g.dtype()), " but gradients must be f32, f64 or bf16");
+             ": grad ", i, " is ", dtype_name(g.dtype()),
+             " but gradients must be f32, f64 or bf16");
     FG_CHECK(!for_write || g.is_contiguous(), op, ": grad ", i, " ", g.shape_str(),
              " is not contiguous");
     std::pair<int, int> key{g.is_cuda() ? 1 : 0, g.device().index};
@@ -88,10 +89,17 @@ double sum_squares_cpu(const std::vector<Tensor>& grads) {
   double total = 0;
   for (const Tensor& g : grads) {
     switch (g.dtype()) {
-      case DType::F32: total += sum_squares(g.data<float>(), g.numel()); break;
-      case DType::F64: total += sum_squares(g.data<double>(), g.numel()); break;
-      case DType::BF16: total += sum_squares(g.data<bf16>(), g.numel()); break;
-      default: FG_THROW("global_grad_norm: dtype ", dtype_name(g.dtype()), " is not supported");
+      case DType::F32:
+        total += sum_squares(g.data<float>(), g.numel());
+        break;
+      case DType::F64:
+        total += sum_squares(g.data<double>(), g.numel());
+        break;
+      case DType::BF16:
+        total += sum_squares(g.data<bf16>(), g.numel());
+        break;
+      default:
+        FG_THROW("global_grad_norm: dtype ", dtype_name(g.dtype()), " is not supported");
     }
   }
   return total;

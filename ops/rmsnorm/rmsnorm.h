@@ -27,11 +27,10 @@ namespace detail {
 
 // h = x + residual; rstd = 1 / sqrt(mean(h^2) + eps); y = h * rstd * weight.
 // Without a residual (undefined) h is x itself and is not written (pass it undefined).
-void rmsnorm_rows_forward(const Tensor& x, const Tensor& residual, const Tensor& weight,
-                          double eps, const Tensor& h, const Tensor& y, const Tensor& rstd);
+void rmsnorm_rows_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
+                          const Tensor& h, const Tensor& y, const Tensor& rstd);
 // y = x * rstd * weight from a saved rstd: backward recomputing the normalized rows.
-void rmsnorm_rows_apply(const Tensor& x, const Tensor& weight, const Tensor& rstd,
-                        const Tensor& y);
+void rmsnorm_rows_apply(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& y);
 // xhat = x * rstd, g = weight * dy: dx = rstd * (g - xhat * mean(g * xhat)) (+ dh when
 // defined), dweight = the sum over rows of dy * xhat.
 void rmsnorm_rows_backward(const Tensor& dy, const Tensor& dh, const Tensor& x,

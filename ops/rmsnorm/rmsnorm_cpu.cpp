@@ -10,7 +10,9 @@ namespace fg::ops {
 
 namespace detail {
 
-DType rmsnorm_stat_dtype(DType dtype) { return dtype == DType::F64 ? DType::F64 : DType::F32; }
+DType rmsnorm_stat_dtype(DType dtype) {
+  return dtype == DType::F64 ? DType::F64 : DType::F32;
+}
 
 void check_like(const char* op, const char* name, const Tensor& t, const char* ref_name,
                 const Tensor& ref) {
@@ -40,8 +42,8 @@ void check_rstd(const char* op, const Tensor& rstd, const char* x_name, const Te
   check_same_device(op, "rstd", rstd, x_name, x);
 }
 
-void rmsnorm_rows_forward(const Tensor& x, const Tensor& residual, const Tensor& weight,
-                          double eps, const Tensor& h, const Tensor& y, const Tensor& rstd) {
+void rmsnorm_rows_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
+                          const Tensor& h, const Tensor& y, const Tensor& rstd) {
 #ifdef FG_CUDA
   if (x.is_cuda()) return rmsnorm_rows_forward_cuda(x, residual, weight, eps, h, y, rstd);
 #endif
@@ -100,9 +102,8 @@ void forward_rows(const Tensor& x, const Tensor& residual, const Tensor& weight,
 
 void rmsnorm_rows_forward_cpu(const Tensor& x, const Tensor& residual, const Tensor& weight,
                               double eps, const Tensor& h, const Tensor& y, const Tensor& rstd) {
-  dispatch_float("rmsnorm", x.dtype(), [&]<class T>() {
-    forward_rows<T>(x, residual, weight, eps, h, y, rstd, false);
-  });
+  dispatch_float("rmsnorm", x.dtype(),
+                 [&]<class T>() { forward_rows<T>(x, residual, weight, eps, h, y, rstd, false); });
 }
 
 void rmsnorm_rows_apply_cpu(const Tensor& x, const Tensor& weight, const Tensor& rstd,
@@ -152,9 +153,8 @@ RMSNormGrads rmsnorm_backward_checked(const char* op, const Tensor& dy, const Te
   check_rstd(op, rstd, x_name, x);
   RMSNormGrads grads{Tensor::empty(x.shape(), x.dtype(), x.device()),
                      Tensor::empty(weight.shape(), x.dtype(), x.device())};
-  rmsnorm_rows_backward(dy.contiguous(), dh.defined() ? dh.contiguous() : Tensor(),
-                        x.contiguous(), weight.contiguous(), rstd.contiguous(), grads.dx,
-                        grads.dweight);
+  rmsnorm_rows_backward(dy.contiguous(), dh.defined() ? dh.contiguous() : Tensor(), x.contiguous(),
+                        weight.contiguous(), rstd.contiguous(), grads.dx, grads.dweight);
   return grads;
 }
 
@@ -163,11 +163,11 @@ RMSNormGrads rmsnorm_backward_checked(const char* op, const Tensor& dy, const Te
 RMSNormOut rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps) {
   detail::check_rmsnorm_operands("rmsnorm", "x", x, weight);
   FG_CHECK(eps >= 0, "rmsnorm: eps is ", eps, " but must be >= 0");
-  RMSNormOut out{Tensor::empty(x.shape(), x.dtype(), x.device()),
-                 Tensor::empty({x.numel() / x.size(-1)}, detail::rmsnorm_stat_dtype(x.dtype()),
-                               x.device())};
-  detail::rmsnorm_rows_forward(x.contiguous(), Tensor(), weight.contiguous(), eps, Tensor(),
-                               out.y, out.rstd);
+  RMSNormOut out{
+      Tensor::empty(x.shape(), x.dtype(), x.device()),
+      Tensor::empty({x.numel() / x.size(-1)}, detail::rmsnorm_stat_dtype(x.dtype()), x.device())};
+  detail::rmsnorm_rows_forward(x.contiguous(), Tensor(), weight.contiguous(), eps, Tensor(), out.y,
+                               out.rstd);
   return out;
 }
 

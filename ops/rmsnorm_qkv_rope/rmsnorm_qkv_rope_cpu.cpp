@@ -2,11 +2,10 @@
 // validation, argument checks and the composition. Every step is a shared kernel
 // that dispatches on the device (rmsnorm's rows, ops::gemm, rope's segments), so the
 // same code is the CPU reference and the GPU path; no intermediate outlives a call.
-#include "ops/rmsnorm_qkv_rope/rmsnorm_qkv_rope.h"
-
 #include "ops/gemm/gemm.h"
 #include "ops/linear/linear.h"
 #include "ops/rmsnorm/rmsnorm.h"
+#include "ops/rmsnorm_qkv_rope/rmsnorm_qkv_rope.h"
 #include "ops/rope/rope.h"
 
 namespace fg::ops {
@@ -14,15 +13,14 @@ namespace fg::ops {
 void QKVRoPEConfig::validate() const {
   FG_CHECK(hidden_dim > 0, "QKVRoPEConfig: hidden_dim is ", hidden_dim, " but must be > 0");
   FG_CHECK(num_heads > 0, "QKVRoPEConfig: num_heads is ", num_heads, " but must be > 0");
-  FG_CHECK(num_kv_heads > 0, "QKVRoPEConfig: num_kv_heads is ", num_kv_heads,
-           " but must be > 0");
+  FG_CHECK(num_kv_heads > 0, "QKVRoPEConfig: num_kv_heads is ", num_kv_heads, " but must be > 0");
   FG_CHECK(hidden_dim % num_heads == 0, "QKVRoPEConfig: hidden_dim ", hidden_dim,
            " is not a multiple of num_heads ", num_heads);
   FG_CHECK(num_heads % num_kv_heads == 0, "QKVRoPEConfig: num_heads ", num_heads,
            " is not a multiple of num_kv_heads ", num_kv_heads);
   FG_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim(),
-           "QKVRoPEConfig: rotary_dim is ", rotary_dim, " but must be even, positive and <= ",
-           "head_dim ", head_dim());
+           "QKVRoPEConfig: rotary_dim is ", rotary_dim,
+           " but must be even, positive and <= ", "head_dim ", head_dim());
   FG_CHECK(eps >= 0, "QKVRoPEConfig: eps is ", eps, " but must be >= 0");
   FG_CHECK(rope_theta > 0, "QKVRoPEConfig: rope_theta is ", rope_theta, " but must be > 0");
 }
@@ -43,8 +41,7 @@ void check_parameters(const char* op, const QKVRoPEConfig& cfg, const Tensor& h_
 }
 
 // x (B, T, D) with D = hidden_dim.
-void check_activation(const char* op, const char* name, const QKVRoPEConfig& cfg,
-                      const Tensor& t) {
+void check_activation(const char* op, const char* name, const QKVRoPEConfig& cfg, const Tensor& t) {
   check_defined(op, name, t);
   FG_CHECK(t.dim() == 3 && t.size(2) == cfg.hidden_dim, op, ": ", name, " is ", t.shape_str(),
            " but expected (B, T, ", cfg.hidden_dim, ")");
@@ -119,11 +116,10 @@ QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
   return out;
 }
 
-QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& dq,
-                                       const Tensor& dk, const Tensor& dv, const Tensor& dh,
-                                       const Tensor& h, const Tensor& rstd,
-                                       const Tensor& positions, const Tensor& norm_weight,
-                                       const Tensor& wqkv) {
+QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& dq, const Tensor& dk,
+                                       const Tensor& dv, const Tensor& dh, const Tensor& h,
+                                       const Tensor& rstd, const Tensor& positions,
+                                       const Tensor& norm_weight, const Tensor& wqkv) {
   cfg.validate();
   check_activation(kBackwardOp, "h", cfg, h);
   check_parameters(kBackwardOp, cfg, h, positions, norm_weight, wqkv);
@@ -144,10 +140,10 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
   // Inverse RoPE on dq, dk and the copy of dv, packed into dqkv rows (B*T, qkv_dim).
   Tensor dqkv = Tensor::empty({rows, cfg.qkv_dim()}, dt, dev);
   QKVViews parts = split_qkv(cfg, dqkv, B, T);
-  detail::rope_segments(
-      {{dq.contiguous(), parts.q, true}, {dk.contiguous(), parts.k, true},
-       {dv.contiguous(), parts.v, false}},
-      positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, true);
+  detail::rope_segments({{dq.contiguous(), parts.q, true},
+                         {dk.contiguous(), parts.k, true},
+                         {dv.contiguous(), parts.v, false}},
+                        positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, true);
 
   // Recompute n = h * rstd * norm_weight (B*T, D) from what forward kept.
   Tensor hc = h.contiguous(), wn = norm_weight.contiguous(), w = wqkv.contiguous();
@@ -162,7 +158,7 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
     grads.dbias = Tensor::empty({cfg.qkv_dim()}, dt, dev);
     column_sum(dqkv, grads.dbias);
   }
-  Tensor dn = n;                  // n is dead once dW has it: its buffer takes dn
+  Tensor dn = n;                    // n is dead once dW has it: its buffer takes dn
   gemm(dqkv, false, w, false, dn);  // dn = dqkv @ wqkv, (B*T, D)
 
   // Through the norm, plus the gradient reaching h directly.

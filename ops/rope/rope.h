@@ -40,8 +40,7 @@ void rope_segments_cuda(const std::vector<RopeSegment>& segments, const Tensor& 
                         int64_t rotary_dim, double theta, bool inverse);
 
 // Throws unless positions is i32 (T) or (B, T) on `device`.
-void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t T,
-                     Device device);
+void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t T, Device device);
 
 // theta^(-2i / rotary_dim), computed in double on both devices and then rounded to the
 // angle type, so f32 angles on the CPU and the GPU agree bit for bit.

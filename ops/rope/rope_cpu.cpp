@@ -9,8 +9,7 @@ namespace fg::ops {
 
 namespace detail {
 
-void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t T,
-                     Device device) {
+void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t T, Device device) {
   check_dtype(op, "positions", positions, DType::I32);
   FG_CHECK(positions.shape() == Shape{T} || positions.shape() == (Shape{B, T}), op,
            ": positions is ", positions.shape_str(), " but expected (", T, ",) or (", B, ", ", T,
@@ -27,8 +26,9 @@ void check_segment_layout(const char* what, const Tensor& t, const Tensor& first
                t.size(3) == first.size(3),
            "rope segment ", what, " is ", t.shape_str(), " but the first segment is ",
            first.shape_str());
-  FG_CHECK((t.strides()[3] == 1 || t.size(3) == 1) && (t.strides()[2] == t.size(3) || t.size(2) == 1),
-           "rope segment ", what, " ", t.shape_str(), " needs packed heads (strides (.., .., hd, 1))");
+  FG_CHECK(
+      (t.strides()[3] == 1 || t.size(3) == 1) && (t.strides()[2] == t.size(3) || t.size(2) == 1),
+      "rope segment ", what, " ", t.shape_str(), " needs packed heads (strides (.., .., hd, 1))");
 }
 
 template <class T>
@@ -107,9 +107,8 @@ void check_rope_args(const char* op, const Tensor& x, const Tensor& positions, i
   FG_CHECK(x.dim() == 4, op, ": x is ", x.shape_str(), " but expected (B, T, heads, head_dim)");
   FG_CHECK(x.dtype() != DType::I32, op, ": x is i32 but must be a float tensor");
   detail::check_positions(op, positions, x.size(0), x.size(1), x.device());
-  FG_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= x.size(3), op,
-           ": rotary_dim is ", rotary_dim, " but must be even, positive and <= head_dim ",
-           x.size(3));
+  FG_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= x.size(3), op, ": rotary_dim is ",
+           rotary_dim, " but must be even, positive and <= head_dim ", x.size(3));
 }
 
 namespace {

@@ -221,6 +221,32 @@ TEST(AdamWCuda, MultiF64MatchesCpu) {
   check_multi_matches_cpu(DType::F64, 1e-12);
 }
 
+TEST(AdamWCuda, ManyTensorsInOneLaunch) {
+  FG_REQUIRE_GPU();
+  // 150 tensors of sizes around the chunk size: every block must find its own.
+  std::vector<AdamWTensors> cpu, cuda;
+  for (int i = 0; i < 150; ++i) {
+    Shape shape{(i * 977) % 9000 + (i % 7 == 0 ? 0 : 1)};
+    cpu.push_back(make_state(shape, 500 + i, DType::F32, Device::cpu(), i % 3 != 0));
+    cuda.push_back(make_state(shape, 500 + i, DType::F32, Device::cuda(0), i % 3 != 0));
+  }
+  Generator gen(8);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    Tensor g = Tensor::randn(cpu[i].grad.shape(), gen, DType::F32, Device::cpu(), 0.0, 0.1);
+    cpu[i].grad.copy_(g);
+    cuda[i].grad.copy_(g);
+  }
+  AdamWHyper h;
+  h.lr = 1e-2;
+  h.weight_decay = 0.3;
+  fg::ops::adamw_step_multi(cpu, h);
+  fg::ops::adamw_step_multi(cuda, h);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    EXPECT_TRUE(close_rel(cuda[i].param, cpu[i].param, 1e-5)) << i;
+    EXPECT_TRUE(close_rel(cuda[i].exp_avg_sq, cpu[i].exp_avg_sq, 1e-5)) << i;
+  }
+}
+
 TEST(AdamWCuda, SingleStepMatchesCpu) {
   FG_REQUIRE_GPU();
   Device gpu = Device::cuda(0);
@@ -257,10 +283,12 @@ TEST(AdamWCuda, MixedDevicesAreAnError) {
   FG_REQUIRE_GPU();
   AdamWTensors a = make_state({4}, 1), b = make_state({4}, 2, DType::F32, Device::cuda(0));
   AdamWHyper h;
-  EXPECT_FG_ERROR(fg::ops::adamw_step_multi({a, b}, h), "adamw: param 1 is on cuda:0 but param 0 is on cpu");
+  EXPECT_FG_ERROR(fg::ops::adamw_step_multi({a, b}, h),
+                  "adamw: param 1 is on cuda:0 but param 0 is on cpu");
   AdamWTensors c = make_state({4}, 3);
   c.grad = c.grad.to(Device::cuda(0));
-  EXPECT_FG_ERROR(fg::ops::adamw_step_multi({c}, h), "adamw: param 0 is on cpu but grad is on cuda:0");
+  EXPECT_FG_ERROR(fg::ops::adamw_step_multi({c}, h),
+                  "adamw: param 0 is on cpu but grad is on cuda:0");
 }
 
 }  // namespace

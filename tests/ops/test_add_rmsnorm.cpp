@@ -36,7 +36,7 @@ TEST(AddRMSNorm, ForwardEqualsAddThenRMSNorm) {
 }
 
 TEST(AddRMSNorm, HandComputed) {
-  // h = [3, -4] (rstd 1/sqrt(12.5)) and [0, 0] (rstd 1/sqrt(eps)).
+  // h = [3, -4] (mean(h^2) 12.5) and [0, 0]; eps 0.25.
   Tensor x = Tensor::from_vector({1, -1, 2, 0}, {2, 2}, DType::F64);
   Tensor r = Tensor::from_vector({2, -3, -2, 0}, {2, 2}, DType::F64);
   Tensor w = Tensor::from_vector({2, 1}, {2}, DType::F64);

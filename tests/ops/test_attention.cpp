@@ -51,7 +51,9 @@ NaiveOut naive_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   auto Q = q.to_vector(), K = k.to_vector(), V = v.to_vector();
   std::vector<double> dO = dout.defined() ? dout.to_vector() : std::vector<double>(Q.size(), 0.0);
   std::vector<double> O(Q.size()), L(B * H * T), dQ(Q.size()), dK(K.size()), dV(V.size());
-  auto qi = [&](int64_t b, int64_t t, int64_t h, int64_t i) { return ((b * T + t) * H + h) * hd + i; };
+  auto qi = [&](int64_t b, int64_t t, int64_t h, int64_t i) {
+    return ((b * T + t) * H + h) * hd + i;
+  };
   auto ki = [&](int64_t b, int64_t t, int64_t g, int64_t i) {
     return ((b * T + t) * Hkv + g) * hd + i;
   };
@@ -104,7 +106,9 @@ NaiveOut naive_attention(const Tensor& q, const Tensor& k, const Tensor& v,
 }
 
 // f64 copies on the CPU.
-Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+Tensor f64(const Tensor& t) {
+  return t.to(Device::cpu(), DType::F64);
+}
 
 // Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
 // kernel that leaves an output element unwritten shows NaN there.
@@ -115,8 +119,8 @@ void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
 }
 
 const std::vector<AttnShape> kCpuShapes = {
-    {1, 1, 1, 1, 1},  {2, 5, 6, 2, 3},  {1, 7, 3, 1, 5},
-    {3, 4, 2, 2, 5},  {2, 13, 4, 4, 9}, {1, 37, 6, 3, 11},
+    {1, 1, 1, 1, 1}, {2, 5, 6, 2, 3},  {1, 7, 3, 1, 5},
+    {3, 4, 2, 2, 5}, {2, 13, 4, 4, 9}, {1, 37, 6, 3, 11},
 };
 
 class AttentionCpu : public ::testing::TestWithParam<AttnShape> {};
@@ -228,7 +232,8 @@ TEST(AttentionCpuEdge, ErrorsNameBothSides) {
   Tensor q = Tensor::zeros({2, 5, 6, 7}), k = Tensor::zeros({2, 5, 4, 7});
   EXPECT_FG_ERROR(attention_forward(q, k, k), "attention: q is (2, 5, 6, 7) but k is (2, 5, 4, 7)");
   Tensor k2 = Tensor::zeros({2, 5, 2, 7}), v3 = Tensor::zeros({2, 5, 3, 7});
-  EXPECT_FG_ERROR(attention_forward(q, k2, v3), "attention: k is (2, 5, 2, 7) but v is (2, 5, 3, 7)");
+  EXPECT_FG_ERROR(attention_forward(q, k2, v3),
+                  "attention: k is (2, 5, 2, 7) but v is (2, 5, 3, 7)");
   EXPECT_FG_ERROR(attention_forward(q, Tensor::zeros({2, 4, 2, 7}), Tensor::zeros({2, 4, 2, 7})),
                   "q is (2, 5, 6, 7) but k is (2, 4, 2, 7)");
   EXPECT_FG_ERROR(attention_forward(q, Tensor::zeros({2, 5, 2, 8}), Tensor::zeros({2, 5, 2, 8})),
@@ -249,7 +254,8 @@ TEST(AttentionCpuEdge, ErrorsNameBothSides) {
 TEST(AttentionCpuEdge, BackwardMatchesFiniteDifferences) {
   // Central differences in f64 on L = <out, w> through the ops API (the autograd
   // wrapper has its own check in `gradcheck --ops`).
-  for (AttnShape s : {AttnShape{2, 5, 6, 2, 3}, AttnShape{1, 6, 3, 1, 5}, AttnShape{2, 1, 2, 1, 3}}) {
+  for (AttnShape s :
+       {AttnShape{2, 5, 6, 2, 3}, AttnShape{1, 6, 3, 1, 5}, AttnShape{2, 1, 2, 1, 3}}) {
     Qkv x = random_qkv(s, 17);
     Generator gen(18);
     Tensor w = Tensor::uniform(x.q.shape(), gen, -1.0, 1.0, DType::F64);
@@ -287,8 +293,8 @@ TEST(AttentionCpuEdge, BackwardMatchesFiniteDifferences) {
 // ---- CUDA against the CPU ----
 
 const std::vector<AttnShape> kCudaShapes = {
-    {1, 1, 3, 1, 8},     {2, 5, 6, 2, 3},     {2, 37, 6, 2, 24},   {3, 129, 4, 4, 64},
-    {1, 300, 8, 2, 128}, {2, 65, 5, 5, 72},   {1, 257, 6, 1, 33},  {2, 100, 3, 3, 7},
+    {1, 1, 3, 1, 8},     {2, 5, 6, 2, 3},    {2, 37, 6, 2, 24},  {3, 129, 4, 4, 64},
+    {1, 300, 8, 2, 128}, {2, 65, 5, 5, 72},  {1, 257, 6, 1, 33}, {2, 100, 3, 3, 7},
     {1, 520, 4, 2, 96},  {1, 64, 2, 1, 256},
 };
 
@@ -353,8 +359,7 @@ TEST(AttentionCudaEdge, F32CpuAndGpuAgree) {
   Qkv x = random_qkv(s, 31, DType::F32);
   fg::ops::AttentionOut c = fg::ops::attention_forward(x.q, x.k, x.v);
   Device gpu = Device::cuda(0);
-  fg::ops::AttentionOut g =
-      fg::ops::attention_forward(x.q.to(gpu), x.k.to(gpu), x.v.to(gpu));
+  fg::ops::AttentionOut g = fg::ops::attention_forward(x.q.to(gpu), x.k.to(gpu), x.v.to(gpu));
   EXPECT_TRUE(close_rel(g.out, c.out, 1e-5));
   EXPECT_TRUE(close_rel(g.lse, c.lse, 1e-5));
 }

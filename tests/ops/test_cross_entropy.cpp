@@ -141,12 +141,13 @@ void check_cross_entropy(const CeCase& c, DType dtype, double tol) {
   fg::ops::CrossEntropyOut ref = cross_entropy_forward(f64(logits), targets);
   Tensor dref = cross_entropy_backward(0.75, f64(logits), targets, ref.lse, ref.count);
 
-  poison_pool({{}, {c.n}}, DType::F32, gpu);
+  poison_pool({{}, {c.n}}, DType::F64, gpu);  // NaN bits for f32 too
   fg::ops::CrossEntropyOut r = cross_entropy_forward(logits, targets.to(gpu));
   EXPECT_EQ(r.count, ref.count);
   EXPECT_EQ(r.loss.shape(), Shape{});
-  EXPECT_EQ(r.loss.dtype(), DType::F32);
-  EXPECT_EQ(r.lse.dtype(), DType::F32);
+  DType loss_dtype = dtype == DType::F64 ? DType::F64 : DType::F32;  // fp32 for bf16 logits
+  EXPECT_EQ(r.loss.dtype(), loss_dtype);
+  EXPECT_EQ(r.lse.dtype(), loss_dtype);
   EXPECT_FALSE(fg::has_non_finite(r.lse));
   // Loss and lse are fp32 sums of the same inputs in both dtypes.
   EXPECT_TRUE(close_rel(r.lse, ref.lse, 1e-5)) << "lse";
@@ -223,6 +224,29 @@ TEST(CrossEntropyCudaEdge, OutOfRangeTargetGivesNanLoss) {
   Tensor logits = Tensor::zeros({2, 3}, DType::F32, gpu);
   fg::ops::CrossEntropyOut r = cross_entropy_forward(logits, Tensor::from_ints({0, 3}, {2}, gpu));
   EXPECT_TRUE(std::isnan(r.loss.item()));
+}
+
+TEST(CrossEntropyCudaEdge, MaskedAndNanLogits) {
+  FG_REQUIRE_GPU();
+  // -inf logits (a masked vocabulary) add nothing, also before any finite value
+  // is seen; a NaN logit makes its row's lse NaN.
+  Device gpu = Device::cuda(0);
+  int64_t v = 1031;
+  std::vector<double> x(3 * v);
+  for (int64_t j = 0; j < v; ++j) {
+    x[j] = j < 700 ? -INFINITY : 0.01 * (j % 17);  // row 0: leading -inf
+    x[v + j] = j % 2 ? -INFINITY : -0.02 * (j % 13);
+    x[2 * v + j] = j == 555 ? NAN : 1.0;
+  }
+  Tensor logits = Tensor::from_vector(x, {3, v}, DType::F32);
+  Tensor targets = Tensor::from_ints({800, 4, kIgnoreIndex}, {3});
+  fg::ops::CrossEntropyOut ref = cross_entropy_forward(logits, targets);
+  fg::ops::CrossEntropyOut r = cross_entropy_forward(logits.to(gpu), targets.to(gpu));
+  EXPECT_TRUE(close_rel(r.lse.slice(0, 0, 2), ref.lse.slice(0, 0, 2), 1e-6));
+  EXPECT_TRUE(std::isnan(r.lse.to_vector()[2]));
+  EXPECT_TRUE(close_rel(r.loss, ref.loss, 1e-6));  // the NaN row is ignored
+  Tensor d = cross_entropy_backward(1.0, logits.to(gpu), targets.to(gpu), r.lse, r.count);
+  EXPECT_TRUE(close_rel(d, cross_entropy_backward(1.0, logits, targets, ref.lse, ref.count), 1e-6));
 }
 
 TEST(CrossEntropyCudaEdge, DeviceMismatchIsAnError) {

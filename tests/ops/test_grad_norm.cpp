@@ -50,7 +50,8 @@ TEST(GradNorm, AccumulatesInF64) {
 }
 
 TEST(GradNorm, ClipScalesLikePyTorch) {
-  std::vector<Tensor> g = {Tensor::from_vector({3}, {1}), Tensor::from_vector({4}, {1}, DType::F64)};
+  std::vector<Tensor> g = {Tensor::from_vector({3}, {1}),
+                           Tensor::from_vector({4}, {1}, DType::F64)};
   double norm = clip_grad_norm(g, 1.0);
   EXPECT_EQ(norm, 5.0);  // the norm before clipping
   double coef = 1.0 / (5.0 + 1e-6);
@@ -94,7 +95,8 @@ TEST(GradNorm, Errors) {
   EXPECT_FG_ERROR(global_grad_norm({Tensor::zeros({2}), Tensor::zeros({3}, DType::I32)}),
                   "global_grad_norm: grad 1 is i32");
   Tensor t = Tensor::zeros({2, 3});
-  EXPECT_FG_ERROR(scale_grads({t.transpose(0, 1)}, 2.0), "scale_grads: grad 0 (3, 2) is not contiguous");
+  EXPECT_FG_ERROR(scale_grads({t.transpose(0, 1)}, 2.0),
+                  "scale_grads: grad 0 (3, 2) is not contiguous");
   EXPECT_FG_ERROR(clip_grad_norm({t}, 0.0), "clip_grad_norm: max_norm is 0");
 }
 
@@ -120,6 +122,24 @@ TEST(GradNormCuda, NormMatchesCpu) {
   // One tensor at a time too (per-dtype paths).
   for (size_t i = 0; i < cpu.size(); ++i)
     EXPECT_NEAR(global_grad_norm({gpu[i]}), global_grad_norm({cpu[i]}), 1e-12 * c) << i;
+}
+
+TEST(GradNormCuda, ManyTensorsInOneLaunch) {
+  FG_REQUIRE_GPU();
+  // 150 tensors of sizes around the chunk size: every block must find its own.
+  std::vector<Tensor> cpu, gpu;
+  Generator gen(5);
+  DType dtypes[] = {DType::F32, DType::BF16, DType::F64};
+  for (int i = 0; i < 150; ++i) {
+    Shape shape{(i * 977) % 9000 + (i % 7 == 0 ? 0 : 1)};
+    cpu.push_back(Tensor::randn(shape, gen, dtypes[i % 3], Device::cpu(), 0.0, 1.0 + i % 5));
+    gpu.push_back(cpu.back().to(Device::cuda(0)));
+  }
+  double c = global_grad_norm(cpu);
+  EXPECT_NEAR(global_grad_norm(gpu), c, 1e-12 * c);
+  scale_grads(cpu, 0.5);
+  scale_grads(gpu, 0.5);
+  for (size_t i = 0; i < cpu.size(); ++i) EXPECT_EQ(fg::max_abs_diff(gpu[i], cpu[i]), 0.0) << i;
 }
 
 TEST(GradNormCuda, AccumulatesInF64) {

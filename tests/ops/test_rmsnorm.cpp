@@ -78,9 +78,9 @@ TEST(RMSNorm, LeadingDimsAreRowsAndLayoutDoesNotMatter) {
   EXPECT_EQ(a.rstd.shape(), (Shape{15}));
   EXPECT_EQ(fg::max_abs_diff(a.y.view({15, 7}), b.y), 0.0);
   Tensor xt = Tensor::randn({7, 4}, gen, DType::F64).transpose(0, 1);  // (4, 7), strided
-  EXPECT_EQ(fg::max_abs_diff(rmsnorm_forward(xt, w, 1e-5).y,
-                             rmsnorm_forward(xt.contiguous(), w, 1e-5).y),
-            0.0);
+  EXPECT_EQ(
+      fg::max_abs_diff(rmsnorm_forward(xt, w, 1e-5).y, rmsnorm_forward(xt.contiguous(), w, 1e-5).y),
+      0.0);
 }
 
 TEST(RMSNorm, F32AgreesWithF64) {
@@ -89,7 +89,8 @@ TEST(RMSNorm, F32AgreesWithF64) {
   Tensor w = Tensor::randn({301}, gen, DType::F64);
   Tensor dy = Tensor::randn({13, 301}, gen, DType::F64);
   auto f32 = [](const Tensor& t) { return t.to(DType::F32); };
-  fg::ops::RMSNormOut o64 = rmsnorm_forward(x, w, 1e-5), o32 = rmsnorm_forward(f32(x), f32(w), 1e-5);
+  fg::ops::RMSNormOut o64 = rmsnorm_forward(x, w, 1e-5),
+                      o32 = rmsnorm_forward(f32(x), f32(w), 1e-5);
   EXPECT_TRUE(close_rel(o32.y, o64.y, 1e-6));
   fg::ops::RMSNormGrads g64 = rmsnorm_backward(dy, x, w, o64.rstd);
   fg::ops::RMSNormGrads g32 = rmsnorm_backward(f32(dy), f32(x), f32(w), o32.rstd);
@@ -154,7 +155,8 @@ NormInputs make_inputs(const NormCase& c, DType dtype, bool misaligned = false) 
     x = flat.slice(0, 1, c.rows * c.D + 1).view({c.rows, c.D});
   }
   return {x, Tensor::uniform({c.D}, gen, 0.5, 1.5, dtype, gpu),
-          Tensor::randn({c.rows, c.D}, gen, dtype, gpu), Tensor::randn({c.rows, c.D}, gen, dtype, gpu)};
+          Tensor::randn({c.rows, c.D}, gen, dtype, gpu),
+          Tensor::randn({c.rows, c.D}, gen, dtype, gpu)};
 }
 
 void check_rmsnorm_cuda(const NormCase& c, DType dtype, double tol, bool misaligned = false) {
@@ -185,9 +187,9 @@ void check_rmsnorm_cuda(const NormCase& c, DType dtype, double tol, bool misalig
   // Backward, without and with dh, against the CPU on the same saved rstd.
   for (bool with_dh : {false, true}) {
     Tensor dh = with_dh ? in.dh : Tensor();
-    fg::ops::RMSNormGrads g_ref = detail::rmsnorm_backward_checked(
-        "ref", on_cpu(in.dy), with_dh ? on_cpu(in.dh) : Tensor(), "x", on_cpu(in.x), on_cpu(in.w),
-        on_cpu(rstd));
+    fg::ops::RMSNormGrads g_ref =
+        detail::rmsnorm_backward_checked("ref", on_cpu(in.dy), with_dh ? on_cpu(in.dh) : Tensor(),
+                                         "x", on_cpu(in.x), on_cpu(in.w), on_cpu(rstd));
     Tensor dx = nan_tensor({c.rows, c.D}, dtype, gpu), dw = nan_tensor({c.D}, dtype, gpu);
     detail::rmsnorm_rows_backward(in.dy, dh, in.x, in.w, rstd, dx, dw);
     EXPECT_TRUE(close_rel(dx, g_ref.dx, tol)) << "dx, dh " << with_dh;

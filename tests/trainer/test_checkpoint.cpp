@@ -100,8 +100,8 @@ GPTConfig tiny_config() {
       return ::testing::AssertionFailure() << "name " << a[i].first << " vs " << b[i].first;
     Tensor x = a[i].second.to(DType::F32), y = b[i].second.to(DType::F32);
     if (x.shape() != y.shape())
-      return ::testing::AssertionFailure() << a[i].first << ": " << x.shape_str() << " vs "
-                                           << y.shape_str();
+      return ::testing::AssertionFailure()
+             << a[i].first << ": " << x.shape_str() << " vs " << y.shape_str();
     if (x.nbytes() > 0 && std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) != 0)
       return ::testing::AssertionFailure() << a[i].first << ": values differ";
   }
@@ -153,8 +153,8 @@ class Checkpoint : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("fg_ckpt_" + std::to_string(::getpid()) + "_" + info->name());
+    dir_ =
+        fs::temp_directory_path() / ("fg_ckpt_" + std::to_string(::getpid()) + "_" + info->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
