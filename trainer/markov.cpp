@@ -21,7 +21,7 @@ constexpr uint64_t kMaxGammaTries = 64;
 constexpr uint64_t kStartOffset = uint64_t{1} << 40;
 constexpr uint64_t kStepOffset = kStartOffset + 1;
 constexpr double kStationaryTol = 1e-13;  // L1 change per iteration
-constexpr int kMaxPowerIterations = 1000000;
+constexpr int64_t kPowerWorkBudget = int64_t{1} << 33;  // multiply-adds, a few seconds
 
 // Inverse CDF: the first index whose running sum reaches u in (0, 1]. Rounding
 // can leave the total just under u; then the last index with mass is taken,
@@ -107,16 +107,24 @@ MarkovSource::MarkovSource(int64_t vocab, int order, uint64_t seed, double conce
 
 void MarkovSource::compute_stationary() {
   // Power iteration on the lazy chain (I + P) / 2: same stationary distribution,
-  // but aperiodic, so it converges even when P is a deterministic cycle.
+  // but aperiodic, so it converges even when P is a deterministic cycle. It stops
+  // when an iteration moves pi by < 1e-13 in L1; a work budget turns a chain
+  // that mixes too slowly into an error instead of a hang.
   const size_t n = static_cast<size_t>(num_contexts_);
+  const int64_t stride = num_contexts_ / vocab_;  // context c = hi * stride + lo goes to lo * V + j
+  const int64_t max_iterations = std::max<int64_t>(1000, kPowerWorkBudget / (num_contexts_ * vocab_));
   stationary_.assign(n, 1.0 / static_cast<double>(n));
   std::vector<double> next(n);
-  for (int it = 0; it < kMaxPowerIterations; ++it) {
+  for (int64_t it = 0; it < max_iterations; ++it) {
     for (size_t c = 0; c < n; ++c) next[c] = 0.5 * stationary_[c];
-    for (int64_t c = 0; c < num_contexts_; ++c) {
-      double half_mass = 0.5 * stationary_[c];
-      for (int64_t j = 0; j < vocab_; ++j)
-        next[next_context(c, static_cast<int32_t>(j))] += half_mass * probs_[c * vocab_ + j];
+    for (int64_t hi = 0; hi < vocab_; ++hi) {
+      for (int64_t lo = 0; lo < stride; ++lo) {
+        const int64_t c = hi * stride + lo;
+        const double half_mass = 0.5 * stationary_[c];
+        const double* row = &probs_[c * vocab_];
+        double* to = &next[lo * vocab_];
+        for (int64_t j = 0; j < vocab_; ++j) to[j] += half_mass * row[j];
+      }
     }
     double total = 0.0, change = 0.0;
     for (size_t c = 0; c < n; ++c) total += next[c];
@@ -127,9 +135,9 @@ void MarkovSource::compute_stationary() {
     stationary_.swap(next);
     if (change < kStationaryTol) return;
   }
-  FG_THROW("markov: the stationary distribution did not converge in ", kMaxPowerIterations,
+  FG_THROW("markov: the stationary distribution did not converge in ", max_iterations,
            " iterations (vocab ", vocab_, ", order ", order_, ", concentration ", concentration_,
-           "); the chain mixes too slowly, try a larger concentration");
+           "); the chain mixes too slowly, try a larger concentration or fewer contexts");
 }
 
 std::vector<int32_t> MarkovSource::generate(int64_t n, uint64_t seed) const {

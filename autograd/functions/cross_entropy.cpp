@@ -9,13 +9,13 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets) {
   ops::CrossEntropyOut r = ops::cross_entropy_forward(logits.data(), targets);
   // Backward recomputes softmax from the logits and the per-row lse (N): no (N, V)
   // probabilities are kept.
-  return record("cross_entropy", {logits}, {r.loss},
-                [logits = logits.data(), targets, lse = r.lse,
-                 count = r.count](const std::vector<Tensor>& g) {
-                  double dloss = g[0].item();  // the incoming gradient of the scalar loss
-                  return std::vector<Tensor>{
-                      ops::cross_entropy_backward(dloss, logits, targets, lse, count)};
-                })[0];
+  return record(
+      "cross_entropy", {logits}, {r.loss},
+      [logits = logits.data(), targets, lse = r.lse,
+       count = r.count](const std::vector<Tensor>& g) {
+        double dloss = g[0].item();  // the incoming gradient of the scalar loss
+        return std::vector<Tensor>{ops::cross_entropy_backward(dloss, logits, targets, lse, count)};
+      })[0];
 }
 
 }  // namespace fg::ag

@@ -14,8 +14,8 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
                 [xd = x.data(), wd = weight.data(), has_bias, x_grad, w_grad,
                  b_grad](const std::vector<Tensor>& g) {
                   ops::LinearGrads d = ops::linear_backward(g[0], xd, wd, has_bias && b_grad);
-                  return std::vector<Tensor>{x_grad ? d.dx : Tensor(), w_grad ? d.dweight : Tensor(),
-                                             d.dbias};
+                  return std::vector<Tensor>{x_grad ? d.dx : Tensor(),
+                                             w_grad ? d.dweight : Tensor(), d.dbias};
                 })[0];
 }
 

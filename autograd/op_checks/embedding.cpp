@@ -1,4 +1,5 @@
 #include "autograd/functions/embedding.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {
@@ -11,12 +12,13 @@ Tensor make_ids(const Shape& shape, const std::vector<int32_t>& pattern) {
   return Tensor::from_ints(v, shape);
 }
 
-OpCheck embedding_case(const char* shapes, int64_t vocab, int64_t dim, Tensor ids,
-                       uint64_t seed) {
+OpCheck embedding_case(const char* shapes, int64_t vocab, int64_t dim, Tensor ids, uint64_t seed) {
   return {"embedding", shapes, [=] {
-            return gradcheck([ids](const std::vector<Variable>& in) {
-              return std::vector<Variable>{embedding(in[0], ids)};
-            }, {random_leaf({vocab, dim}, seed)});
+            return gradcheck(
+                [ids](const std::vector<Variable>& in) {
+                  return std::vector<Variable>{embedding(in[0], ids)};
+                },
+                {random_leaf({vocab, dim}, seed)});
           }};
 }
 }  // namespace

@@ -1,17 +1,21 @@
 #include "autograd/functions/linear.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {
 
 namespace {
 OpCheck linear_case(const char* shapes, const Shape& x, int64_t out, bool bias, uint64_t seed) {
-  return {"linear", shapes, [=] {
-            std::vector<Variable> in = {random_leaf(x, seed), random_leaf({out, x.back()}, seed + 1)};
-            if (bias) in.push_back(random_leaf({out}, seed + 2));
-            return gradcheck([bias](const std::vector<Variable>& v) {
+  return {
+      "linear", shapes, [=] {
+        std::vector<Variable> in = {random_leaf(x, seed), random_leaf({out, x.back()}, seed + 1)};
+        if (bias) in.push_back(random_leaf({out}, seed + 2));
+        return gradcheck(
+            [bias](const std::vector<Variable>& v) {
               return std::vector<Variable>{linear(v[0], v[1], bias ? v[2] : Variable())};
-            }, in);
-          }};
+            },
+            in);
+      }};
 }
 }  // namespace
 

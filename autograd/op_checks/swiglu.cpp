@@ -1,15 +1,17 @@
 #include "autograd/functions/swiglu.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {
 
 namespace {
 OpCheck swiglu_case(const char* shapes, const Shape& gu, uint64_t seed, double scale) {
-  return {"swiglu", shapes, [=] {
-            return gradcheck([](const std::vector<Variable>& in) {
-              return std::vector<Variable>{swiglu(in[0])};
-            }, {random_leaf(gu, seed, scale)});
-          }};
+  return {
+      "swiglu", shapes, [=] {
+        return gradcheck(
+            [](const std::vector<Variable>& in) { return std::vector<Variable>{swiglu(in[0])}; },
+            {random_leaf(gu, seed, scale)});
+      }};
 }
 }  // namespace
 

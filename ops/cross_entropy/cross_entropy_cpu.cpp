@@ -19,7 +19,9 @@ void check_logits_targets(const char* op, const Tensor& logits, const Tensor& ta
 }
 
 // The loss and lse keep fp32 for f32 and bf16 logits, f64 for f64.
-DType loss_dtype(DType logits) { return logits == DType::F64 ? DType::F64 : DType::F32; }
+DType loss_dtype(DType logits) {
+  return logits == DType::F64 ? DType::F64 : DType::F32;
+}
 }  // namespace
 
 CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets) {
@@ -37,8 +39,8 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& target
     return r;
   }
 #endif
-  r.count = detail::cross_entropy_forward_cpu(logits.contiguous(), targets.contiguous(), r.loss,
-                                              r.lse);
+  r.count =
+      detail::cross_entropy_forward_cpu(logits.contiguous(), targets.contiguous(), r.loss, r.lse);
   return r;
 }
 
@@ -68,8 +70,8 @@ namespace detail {
 namespace {
 void check_target_range(const char* op, const int32_t* t, int64_t n, int64_t vocab) {
   for (int64_t i = 0; i < n; ++i)
-    FG_CHECK(t[i] == kIgnoreIndex || (t[i] >= 0 && t[i] < vocab), op, ": target ", t[i],
-             " at row ", i, " is out of range for vocab size ", vocab, " (use ", kIgnoreIndex,
+    FG_CHECK(t[i] == kIgnoreIndex || (t[i] >= 0 && t[i] < vocab), op, ": target ", t[i], " at row ",
+             i, " is out of range for vocab size ", vocab, " (use ", kIgnoreIndex,
              " to ignore a row)");
 }
 }  // namespace

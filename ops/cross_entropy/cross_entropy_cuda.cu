@@ -3,9 +3,8 @@
 // writes lse and the row's loss; a one-block kernel takes the mean over the
 // counted rows. Backward: one block per row recomputes softmax from the logits
 // and lse. Math in fp32 for f32 and bf16 (f64 for f64); no (N, V) buffer.
-#include <cub/block/block_reduce.cuh>
-
 #include <cmath>
+#include <cub/block/block_reduce.cuh>
 
 #include "core/cuda_utils.h"
 #include "ops/cross_entropy/cross_entropy.h"
@@ -14,12 +13,18 @@ namespace fg::ops::detail {
 namespace {
 
 constexpr int kRowBlock = 256;   // threads per row: a vocabulary row is long
-constexpr int kUnroll = 4;       // logits each forward thread loads before it reduces
+constexpr int kUnroll = 4;       // logits a thread loads before it computes on them
 constexpr int kMeanBlock = 256;  // threads of the one block that takes the mean
 
-__device__ __forceinline__ float to_compute(bf16 v) { return bf16_to_float(v); }
-__device__ __forceinline__ float to_compute(float v) { return v; }
-__device__ __forceinline__ double to_compute(double v) { return v; }
+__device__ __forceinline__ float to_compute(bf16 v) {
+  return bf16_to_float(v);
+}
+__device__ __forceinline__ float to_compute(float v) {
+  return v;
+}
+__device__ __forceinline__ double to_compute(double v) {
+  return v;
+}
 
 template <class T, class C>
 __device__ __forceinline__ T from_compute(C v) {
@@ -137,9 +142,20 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const int32_t* ta
     return;
   }
   C l = lse[row];
-  for (int64_t j = threadIdx.x; j < vocab; j += kRowBlock) {
-    C p = exp(to_compute(x[j]) - l);
-    d[j] = from_compute<T>(scale * (j == t ? p - C(1) : p));
+  // kUnroll independent loads in flight per thread, as in forward.
+  for (int64_t base = threadIdx.x; base < vocab; base += kRowBlock * kUnroll) {
+    C v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      int64_t j = base + u * kRowBlock;
+      v[u] = j < vocab ? to_compute(x[j]) : C(0);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      int64_t j = base + u * kRowBlock;
+      C p = exp(v[u] - l);
+      if (j < vocab) d[j] = from_compute<T>(scale * (j == t ? p - C(1) : p));
+    }
   }
 }
 
@@ -185,10 +201,14 @@ int64_t cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets, 
   FG_CHECK(logits.size(0) < (int64_t{1} << 31), "cross_entropy: ", logits.size(0),
            " rows exceed the GPU grid");
   switch (logits.dtype()) {
-    case DType::F32: return launch_forward<float, float>(logits, targets, loss, lse);
-    case DType::F64: return launch_forward<double, double>(logits, targets, loss, lse);
-    case DType::BF16: return launch_forward<bf16, float>(logits, targets, loss, lse);
-    default: FG_THROW("cross_entropy: dtype ", dtype_name(logits.dtype()), " is not supported");
+    case DType::F32:
+      return launch_forward<float, float>(logits, targets, loss, lse);
+    case DType::F64:
+      return launch_forward<double, double>(logits, targets, loss, lse);
+    case DType::BF16:
+      return launch_forward<bf16, float>(logits, targets, loss, lse);
+    default:
+      FG_THROW("cross_entropy: dtype ", dtype_name(logits.dtype()), " is not supported");
   }
 }
 
@@ -197,10 +217,12 @@ void cross_entropy_backward_cuda(double dloss, const Tensor& logits, const Tenso
   FG_CHECK(logits.size(0) < (int64_t{1} << 31), "cross_entropy_backward: ", logits.size(0),
            " rows exceed the GPU grid");
   switch (logits.dtype()) {
-    case DType::F32: return launch_backward<float, float>(dloss, logits, targets, lse, count, dlogits);
+    case DType::F32:
+      return launch_backward<float, float>(dloss, logits, targets, lse, count, dlogits);
     case DType::F64:
       return launch_backward<double, double>(dloss, logits, targets, lse, count, dlogits);
-    case DType::BF16: return launch_backward<bf16, float>(dloss, logits, targets, lse, count, dlogits);
+    case DType::BF16:
+      return launch_backward<bf16, float>(dloss, logits, targets, lse, count, dlogits);
     default:
       FG_THROW("cross_entropy_backward: dtype ", dtype_name(logits.dtype()), " is not supported");
   }

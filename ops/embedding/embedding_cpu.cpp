@@ -12,8 +12,7 @@ void check_ids(const char* op, const Tensor& ids, const Tensor& other, const cha
 }
 
 void check_float(const char* op, const char* name, const Tensor& t) {
-  FG_CHECK(t.dtype() != DType::I32, op, ": ", name, " must be a float tensor, got ",
-           t.describe());
+  FG_CHECK(t.dtype() != DType::I32, op, ": ", name, " must be a float tensor, got ", t.describe());
 }
 
 // CPU side: every id in [0, vocab_size), or an error naming the first bad one.

@@ -12,9 +12,15 @@ namespace {
 
 constexpr int kBlock = 256;
 
-__device__ __forceinline__ float to_compute(bf16 v) { return bf16_to_float(v); }
-__device__ __forceinline__ float to_compute(float v) { return v; }
-__device__ __forceinline__ double to_compute(double v) { return v; }
+__device__ __forceinline__ float to_compute(bf16 v) {
+  return bf16_to_float(v);
+}
+__device__ __forceinline__ float to_compute(float v) {
+  return v;
+}
+__device__ __forceinline__ double to_compute(double v) {
+  return v;
+}
 
 // out (n, D) = weight[ids] (V, D): one thread per output element, so reads of a
 // row and writes of the output are both coalesced.
@@ -73,10 +79,14 @@ void zero(const Tensor& t) {
 
 void embedding_forward_cuda(const Tensor& weight, const Tensor& ids, const Tensor& out) {
   switch (weight.dtype()) {
-    case DType::F32: return launch_forward<float>(weight, ids, out);
-    case DType::F64: return launch_forward<double>(weight, ids, out);
-    case DType::BF16: return launch_forward<bf16>(weight, ids, out);
-    default: FG_THROW("embedding: dtype ", dtype_name(weight.dtype()), " is not supported");
+    case DType::F32:
+      return launch_forward<float>(weight, ids, out);
+    case DType::F64:
+      return launch_forward<double>(weight, ids, out);
+    case DType::BF16:
+      return launch_forward<bf16>(weight, ids, out);
+    default:
+      FG_THROW("embedding: dtype ", dtype_name(weight.dtype()), " is not supported");
   }
 }
 

@@ -50,29 +50,26 @@ namespace detail {
 
 void gemm_cpu(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
               double alpha, double beta, const Tensor& bias) {
+  // b as a contiguous (k, n) matrix: every row of C is then a sum of scaled rows
+  // of b, an axpy the compiler vectorizes (dot products along k would not be).
+  Tensor bk = trans_b ? b.transpose(0, 1).contiguous() : b.contiguous();
   dispatch_float("gemm", c.dtype(), [&]<class T>() {
-    int64_t m = c.size(0), n = c.size(1), k = trans_a ? a.size(0) : a.size(1);
-    int64_t lda = a.strides()[0], ldb = b.strides()[0], ldc = c.strides()[0];
+    const int64_t m = c.size(0), n = c.size(1), k = bk.size(0);
+    const int64_t lda = a.strides()[0], ldc = c.strides()[0];
     const T* pa = a.data<T>();
-    const T* pb = b.data<T>();
+    const T* pb = bk.data<T>();
     T* pc = c.data<T>();
     const T* pbias = bias.defined() ? bias.data<T>() : nullptr;
-    std::vector<T> row(n);
+    // Rows are independent, so threads give bit-identical results; small products
+  // stay on one thread, where waking the others would cost more than it saves.
+  constexpr int64_t kParallelWork = int64_t{1} << 20;
+#pragma omp parallel for schedule(static) if (m * n * k >= kParallelWork)
     for (int64_t i = 0; i < m; ++i) {
-      std::fill(row.begin(), row.end(), T(0));
-      if (trans_b) {  // b is (n, k): dot products along contiguous rows
-        for (int64_t j = 0; j < n; ++j) {
-          T acc = 0;
-          for (int64_t p = 0; p < k; ++p)
-            acc += (trans_a ? pa[p * lda + i] : pa[i * lda + p]) * pb[j * ldb + p];
-          row[j] = acc;
-        }
-      } else {  // b is (k, n): axpy over contiguous rows of b
-        for (int64_t p = 0; p < k; ++p) {
-          T av = trans_a ? pa[p * lda + i] : pa[i * lda + p];
-          const T* brow = pb + p * ldb;
-          for (int64_t j = 0; j < n; ++j) row[j] += av * brow[j];
-        }
+      std::vector<T> row(n, T(0));
+      for (int64_t p = 0; p < k; ++p) {
+        const T av = trans_a ? pa[p * lda + i] : pa[i * lda + p];
+        const T* brow = pb + p * n;
+        for (int64_t j = 0; j < n; ++j) row[j] += av * brow[j];
       }
       T* crow = pc + i * ldc;
       for (int64_t j = 0; j < n; ++j) {

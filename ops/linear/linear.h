@@ -13,8 +13,7 @@ struct LinearGrads {
   Tensor dweight;  // (out, in)
   Tensor dbias;    // (out), undefined when has_bias is false
 };
-LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                            bool has_bias);
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, bool has_bias);
 
 namespace detail {
 // Column sums of a contiguous dy (rows, out) into db (out): the bias gradient.

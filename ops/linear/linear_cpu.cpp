@@ -1,8 +1,7 @@
 // Linear: y = x @ W^T + b over the leading dims of x, through ops::gemm on
 // either device; only the bias gradient (a column sum) has kernels of its own.
-#include "ops/linear/linear.h"
-
 #include "ops/gemm/gemm.h"
+#include "ops/linear/linear.h"
 
 namespace fg::ops {
 
@@ -26,10 +25,10 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias)
   int64_t rows = check_linear("linear", x, weight);
   int64_t out_features = weight.size(0);
   if (bias.defined()) {
-    FG_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "linear: bias is ",
-             bias.shape_str(), " but weight is ", weight.shape_str());
-    FG_CHECK(bias.dtype() == x.dtype(), "linear: bias is ", dtype_name(bias.dtype()),
-             " but x is ", dtype_name(x.dtype()));
+    FG_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "linear: bias is ", bias.shape_str(),
+             " but weight is ", weight.shape_str());
+    FG_CHECK(bias.dtype() == x.dtype(), "linear: bias is ", dtype_name(bias.dtype()), " but x is ",
+             dtype_name(x.dtype()));
     check_same_device("linear", "x", x, "bias", bias);
   }
   Shape y_shape = x.shape();
@@ -48,14 +47,14 @@ LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& wei
   y_shape.back() = weight.size(0);
   FG_CHECK(dy.shape() == y_shape, "linear_backward: dy is ", dy.shape_str(), " but x ",
            x.shape_str(), " @ weight^T ", weight.shape_str(), " is ", shape_str(y_shape));
-  FG_CHECK(dy.dtype() == x.dtype(), "linear_backward: dy is ", dtype_name(dy.dtype()),
-           " but x is ", dtype_name(x.dtype()));
+  FG_CHECK(dy.dtype() == x.dtype(), "linear_backward: dy is ", dtype_name(dy.dtype()), " but x is ",
+           dtype_name(x.dtype()));
   check_same_device("linear_backward", "dy", dy, "x", x);
   Tensor dy2 = dy.contiguous().view({rows, weight.size(0)});  // (rows, out)
   Tensor x2 = x.contiguous().view({rows, weight.size(1)});    // (rows, in)
   LinearGrads g;
   g.dx = matmul(dy2, false, weight.contiguous(), false).view(x.shape());  // dy @ W
-  g.dweight = matmul(dy2, true, x2, false);                                // dy^T @ x
+  g.dweight = matmul(dy2, true, x2, false);                               // dy^T @ x
   if (has_bias) {
     g.dbias = Tensor::empty({weight.size(0)}, dy.dtype(), dy.device());
 #ifdef FG_CUDA

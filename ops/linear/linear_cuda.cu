@@ -18,9 +18,15 @@ constexpr int kCols = 32;
 constexpr int kRowLanes = 16;
 constexpr int64_t kChunkRows = 256;
 
-__device__ __forceinline__ float to_compute(bf16 v) { return bf16_to_float(v); }
-__device__ __forceinline__ float to_compute(float v) { return v; }
-__device__ __forceinline__ double to_compute(double v) { return v; }
+__device__ __forceinline__ float to_compute(bf16 v) {
+  return bf16_to_float(v);
+}
+__device__ __forceinline__ float to_compute(float v) {
+  return v;
+}
+__device__ __forceinline__ double to_compute(double v) {
+  return v;
+}
 
 // out[chunk, col] = sum of in[r, col] over the chunk's rows; C is the accumulator.
 template <class In, class Out, class C>
@@ -31,7 +37,8 @@ __global__ void column_sum_kernel(const In* in, Out* out, int64_t rows, int64_t 
   int64_t begin = blockIdx.y * chunk_rows, end = min(rows, begin + chunk_rows);
   C acc = 0;
   if (col < cols)
-    for (int64_t r = begin + threadIdx.y; r < end; r += kRowLanes) acc += to_compute(in[r * cols + col]);
+    for (int64_t r = begin + threadIdx.y; r < end; r += kRowLanes)
+      acc += to_compute(in[r * cols + col]);
   partial[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y != 0 || col >= cols) return;
@@ -48,8 +55,8 @@ template <class In, class Out, class C>
 void launch_pass(const In* in, Out* out, int64_t rows, int64_t cols, int64_t chunk_rows) {
   int64_t chunks = std::max<int64_t>(1, (rows + chunk_rows - 1) / chunk_rows);
   dim3 grid(cuda::grid_for(cols, kCols), static_cast<unsigned>(chunks));
-  column_sum_kernel<In, Out, C><<<grid, dim3(kCols, kRowLanes), 0, cuda::stream()>>>(
-      in, out, rows, cols, chunk_rows);
+  column_sum_kernel<In, Out, C>
+      <<<grid, dim3(kCols, kRowLanes), 0, cuda::stream()>>>(in, out, rows, cols, chunk_rows);
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -72,10 +79,14 @@ void launch_column_sum(const Tensor& dy, const Tensor& db) {
 
 void column_sum_cuda(const Tensor& dy, const Tensor& db) {
   switch (dy.dtype()) {
-    case DType::F32: return launch_column_sum<float, float>(dy, db);
-    case DType::F64: return launch_column_sum<double, double>(dy, db);
-    case DType::BF16: return launch_column_sum<bf16, float>(dy, db);
-    default: FG_THROW("linear_backward: dtype ", dtype_name(dy.dtype()), " is not supported");
+    case DType::F32:
+      return launch_column_sum<float, float>(dy, db);
+    case DType::F64:
+      return launch_column_sum<double, double>(dy, db);
+    case DType::BF16:
+      return launch_column_sum<bf16, float>(dy, db);
+    default:
+      FG_THROW("linear_backward: dtype ", dtype_name(dy.dtype()), " is not supported");
   }
 }
 

@@ -30,21 +30,22 @@ namespace {
 constexpr const char* kOp = "rmsnorm_qkv_rope";
 constexpr const char* kBackwardOp = "rmsnorm_qkv_rope_backward";
 
-// Parameters shared by forward and backward: norm weight (D), wqkv (qkv_dim, D), positions.
-void check_parameters(const char* op, const QKVRoPEConfig& cfg, const Tensor& h_like,
-                      const Tensor& positions, const Tensor& norm_weight, const Tensor& wqkv) {
-  detail::check_rmsnorm_operands(op, "x", h_like, norm_weight);
+// What forward and backward share: the activation x (forward) or h (backward), a float
+// (B, T, D); norm_weight (D) and wqkv (qkv_dim, D) of its dtype and device; positions.
+void check_common(const char* op, const QKVRoPEConfig& cfg, const char* act_name,
+                  const Tensor& act, const Tensor& positions, const Tensor& norm_weight,
+                  const Tensor& wqkv) {
+  check_defined(op, act_name, act);
+  FG_CHECK(act.dim() == 3 && act.size(2) == cfg.hidden_dim, op, ": ", act_name, " is ",
+           act.shape_str(), " but expected (B, T, ", cfg.hidden_dim, ")");
+  FG_CHECK(act.dtype() != DType::I32, op, ": ", act_name, " is i32 but must be a float tensor");
+  check_shape(op, "norm_weight", norm_weight, {cfg.hidden_dim});
+  check_dtype(op, "norm_weight", norm_weight, act.dtype());
+  check_same_device(op, "norm_weight", norm_weight, act_name, act);
   check_shape(op, "wqkv", wqkv, {cfg.qkv_dim(), cfg.hidden_dim});
-  check_dtype(op, "wqkv", wqkv, h_like.dtype());
-  check_same_device(op, "wqkv", wqkv, "x", h_like);
-  detail::check_positions(op, positions, h_like.size(0), h_like.size(1), h_like.device());
-}
-
-// x (B, T, D) with D = hidden_dim.
-void check_activation(const char* op, const char* name, const QKVRoPEConfig& cfg, const Tensor& t) {
-  check_defined(op, name, t);
-  FG_CHECK(t.dim() == 3 && t.size(2) == cfg.hidden_dim, op, ": ", name, " is ", t.shape_str(),
-           " but expected (B, T, ", cfg.hidden_dim, ")");
+  check_dtype(op, "wqkv", wqkv, act.dtype());
+  check_same_device(op, "wqkv", wqkv, act_name, act);
+  detail::check_positions(op, positions, act.size(0), act.size(1), act.device());
 }
 
 // The q, k and v column blocks of qkv rows (B*T, qkv_dim) as (B, T, heads, hd) views.
@@ -72,8 +73,7 @@ QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
                                     const Tensor& norm_weight, const Tensor& wqkv,
                                     const Tensor& bias) {
   cfg.validate();
-  check_activation(kOp, "x", cfg, x);
-  check_parameters(kOp, cfg, x, positions, norm_weight, wqkv);
+  check_common(kOp, cfg, "x", x, positions, norm_weight, wqkv);
   if (cfg.add_residual) {
     detail::check_like(kOp, "residual", residual, "x", x);
   } else {
@@ -121,8 +121,7 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
                                        const Tensor& rstd, const Tensor& positions,
                                        const Tensor& norm_weight, const Tensor& wqkv) {
   cfg.validate();
-  check_activation(kBackwardOp, "h", cfg, h);
-  check_parameters(kBackwardOp, cfg, h, positions, norm_weight, wqkv);
+  check_common(kBackwardOp, cfg, "h", h, positions, norm_weight, wqkv);
   const int64_t B = h.size(0), T = h.size(1), D = cfg.hidden_dim, rows = B * T;
   const DType dt = h.dtype();
   const Device dev = h.device();

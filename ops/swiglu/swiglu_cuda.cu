@@ -10,9 +10,15 @@ namespace {
 
 constexpr int kBlock = 256;
 
-__device__ __forceinline__ float to_compute(bf16 v) { return bf16_to_float(v); }
-__device__ __forceinline__ float to_compute(float v) { return v; }
-__device__ __forceinline__ double to_compute(double v) { return v; }
+__device__ __forceinline__ float to_compute(bf16 v) {
+  return bf16_to_float(v);
+}
+__device__ __forceinline__ float to_compute(float v) {
+  return v;
+}
+__device__ __forceinline__ double to_compute(double v) {
+  return v;
+}
 
 template <class T, class C>
 __device__ __forceinline__ T from_compute(C v) {
@@ -77,19 +83,27 @@ void launch_backward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) {
 
 void swiglu_forward_cuda(const Tensor& gu, const Tensor& out) {
   switch (gu.dtype()) {
-    case DType::F32: return launch_forward<float>(gu, out);
-    case DType::F64: return launch_forward<double>(gu, out);
-    case DType::BF16: return launch_forward<bf16>(gu, out);
-    default: FG_THROW("swiglu: dtype ", dtype_name(gu.dtype()), " is not supported");
+    case DType::F32:
+      return launch_forward<float>(gu, out);
+    case DType::F64:
+      return launch_forward<double>(gu, out);
+    case DType::BF16:
+      return launch_forward<bf16>(gu, out);
+    default:
+      FG_THROW("swiglu: dtype ", dtype_name(gu.dtype()), " is not supported");
   }
 }
 
 void swiglu_backward_cuda(const Tensor& dout, const Tensor& gu, const Tensor& dgu) {
   switch (gu.dtype()) {
-    case DType::F32: return launch_backward<float>(dout, gu, dgu);
-    case DType::F64: return launch_backward<double>(dout, gu, dgu);
-    case DType::BF16: return launch_backward<bf16>(dout, gu, dgu);
-    default: FG_THROW("swiglu_backward: dtype ", dtype_name(gu.dtype()), " is not supported");
+    case DType::F32:
+      return launch_backward<float>(dout, gu, dgu);
+    case DType::F64:
+      return launch_backward<double>(dout, gu, dgu);
+    case DType::BF16:
+      return launch_backward<bf16>(dout, gu, dgu);
+    default:
+      FG_THROW("swiglu_backward: dtype ", dtype_name(gu.dtype()), " is not supported");
   }
 }
 

@@ -20,7 +20,9 @@ using fg::ops::kIgnoreIndex;
 
 namespace {
 
-Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+Tensor f64(const Tensor& t) {
+  return t.to(Device::cpu(), DType::F64);
+}
 
 // Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
 // kernel that leaves an element of a freshly allocated output unwritten shows NaN.
@@ -117,7 +119,9 @@ struct CeCase {
 
 std::string case_name(const CeCase& c) {
   return "N" + std::to_string(c.n) + "_V" + std::to_string(c.vocab) +
-         (c.offset > 0 ? "_plus" : c.offset < 0 ? "_minus" : "") +
+         (c.offset > 0   ? "_plus"
+          : c.offset < 0 ? "_minus"
+                         : "") +
          (c.offset != 0 ? std::to_string(static_cast<int>(std::fabs(c.offset))) : "");
 }
 
@@ -151,8 +155,8 @@ void check_cross_entropy(const CeCase& c, DType dtype, double tol) {
   EXPECT_FALSE(fg::has_non_finite(r.lse));
   // Loss and lse are fp32 sums of the same inputs in both dtypes.
   EXPECT_TRUE(close_rel(r.lse, ref.lse, 1e-5)) << "lse";
-  EXPECT_TRUE(close_rel(r.loss, ref.loss, 1e-5)) << "loss " << r.loss.item() << " vs "
-                                                 << ref.loss.item();
+  EXPECT_TRUE(close_rel(r.loss, ref.loss, 1e-5))
+      << "loss " << r.loss.item() << " vs " << ref.loss.item();
 
   poison_pool({{c.n, c.vocab}}, dtype, gpu);
   Tensor d = cross_entropy_backward(0.75, logits, targets.to(gpu), r.lse, r.count);

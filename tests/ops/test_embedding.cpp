@@ -19,7 +19,9 @@ using fg::ops::embedding_forward;
 
 namespace {
 
-Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+Tensor f64(const Tensor& t) {
+  return t.to(Device::cpu(), DType::F64);
+}
 
 // Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
 // kernel that leaves an element of a freshly allocated output unwritten shows NaN.
@@ -52,7 +54,7 @@ TEST(Embedding, BackwardAccumulatesRepeatedIds) {
 
 TEST(Embedding, NonContiguousWeightAndIds) {
   Tensor wt = Tensor::from_vector({0, 10, 20, 1, 11, 21}, {2, 3}).transpose(0, 1);  // (3, 2)
-  Tensor ids = Tensor::from_ints({2, 9, 1, 9}, {2, 2}).slice(1, 0, 1);               // [[2], [1]]
+  Tensor ids = Tensor::from_ints({2, 9, 1, 9}, {2, 2}).slice(1, 0, 1);              // [[2], [1]]
   EXPECT_EQ(embedding_forward(wt, ids).to_vector(), (std::vector<double>{20, 21, 10, 11}));
 }
 
@@ -62,7 +64,8 @@ TEST(Embedding, ErrorsNameTheValues) {
                   "embedding: id 4 at position 1 is out of range for vocab size 4");
   EXPECT_FG_ERROR(embedding_forward(w, Tensor::from_ints({-1}, {1})),
                   "id -1 at position 0 is out of range for vocab size 4");
-  EXPECT_FG_ERROR(embedding_forward(w, Tensor::zeros({2})), "embedding: ids is f32 but expected i32");
+  EXPECT_FG_ERROR(embedding_forward(w, Tensor::zeros({2})),
+                  "embedding: ids is f32 but expected i32");
   EXPECT_FG_ERROR(embedding_forward(Tensor::zeros({12}), Tensor::from_ints({1}, {1})),
                   "embedding: weight must be (V, D), got (12,)");
   EXPECT_FG_ERROR(embedding_forward(Tensor(), Tensor::from_ints({1}, {1})),

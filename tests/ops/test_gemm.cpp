@@ -19,7 +19,9 @@ using fg::Tensor;
 
 namespace {
 
-Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+Tensor f64(const Tensor& t) {
+  return t.to(Device::cpu(), DType::F64);
+}
 
 // Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
 // kernel that leaves an element of a freshly allocated output unwritten shows NaN.
@@ -29,7 +31,7 @@ void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
 }
 
 TEST(Gemm, HandComputedProducts) {
-  Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3}, DType::F64);  // (2, 3)
+  Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3}, DType::F64);     // (2, 3)
   Tensor b = Tensor::from_vector({1, 0, -1, 2, 0.5, 1}, {3, 2}, DType::F64);  // (3, 2)
   // a @ b = [[1*1 + 2*-1 + 3*0.5, 0 + 4 + 3], [4 - 5 + 3, 0 + 10 + 6]]
   std::vector<double> ab = {0.5, 7, 2, 16};
@@ -53,9 +55,9 @@ TEST(Gemm, ErrorsNameTheShapes) {
                   "c is (2, 2) but op(a) @ op(b) is (2, 5)");
   EXPECT_FG_ERROR(fg::ops::gemm(a, false, Tensor::zeros({3, 2}, DType::F64), false, c),
                   "dtypes differ: a f32, b f64, c f32");
-  EXPECT_FG_ERROR(fg::ops::gemm(a, false, Tensor::zeros({3, 2}), false, c, 1, 0,
-                                Tensor::zeros({3})),
-                  "bias is (3,) but expected (2,)");
+  EXPECT_FG_ERROR(
+      fg::ops::gemm(a, false, Tensor::zeros({3, 2}), false, c, 1, 0, Tensor::zeros({3})),
+      "bias is (3,) but expected (2,)");
   EXPECT_FG_ERROR(fg::ops::matmul(Tensor::zeros({2, 3, 4}), false, b, false), "must be 2-D");
 }
 
@@ -83,9 +85,12 @@ std::vector<GemmCase> cuda_cases() {
 
 double tolerance(DType dtype) {
   switch (dtype) {
-    case DType::BF16: return 1e-2;
-    case DType::F32: return 1e-5;
-    default: return 1e-12;
+    case DType::BF16:
+      return 1e-2;
+    case DType::F32:
+      return 1e-5;
+    default:
+      return 1e-12;
   }
 }
 
@@ -131,8 +136,8 @@ void check_gemm(const GemmCase& g, DType dtype, double alpha, double beta, bool 
 TEST_P(GemmCuda, F32MatchesCpu) {
   FG_REQUIRE_GPU();
   check_gemm(GetParam(), DType::F32, 1.0, 0.0, false, false);
-  check_gemm(GetParam(), DType::F32, 1.0, 0.0, true, false);  // bias epilogue
-  check_gemm(GetParam(), DType::F32, 0.7, 1.3, true, false);  // bias with beta != 0
+  check_gemm(GetParam(), DType::F32, 1.0, 0.0, true, false);   // bias epilogue
+  check_gemm(GetParam(), DType::F32, 0.7, 1.3, true, false);   // bias with beta != 0
   check_gemm(GetParam(), DType::F32, -2.0, 1.0, false, true);  // accumulate, wide operands
 }
 

@@ -19,7 +19,9 @@ using fg::ops::linear_forward;
 
 namespace {
 
-Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+Tensor f64(const Tensor& t) {
+  return t.to(Device::cpu(), DType::F64);
+}
 
 // Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
 // kernel that leaves an element of a freshly allocated output unwritten shows NaN.
@@ -29,8 +31,8 @@ void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
 }
 
 TEST(Linear, ForwardHandComputed) {
-  Tensor x = Tensor::from_vector({1, 2, 3, -1, 0, 2}, {2, 3});       // (2, 3)
-  Tensor w = Tensor::from_vector({1, 0, 1, 0.5, -1, 2}, {2, 3});     // (out 2, in 3)
+  Tensor x = Tensor::from_vector({1, 2, 3, -1, 0, 2}, {2, 3});    // (2, 3)
+  Tensor w = Tensor::from_vector({1, 0, 1, 0.5, -1, 2}, {2, 3});  // (out 2, in 3)
   Tensor b = Tensor::from_vector({0.25, -3}, {2});
   // rows: [1+3, 0.5-2+6] and [-1+2, -0.5+4]
   EXPECT_EQ(linear_forward(x, w, Tensor()).to_vector(), (std::vector<double>{4, 4.5, 1, 3.5}));
@@ -146,8 +148,7 @@ TEST_P(LinearCuda, Bf16MatchesCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, LinearCuda,
                          ::testing::Values(LinearCase{{1, 1}, 1}, LinearCase{{3, 5, 7}, 11},
-                                           LinearCase{{2, 37, 65}, 97},
-                                           LinearCase{{1025, 33}, 3},
+                                           LinearCase{{2, 37, 65}, 97}, LinearCase{{1025, 33}, 3},
                                            LinearCase{{5, 3, 257}, 301},
                                            LinearCase{{2, 129, 96}, 288}),
                          [](const auto& info) { return case_name(info.param); });

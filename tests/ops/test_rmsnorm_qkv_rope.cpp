@@ -255,7 +255,7 @@ TEST(RMSNormQKVRoPE, ErrorsNameBothSides) {
   EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(cfg, x, pos, Tensor(), nw, w, b),
                   "rmsnorm_qkv_rope: residual is undefined");
   EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(cfg, x, pos, res, Tensor::ones({33}), w, b),
-                  "rmsnorm_qkv_rope: weight is (33,) but expected (32,)");
+                  "rmsnorm_qkv_rope: norm_weight is (33,) but expected (32,)");
   EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(cfg, x, pos, res, nw, w, Tensor::zeros({63})),
                   "rmsnorm_qkv_rope: bias is (63,) but expected (64,)");
   EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(cfg, x, pos, res, nw, w, Tensor()),

@@ -19,7 +19,9 @@ using fg::ops::swiglu_forward;
 
 namespace {
 
-Tensor f64(const Tensor& t) { return t.to(Device::cpu(), DType::F64); }
+Tensor f64(const Tensor& t) {
+  return t.to(Device::cpu(), DType::F64);
+}
 
 // Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
 // kernel that leaves an element of a freshly allocated output unwritten shows NaN.
@@ -28,7 +30,9 @@ void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
   for (const Shape& s : shapes) poison.push_back(Tensor::full(s, NAN, dtype, device));
 }
 
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+double sigmoid(double x) {
+  return 1.0 / (1.0 + std::exp(-x));
+}
 
 TEST(Swiglu, ForwardHandComputed) {
   // Two rows of [g0 g1 | u0 u1].
@@ -135,8 +139,8 @@ TEST_P(SwigluCuda, F64MatchesCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SwigluCuda,
                          ::testing::Values(Shape{1, 2}, Shape{3, 5, 14}, Shape{13, 22},
-                                           Shape{2, 37, 2002}, Shape{129, 690},
-                                           Shape{4, 7, 3, 6}, Shape{1, 2048}, Shape{3, 4098}),
+                                           Shape{2, 37, 2002}, Shape{129, 690}, Shape{4, 7, 3, 6},
+                                           Shape{1, 2048}, Shape{3, 4098}),
                          [](const auto& info) { return case_name(info.param); });
 
 #ifdef FG_CUDA  // calls the CUDA entry points directly
