@@ -4,6 +4,7 @@
 #include "autograd/functions/add.h"
 #include "autograd/functions/add_rmsnorm.h"
 #include "autograd/functions/attention.h"
+#include "autograd/functions/cast.h"
 #include "autograd/functions/cross_entropy.h"
 #include "autograd/functions/embedding.h"
 #include "autograd/functions/linear.h"

@@ -45,6 +45,19 @@ int cuda_device_count() {
 
 bool cuda_available() { return cuda_device_count() > 0; }
 
+int cuda_compute_capability(int index) {
+#ifdef FG_CUDA
+  if (index < 0 || index >= cuda_device_count()) return 0;
+  int major = 0, minor = 0;
+  FG_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+  FG_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+  return major * 10 + minor;
+#else
+  (void)index;
+  return 0;
+#endif
+}
+
 #ifdef FG_CUDA
 namespace cuda {
 

@@ -24,5 +24,7 @@ Device parse_device(const std::string& name);
 // True when fusegpt was built with CUDA and at least one GPU is visible.
 bool cuda_available();
 int cuda_device_count();
+// major * 10 + minor of CUDA device `index` (90 for an H100); 0 without CUDA.
+int cuda_compute_capability(int index);
 
 }  // namespace fg

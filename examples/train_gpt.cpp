@@ -60,7 +60,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()->group("Data");
   app.add_option("--device", device, "cpu, cuda, cuda:N or auto (the GPU when present)")
       ->capture_default_str();
-  app.add_option("--dtype", dtype, "parameter/compute dtype: f32, f64 or auto")->capture_default_str();
+  app.add_option("--dtype", dtype,
+                 "compute dtype: f32, f64, bf16 (GPU; f32 master weights) or auto (bf16 on a GPU, "
+                 "f32 on the CPU)")
+      ->capture_default_str();
   app.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
   app.add_option("--batch", o.batch, "sequences per step")->capture_default_str();
   app.add_option("--seq", o.seq, "tokens per sequence (<= --max-seq-len)")->capture_default_str();
@@ -113,9 +116,18 @@ int main(int argc, char** argv) {
 #endif
         );
     }
-    o.dtype = dtype == "auto" ? fg::DType::F32 : fg::dtype_from_name(dtype);
-    FG_CHECK(o.dtype == fg::DType::F32 || o.dtype == fg::DType::F64, "--dtype: expected f32 or f64, got '",
-             dtype, "'");
+    if (dtype == "auto") {
+      bool bf16_ok = o.device.is_cuda() && fg::cuda_compute_capability(o.device.index) >= 80;
+      o.dtype = bf16_ok ? fg::DType::BF16 : fg::DType::F32;
+    } else {
+      o.dtype = fg::dtype_from_name(dtype);
+    }
+    FG_CHECK(o.dtype != fg::DType::I32, "--dtype: expected f32, f64 or bf16, got '", dtype, "'");
+    if (o.dtype == fg::DType::BF16 && o.device.is_cuda()) {
+      int cc = fg::cuda_compute_capability(o.device.index);
+      FG_CHECK(cc >= 80, "--dtype bf16: ", o.device.str(), " has compute capability ", cc / 10, ".",
+               cc % 10, "; bf16 needs 8.0 or newer (use --dtype f32)");
+    }
     o.recompute = fg::trainer::parse_recompute(recompute);
     o.schedule.total_steps = total_steps > 0 ? total_steps : o.steps;
     o.progress = !quiet;

@@ -185,7 +185,11 @@ TrainResult train(const TrainOptions& options) {
            ") is smaller than the data's vocabulary (", data.loader->vocab_size(), ")");
   data.loader->check_seq(o.seq);
 
-  GPT model(o.model, o.seed, o.device, o.dtype);
+  FG_CHECK(o.dtype != DType::BF16 || o.device.is_cuda(),
+           "--dtype bf16 needs --device cuda (the CPU reference computes in f32 or f64)");
+  // Master weights, gradients and Adam states stay f32 (f64 for f64 runs); the
+  // forward and backward compute in o.dtype.
+  GPT model(o.model, o.seed, o.device, o.dtype == DType::F64 ? DType::F64 : DType::F32, o.dtype);
   AdamW opt(model.params(), model.specs(), o.beta1, o.beta2, o.adam_eps, o.weight_decay);
   ScheduleConfig sched = o.schedule;
   int64_t start_step = 0, tokens_seen = 0;
@@ -227,6 +231,7 @@ TrainResult train(const TrainOptions& options) {
               static_cast<long long>(o.model.d_model), static_cast<long long>(o.model.n_head),
               static_cast<long long>(o.model.kv_heads()), o.device.str().c_str(),
               dtype_name(o.dtype));
+  if (o.dtype == DType::BF16) std::printf("mixed precision: bf16 compute, f32 master weights, gradients and Adam states\n");
   if (start_step > 0) std::printf("resumed from %s at step %lld\n", o.resume.c_str(),
                                   static_cast<long long>(start_step));
 

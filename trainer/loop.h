@@ -25,7 +25,7 @@ struct TrainOptions {
   double synth_concentration = 0.3;
 
   Device device = Device::cpu();
-  DType dtype = DType::F32;
+  DType dtype = DType::F32;  // compute dtype: f32, f64 (CPU checks) or bf16 (GPU, f32 masters)
   int64_t steps = 500;
   int64_t batch = 16;  // sequences per optimizer step (all micro-batches)
   int64_t seq = 64;

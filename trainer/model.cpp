@@ -36,8 +36,12 @@ Recompute parse_recompute(const std::string& name) {
   FG_THROW("--recompute: expected none, attn or full, got '", name, "'");
 }
 
-GPT::GPT(const GPTConfig& cfg, uint64_t seed, Device device, DType dtype)
-    : cfg_(cfg), device_(device), dtype_(dtype), specs_(parameter_table(cfg)) {
+GPT::GPT(const GPTConfig& cfg, uint64_t seed, Device device, DType dtype, DType compute_dtype)
+    : cfg_(cfg),
+      device_(device),
+      dtype_(dtype),
+      compute_dtype_(compute_dtype),
+      specs_(parameter_table(cfg)) {
   cfg_.validate();
   Generator gen(seed);
   const double std_residual = 0.02 / std::sqrt(2.0 * static_cast<double>(cfg.n_layer));
@@ -94,8 +98,13 @@ Variable GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
   qcfg.eps = cfg_.norm_eps;
   qcfg.rope_theta = cfg_.rope_theta;
 
+  // Weights are cast where they are used, inside any recomputed region, so a
+  // region never captures a node of the outer graph.
+  const DType cd = compute_dtype_;
+  auto use = [cd](const Variable& w) { return w.defined() ? ag::cast(w, cd) : w; };
+
   size_t at = 0;
-  const Variable& tok = p[at++];
+  const Variable tok = use(p[at++]);
   // The residual stream is carried as (h, delta): the next fused norm adds them.
   Variable h = ag::embedding(tok, idx);  // (B, T, D)
   Variable delta;
@@ -114,9 +123,9 @@ Variable GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
       // in = {h} for the first layer, {delta, h} after it.
       ops::QKVRoPEConfig c = qcfg;
       c.add_residual = in.size() == 2;
-      ag::QKVRoPEResult r = c.add_residual
-          ? ag::rmsnorm_qkv_rope(c, in[0], positions, in[1], lp.attn_norm, lp.wqkv, lp.bias)
-          : ag::rmsnorm_qkv_rope(c, in[0], positions, Variable(), lp.attn_norm, lp.wqkv, lp.bias);
+      Variable residual = c.add_residual ? in[1] : Variable();
+      ag::QKVRoPEResult r = ag::rmsnorm_qkv_rope(c, in[0], positions, residual, use(lp.attn_norm),
+                                                 use(lp.wqkv), use(lp.bias));
       Variable a;
       if (recompute == Recompute::Attn) {
         a = ag::checkpoint(
@@ -127,9 +136,9 @@ Variable GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
       } else {
         a = ag::attention(r.q, r.k, r.v);  // (B, T, H, hd)
       }
-      Variable attn_out = ag::linear(ag::reshape(a, {B, T, D}), lp.wo);
-      ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, r.h, lp.mlp_norm, cfg_.norm_eps);
-      Variable mlp = ag::linear(ag::swiglu(ag::linear(n2.y, lp.w_gate_up)), lp.w_down);
+      Variable attn_out = ag::linear(ag::reshape(a, {B, T, D}), use(lp.wo));
+      ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, r.h, use(lp.mlp_norm), cfg_.norm_eps);
+      Variable mlp = ag::linear(ag::swiglu(ag::linear(n2.y, use(lp.w_gate_up))), use(lp.w_down));
       return std::vector<Variable>{mlp, n2.h};
     };
     std::vector<Variable> in = delta.defined() ? std::vector<Variable>{delta, h}
@@ -138,8 +147,8 @@ Variable GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
     delta = out[0];
     h = out[1];
   }
-  const Variable& norm_w = p[at++];
-  const Variable& head = cfg_.tie_embeddings ? tok : p[at++];
+  const Variable norm_w = use(p[at++]);
+  const Variable head = cfg_.tie_embeddings ? tok : use(p[at++]);
   Variable y = ag::add_rmsnorm(delta, h, norm_w, cfg_.norm_eps).y;
   return ag::reshape(ag::linear(y, head), {B * T, cfg_.vocab_size});
 }

@@ -30,13 +30,17 @@ Recompute parse_recompute(const std::string& name);
 class GPT {
  public:
   // Parameters drawn from Philox(seed) on the CPU in table order, then moved to
-  // device: the same seed gives the same weights everywhere.
+  // device: the same seed gives the same weights everywhere. They are kept in
+  // `dtype` (the master copy: f32, or f64 for gradient checks); the forward pass
+  // computes in `compute_dtype` (bf16 for mixed precision on the GPU), casting
+  // each weight where it is used so gradients flow back into the masters.
   GPT(const GPTConfig& cfg, uint64_t seed, Device device = Device::cpu(),
-      DType dtype = DType::F32);
+      DType dtype = DType::F32, DType compute_dtype = DType::F32);
 
   const GPTConfig& config() const { return cfg_; }
   Device device() const { return device_; }
   DType dtype() const { return dtype_; }
+  DType compute_dtype() const { return compute_dtype_; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const std::vector<ag::Variable>& params() const { return params_; }
   int64_t num_params() const;
@@ -60,6 +64,7 @@ class GPT {
   GPTConfig cfg_;
   Device device_;
   DType dtype_;
+  DType compute_dtype_;
   std::vector<ParamSpec> specs_;
   std::vector<ag::Variable> params_;
 };

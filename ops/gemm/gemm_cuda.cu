@@ -276,21 +276,21 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
   Tensor a = leading_dim(a_in) >= a_in.size(1) ? a_in : a_in.contiguous();
   Tensor b = leading_dim(b_in) >= b_in.size(1) ? b_in : b_in.contiguous();
 
-  PlanKey key{c.device().index,
-              c.dtype(),
-              m,
-              n,
-              k,
-              leading_dim(a),
-              leading_dim(b),
-              ldc,
-              trans_a,
-              trans_b,
-              bias.defined() && beta == 0.0,
-              alignment_of(a.raw_data()),
-              alignment_of(b.raw_data()),
-              alignment_of(c.raw_data()),
-              bias.defined() ? alignment_of(bias.raw_data()) : kMaxAlignment};
+  PlanKey key{.device = c.device().index,
+              .dtype = c.dtype(),
+              .m = m,
+              .n = n,
+              .k = k,
+              .lda = leading_dim(a),
+              .ldb = leading_dim(b),
+              .ldc = ldc,
+              .trans_a = trans_a,
+              .trans_b = trans_b,
+              .bias_epilogue = bias.defined() && beta == 0.0,
+              .align_a = alignment_of(a.raw_data()),
+              .align_b = alignment_of(b.raw_data()),
+              .align_c = alignment_of(c.raw_data()),
+              .align_bias = bias.defined() ? alignment_of(bias.raw_data()) : kMaxAlignment};
   bool bias_done = false;
   {
     Registry& r = registry();

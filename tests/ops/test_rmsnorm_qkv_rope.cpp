@@ -1,12 +1,14 @@
 // rmsnorm_qkv_rope: forward and backward equal the unfused composition (add_rmsnorm,
 // gemm, rope), the forward keeps nothing but its outputs, config and argument errors
-// name the bad field; CUDA against the CPU in f32 and bf16 with NaN-poisoned memory.
+// name the bad field; the module and its autograd node (keeps only h and rstd);
+// CUDA against the CPU in f32 and bf16 with NaN-poisoned memory.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include "autograd/functions.h"
 #include "ops/add_rmsnorm/add_rmsnorm.h"
 #include "ops/gemm/gemm.h"
 #include "ops/rmsnorm/rmsnorm.h"
@@ -290,6 +292,139 @@ TEST(RMSNormQKVRoPE, ErrorsNameBothSides) {
   EXPECT_FG_ERROR(rmsnorm_qkv_rope_backward(cfg, dq, dkv, dkv, Tensor(), x, rstd, pos, nw,
                                             Tensor::zeros({64, 31})),
                   "rmsnorm_qkv_rope_backward: wqkv is (64, 31) but expected (64, 32)");
+}
+
+// ---------------------------------------------------------------------------
+// The module and its autograd node, against the unfused graph add_rmsnorm + one
+// linear per q/k/v row block + rope.
+
+namespace ag = fg::ag;
+using ag::Variable;
+
+constexpr int64_t kB = 2, kT = 7, kH = 3, kHkv = 1, kHd = 10, kD = kH * kHd, kRot = 6;
+constexpr double kEps = 1e-5, kTheta = 1e4;
+
+Tensor layer_positions() {
+  return Tensor::from_ints({5, 6, 7, 8, 9, 10, 11}, {kT});
+}
+
+struct Unfused {
+  Variable q, k, v, h;
+};
+Unfused unfused_graph(const Variable& norm_weight, const Variable& x, const Variable& res,
+                      const std::vector<Variable>& w, const std::vector<Variable>& b,
+                      const Tensor& pos) {
+  ag::AddRMSNormResult n = ag::add_rmsnorm(x, res, norm_weight, kEps);
+  auto proj = [&](int i, int64_t heads) {
+    return ag::reshape(ag::linear(n.y, w[i], b[i]), {kB, kT, heads, kHd});
+  };
+  return {ag::rope(proj(0, kH), pos, kRot, kTheta), ag::rope(proj(1, kHkv), pos, kRot, kTheta),
+          proj(2, kHkv), n.h};
+}
+
+// The q, k and v row blocks of wqkv (or of the bias) as separate leaves.
+std::vector<Variable> row_blocks(const Tensor& t) {
+  const int64_t q = kH * kHd, kv = kHkv * kHd;
+  return {Variable(t.slice(0, 0, q).clone(), true), Variable(t.slice(0, q, q + kv).clone(), true),
+          Variable(t.slice(0, q + kv, q + 2 * kv).clone(), true)};
+}
+
+TEST(FusedRMSNormQKVRoPEModule, InitializesLikeTheModel) {
+  Generator gen(3);
+  ag::FusedRMSNormQKVRoPE m(kD, kH, kHkv, kRot, true, true, kEps, kTheta, gen);
+  EXPECT_EQ(m.norm_weight.shape(), (Shape{kD}));
+  EXPECT_EQ(fg::sum(m.norm_weight.data()), static_cast<double>(kD));
+  EXPECT_EQ(m.wqkv.shape(), (Shape{(kH + 2 * kHkv) * kHd, kD}));
+  EXPECT_EQ(fg::sum(m.bias.data()), 0.0);
+  EXPECT_TRUE(m.wqkv.requires_grad() && m.norm_weight.requires_grad() && m.bias.requires_grad());
+  std::vector<double> w = m.wqkv.data().to_vector();
+  double ss = 0;
+  for (double v : w) ss += v * v;
+  EXPECT_NEAR(std::sqrt(ss / w.size()), 0.02, 0.002);
+  Generator same(3);
+  ag::FusedRMSNormQKVRoPE again(kD, kH, kHkv, kRot, true, true, kEps, kTheta, same);
+  EXPECT_EQ(fg::max_abs_diff(again.wqkv.data(), m.wqkv.data()), 0.0);
+  ag::FusedRMSNormQKVRoPE no_bias(kD, kH, kHkv, kRot, false, false, kEps, kTheta, gen);
+  EXPECT_FALSE(no_bias.bias.defined());
+  EXPECT_FG_ERROR(ag::FusedRMSNormQKVRoPE(31, kH, kHkv, kRot, true, false, kEps, kTheta, gen),
+                  "hidden_dim 31 is not a multiple of num_heads 3");
+}
+
+TEST(FusedRMSNormQKVRoPEModule, NodeKeepsOnlyHAndRstd) {
+  Generator gen(4);
+  ag::FusedRMSNormQKVRoPE m(kD, kH, kHkv, kRot, true, true, kEps, kTheta, gen);
+  Variable x(Tensor::randn({kB, kT, kD}, gen), true), res(Tensor::randn({kB, kT, kD}, gen), true);
+  const Tensor pos = layer_positions();  // the node keeps a handle to it
+  const int64_t rows = kB * kT, f32 = 4;
+  const int64_t q_bytes = rows * kH * kHd * f32, kv_bytes = rows * kHkv * kHd * f32;
+  const int64_t h_bytes = rows * kD * f32, rstd_bytes = rows * f32;
+
+  int64_t before = fg::Storage::live_bytes(), fused = 0;
+  {
+    ag::QKVRoPEResult r = m.forward(x, pos, res);
+    fused = fg::Storage::live_bytes() - before;
+    ASSERT_TRUE(r.q.grad_fn());
+  }
+  // The outputs, and the node's h (one of them) and rstd: nothing else.
+  EXPECT_EQ(fused, q_bytes + 2 * kv_bytes + h_bytes + rstd_bytes);
+  EXPECT_EQ(fg::Storage::live_bytes(), before);  // the graph went with its outputs
+
+  std::vector<Variable> w = row_blocks(m.wqkv.data()), b = row_blocks(m.bias.data());
+  before = fg::Storage::live_bytes();
+  int64_t unfused = 0;
+  {
+    Unfused u = unfused_graph(m.norm_weight, x, res, w, b, pos);
+    unfused = fg::Storage::live_bytes() - before;
+  }
+  // The unfused graph keeps at least the normalized rows n (B*T, D) more.
+  EXPECT_GE(unfused - fused, h_bytes);
+}
+
+TEST(FusedRMSNormQKVRoPEModule, GradientsMatchTheUnfusedGraph) {
+  Generator gen(5);
+  ag::FusedRMSNormQKVRoPE m(kD, kH, kHkv, kRot, true, true, kEps, kTheta, gen, DType::F64);
+  m.bias.set_data(Tensor::randn(m.bias.shape(), gen, DType::F64));
+  m.norm_weight.set_data(Tensor::uniform({kD}, gen, 0.5, 1.5, DType::F64));
+  Variable x(Tensor::randn({kB, kT, kD}, gen, DType::F64), true);
+  Variable res(Tensor::randn({kB, kT, kD}, gen, DType::F64), true);
+  std::vector<Tensor> g = {Tensor::randn({kB, kT, kH, kHd}, gen, DType::F64),
+                           Tensor::randn({kB, kT, kHkv, kHd}, gen, DType::F64),
+                           Tensor::randn({kB, kT, kHkv, kHd}, gen, DType::F64),
+                           Tensor::randn({kB, kT, kD}, gen, DType::F64)};
+  const Tensor pos = layer_positions();
+
+  ag::QKVRoPEResult r = m.forward(x, pos, res);
+  ag::backward({r.q, r.k, r.v, r.h}, g);
+
+  Variable x2(x.data(), true), res2(res.data(), true), nw2(m.norm_weight.data(), true);
+  std::vector<Variable> w = row_blocks(m.wqkv.data()), b = row_blocks(m.bias.data());
+  Unfused u = unfused_graph(nw2, x2, res2, w, b, pos);
+  ag::backward({u.q, u.k, u.v, u.h}, g);
+
+  EXPECT_LE(fg::max_abs_diff(x.grad(), x2.grad()), 1e-12);
+  EXPECT_LE(fg::max_abs_diff(res.grad(), res2.grad()), 1e-12);
+  EXPECT_LE(fg::max_abs_diff(m.norm_weight.grad(), nw2.grad()), 1e-12);
+  const int64_t q = kH * kHd, kv = kHkv * kHd;
+  const int64_t begin[3] = {0, q, q + kv}, end[3] = {q, q + kv, q + 2 * kv};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_LE(fg::max_abs_diff(m.wqkv.grad().slice(0, begin[i], end[i]), w[i].grad()), 1e-12) << i;
+    EXPECT_LE(fg::max_abs_diff(m.bias.grad().slice(0, begin[i], end[i]), b[i].grad()), 1e-12) << i;
+  }
+}
+
+TEST(FusedRMSNormQKVRoPEModule, WithoutResidualHIsX) {
+  Generator gen(6);
+  ag::FusedRMSNormQKVRoPE m(kD, kH, kHkv, kRot, false, false, kEps, kTheta, gen, DType::F64);
+  Variable x(Tensor::randn({kB, kT, kD}, gen, DType::F64), true);
+  ag::QKVRoPEResult r = m.forward(x, layer_positions());
+  EXPECT_EQ(r.h.data().storage(), x.data().storage());
+  EXPECT_FG_ERROR(m.forward(x, layer_positions(), Variable(x.data(), true)),
+                  "residual (2, 7, 30) was given but add_residual is false");
+  ag::backward({r.q, r.h}, {Tensor::randn(r.q.shape(), gen, DType::F64),
+                            Tensor::ones(r.h.shape(), DType::F64)});
+  EXPECT_TRUE(x.grad().defined());
+  EXPECT_TRUE(m.wqkv.grad().defined());
+  EXPECT_TRUE(m.norm_weight.grad().defined());
 }
 
 // ---------------------------------------------------------------------------
