@@ -19,8 +19,8 @@ constexpr int64_t kMaxStep = int64_t{1} << 45;  // keeps base + step * kMaxMicro
 DataLoader::DataLoader(const std::vector<int32_t>& tokens, int64_t vocab_size, uint64_t seed,
                        std::string name)
     : vocab_size_(vocab_size), seed_(seed), name_(std::move(name)) {
-  FG_CHECK(vocab_size >= 1 && vocab_size <= 65536, name_, ": vocab size must be in [1, 65536], got ",
-           vocab_size);
+  FG_CHECK(vocab_size >= 1 && vocab_size <= 65536, name_,
+           ": vocab size must be in [1, 65536], got ", vocab_size);
   auto narrow = std::make_shared<std::vector<uint16_t>>(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) {
     FG_CHECK(tokens[i] >= 0 && tokens[i] < vocab_size, name_, ": token ", i, " is ", tokens[i],
@@ -32,8 +32,7 @@ DataLoader::DataLoader(const std::vector<int32_t>& tokens, int64_t vocab_size, u
   train_size_ = size() - size() * kValPercent / 100;
 }
 
-DataLoader::DataLoader(std::shared_ptr<const TokenFile> file, uint64_t seed)
-    : seed_(seed) {
+DataLoader::DataLoader(std::shared_ptr<const TokenFile> file, uint64_t seed) : seed_(seed) {
   FG_CHECK(file != nullptr, "data loader: no token file given");
   tokens_ = file->tokens();
   vocab_size_ = file->vocab_size();
@@ -73,7 +72,8 @@ Batch DataLoader::train_batch(int64_t step, int rank, int world_size, int64_t mi
   FG_CHECK(micro_step >= 0 && micro_step < kMaxMicroSteps, name_, ": micro step ", micro_step,
            " is outside [0, ", kMaxMicroSteps, ")");
   check_seq(seq);
-  const uint64_t offset = kTrainOffsetBase + static_cast<uint64_t>(step * kMaxMicroSteps + micro_step);
+  const uint64_t offset =
+      kTrainOffsetBase + static_cast<uint64_t>(step * kMaxMicroSteps + micro_step);
   const int64_t num_starts = train_size_ - seq;  // starts 0 .. train_size - seq - 1
   std::vector<int64_t> starts(static_cast<size_t>(micro_batch));
   for (int64_t i = 0; i < micro_batch; ++i) {

@@ -20,7 +20,7 @@ constexpr uint64_t kBoostStream = uint64_t{2} << 32;
 constexpr uint64_t kMaxGammaTries = 64;
 constexpr uint64_t kStartOffset = uint64_t{1} << 40;
 constexpr uint64_t kStepOffset = kStartOffset + 1;
-constexpr double kStationaryTol = 1e-13;  // L1 change per iteration
+constexpr double kStationaryTol = 1e-13;                // L1 change per iteration
 constexpr int64_t kPowerWorkBudget = int64_t{1} << 33;  // multiply-adds, a few seconds
 
 // Inverse CDF: the first index whose running sum reaches u in (0, 1]. Rounding
@@ -112,7 +112,8 @@ void MarkovSource::compute_stationary() {
   // that mixes too slowly into an error instead of a hang.
   const size_t n = static_cast<size_t>(num_contexts_);
   const int64_t stride = num_contexts_ / vocab_;  // context c = hi * stride + lo goes to lo * V + j
-  const int64_t max_iterations = std::max<int64_t>(1000, kPowerWorkBudget / (num_contexts_ * vocab_));
+  const int64_t max_iterations =
+      std::max<int64_t>(1000, kPowerWorkBudget / (num_contexts_ * vocab_));
   stationary_.assign(n, 1.0 / static_cast<double>(n));
   std::vector<double> next(n);
   for (int64_t it = 0; it < max_iterations; ++it) {
@@ -161,10 +162,10 @@ std::vector<int32_t> MarkovSource::generate(int64_t n, uint64_t seed) const {
 }
 
 std::string MarkovSource::describe() const {
-  return str_cat("synthetic Markov corpus: vocab ", vocab_, ", order ", order_, " (",
-                 num_contexts_, " contexts), seed ", seed_, ", concentration ", concentration_,
-                 "; entropy rate ", entropy_rate_, " nats/token = the best possible loss (log ",
-                 vocab_, " = ", std::log(static_cast<double>(vocab_)), ")");
+  return str_cat("synthetic Markov corpus: vocab ", vocab_, ", order ", order_, " (", num_contexts_,
+                 " contexts), seed ", seed_, ", concentration ", concentration_, "; entropy rate ",
+                 entropy_rate_, " nats/token = the best possible loss (log ", vocab_, " = ",
+                 std::log(static_cast<double>(vocab_)), ")");
 }
 
 }  // namespace fg::trainer

@@ -31,7 +31,9 @@ class MarkovSource {
   int64_t next_context(int64_t context, int32_t token) const {
     return (context * vocab_ + token) % num_contexts_;
   }
-  double probability(int64_t context, int32_t next) const { return probs_[context * vocab_ + next]; }
+  double probability(int64_t context, int32_t next) const {
+    return probs_[context * vocab_ + next];
+  }
   const std::vector<double>& stationary() const { return stationary_; }  // pi over contexts
 
   int64_t vocab() const { return vocab_; }

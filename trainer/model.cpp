@@ -36,11 +36,12 @@ Recompute parse_recompute(const std::string& name) {
   FG_THROW("--recompute: expected none, attn or full, got '", name, "'");
 }
 
-GPT::GPT(const GPTConfig& cfg, uint64_t seed, Device device, DType dtype, DType compute_dtype)
+GPT::GPT(const GPTConfig& cfg, uint64_t seed, Device device, DType dtype,
+         std::optional<DType> compute_dtype)
     : cfg_(cfg),
       device_(device),
       dtype_(dtype),
-      compute_dtype_(compute_dtype),
+      compute_dtype_(compute_dtype.value_or(dtype)),
       specs_(parameter_table(cfg)) {
   cfg_.validate();
   Generator gen(seed);

@@ -3,6 +3,7 @@
 // optimizer and the checkpoint.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,9 +34,10 @@ class GPT {
   // device: the same seed gives the same weights everywhere. They are kept in
   // `dtype` (the master copy: f32, or f64 for gradient checks); the forward pass
   // computes in `compute_dtype` (bf16 for mixed precision on the GPU), casting
-  // each weight where it is used so gradients flow back into the masters.
+  // each weight where it is used so gradients flow back into the masters
+  // (default: the same as dtype).
   GPT(const GPTConfig& cfg, uint64_t seed, Device device = Device::cpu(),
-      DType dtype = DType::F32, DType compute_dtype = DType::F32);
+      DType dtype = DType::F32, std::optional<DType> compute_dtype = std::nullopt);
 
   const GPTConfig& config() const { return cfg_; }
   Device device() const { return device_; }

@@ -127,8 +127,8 @@ MappedFile::~MappedFile() {
 // ---- writing ----
 
 EncodedText encode_text_file(const std::string& text_path, const std::string& tokenizer_kind) {
-  FG_CHECK(tokenizer_kind == "byte" || tokenizer_kind == "char", text_path,
-           ": unknown tokenizer '", tokenizer_kind, "' (use byte or char)");
+  FG_CHECK(tokenizer_kind == "byte" || tokenizer_kind == "char", text_path, ": unknown tokenizer '",
+           tokenizer_kind, "' (use byte or char)");
   std::ifstream in(text_path, std::ios::binary);
   FG_CHECK(in, text_path, ": cannot open for reading: ", std::strerror(errno));
   std::ostringstream buf;
@@ -136,8 +136,8 @@ EncodedText encode_text_file(const std::string& text_path, const std::string& to
   FG_CHECK(!in.bad(), text_path, ": read error");
   std::string text = std::move(buf).str();
   FG_CHECK(!text.empty(), text_path, ": the text file is empty, so there is nothing to tokenize");
-  Tokenizer tokenizer = tokenizer_kind == "byte" ? Tokenizer::byte_level()
-                                                 : Tokenizer::char_level_from_text(text);
+  Tokenizer tokenizer =
+      tokenizer_kind == "byte" ? Tokenizer::byte_level() : Tokenizer::char_level_from_text(text);
   std::vector<int32_t> tokens = tokenizer.encode(text);
   return {std::move(tokenizer), std::move(tokens)};
 }
@@ -218,13 +218,13 @@ TokenFile::TokenFile(const std::string& path)
   FG_CHECK(kind == kKindByte || kind == kKindChar, path, ": unknown tokenizer kind ", kind,
            " (0 byte, 1 char)");
   if (kind == kKindByte) {
-    FG_CHECK(vocab_size == 256 && vocab_len == 0, path, ": a byte tokenizer has vocab size 256 "
-             "and no vocab list, but the header says vocab size ", vocab_size,
-             " and vocab length ", vocab_len);
+    FG_CHECK(vocab_size == 256 && vocab_len == 0, path,
+             ": a byte tokenizer has vocab size 256 and no vocab list, but the header says",
+             " vocab size ", vocab_size, " and vocab length ", vocab_len);
   } else {
     FG_CHECK(vocab_size >= 1 && vocab_size <= 256 && vocab_len == vocab_size, path,
-             ": a char tokenizer needs 1..256 symbols listed in full, but the header says vocab "
-             "size ", vocab_size, " and vocab length ", vocab_len);
+             ": a char tokenizer needs 1..256 symbols listed in full, but the header says",
+             " vocab size ", vocab_size, " and vocab length ", vocab_len);
   }
   const size_t data_offset = data_offset_for(vocab_len);
   FG_CHECK(size >= data_offset, path, ": truncated header: the file is ", size,

@@ -27,7 +27,9 @@ Tokenizer::Tokenizer(std::string kind, std::vector<uint8_t> vocab)
   }
 }
 
-Tokenizer Tokenizer::byte_level() { return Tokenizer("byte", {}); }
+Tokenizer Tokenizer::byte_level() {
+  return Tokenizer("byte", {});
+}
 
 Tokenizer Tokenizer::char_level_from_text(const std::string& text) {
   FG_CHECK(!text.empty(), "tokenizer: cannot build a char vocabulary from empty text");

@@ -209,7 +209,7 @@ TEST(TokenFile, FailedRenameLeavesNoTempFile) {
   int entries = 0;
   for ([[maybe_unused]] auto& e : fs::directory_iterator(dir.file(""))) ++entries;
   EXPECT_EQ(entries, 1);
-  EXPECT_FG_ERROR(write_token_file(dir.file("no_such_dir/out.bin"), {1, 2},
-                                   Tokenizer::byte_level()),
-                  "cannot create");
+  EXPECT_FG_ERROR(
+      write_token_file(dir.file("no_such_dir/out.bin"), {1, 2}, Tokenizer::byte_level()),
+      "cannot create");
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# On the GPU machine: build, run every test (the GPU ones included), the
+# gradient checks and, with BABY_STEPS > 0, the tinyshakespeare "baby" run.
+# Needs .deps/ (scripts/make_deps.sh): the GPU machine has HDF5 libraries but
+# no headers, and no CLI11 or nlohmann-json. Logs go to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/fg_out}
+mkdir -p "$OUT"
+BABY_STEPS=${BABY_STEPS:-0}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFG_CUDA=ON \
+  -DHDF5_ROOT=/usr/lib/x86_64-linux-gnu/hdf5/serial -DHDF5_C_INCLUDE_DIR="$PWD/.deps/hdf5" \
+  -DCLI11_INCLUDE_DIR="$PWD/.deps" -DNLOHMANN_JSON_INCLUDE_DIR="$PWD/.deps" > "$OUT/configure.log" 2>&1 \
+  || { tail -30 "$OUT/configure.log"; exit 1; }
+SECONDS=0
+ninja -C build-gpu > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+echo "build: ${SECONDS}s"
+
+SECONDS=0
+ctest --test-dir build-gpu -j6 --timeout 600 > "$OUT/ctest.log" 2>&1
+echo "ctest: ${SECONDS}s"
+grep -E "tests passed|tests failed" "$OUT/ctest.log"
+grep -E "\(Failed\)|\(Timeout\)|Exception" "$OUT/ctest.log" | head -40
+grep -c "(Skipped)" "$OUT/ctest.log" | sed 's/^/skipped: /'
+
+build-gpu/bin/gradcheck --ops --model > "$OUT/gradcheck.log" 2>&1
+echo "gradcheck rc=$?"
+grep -E "checks," "$OUT/gradcheck.log"
+
+if [ "$BABY_STEPS" -gt 0 ]; then
+  SECONDS=0
+  build-gpu/bin/train_gpt --device cuda --data .deps/tinyshakespeare.txt --tokenizer char \
+    --n-layer 6 --n-head 6 --d-model 384 --max-seq-len 256 --seq 256 --batch 64 \
+    --lr 1e-3 --min-lr 1e-4 --warmup 100 --decay-steps 5000 --steps "$BABY_STEPS" --beta2 0.99 \
+    --clip 1.0 --eval-every 250 --eval-batches 8 --log "$OUT/baby.jsonl" > "$OUT/baby.log" 2>&1
+  echo "baby rc=$? wall ${SECONDS}s"
+  tail -3 "$OUT/baby.log"
+fi
