@@ -23,6 +23,8 @@ echo "ctest: ${SECONDS}s"
 grep -E "tests passed|tests failed" "$OUT/ctest.log"
 grep -E "\(Failed\)|\(Timeout\)|Exception" "$OUT/ctest.log" | head -40
 grep -c "(Skipped)" "$OUT/ctest.log" | sed 's/^/skipped: /'
+ctest --test-dir build-gpu --rerun-failed --output-on-failure > "$OUT/failed.log" 2>&1 \
+  || grep -E "Failure|Expected|Which is|actual|relative|error" "$OUT/failed.log" | head -60
 
 build-gpu/bin/gradcheck --ops --model > "$OUT/gradcheck.log" 2>&1
 echo "gradcheck rc=$?"
@@ -36,4 +38,15 @@ if [ "$BABY_STEPS" -gt 0 ]; then
     --clip 1.0 --eval-every 250 --eval-batches 8 --log "$OUT/baby.jsonl" > "$OUT/baby.log" 2>&1
   echo "baby rc=$? wall ${SECONDS}s"
   tail -3 "$OUT/baby.log"
+fi
+
+# GPT-2-small size throughput (V = 50304, byte-level data), with and without recompute.
+if [ "${GPT2_STEPS:-0}" -gt 0 ]; then
+  for rc in none full; do
+    build-gpu/bin/train_gpt --device cuda --data .deps/tinyshakespeare.txt --tokenizer byte \
+      --vocab-size 50304 --n-layer 12 --n-head 12 --d-model 768 --max-seq-len 1024 --seq 1024 \
+      --batch 16 --steps "$GPT2_STEPS" --warmup 2 --eval-every 0 --recompute $rc \
+      --log "$OUT/gpt2_$rc.jsonl" > "$OUT/gpt2_$rc.log" 2>&1
+    echo "gpt2 recompute=$rc rc=$?"; tail -1 "$OUT/gpt2_$rc.log"
+  done
 fi

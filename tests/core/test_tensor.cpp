@@ -109,6 +109,15 @@ TEST(TensorCuda, PhiloxMatchesCpu) {
   EXPECT_EQ(fg::max_abs_diff(ucpu, ugpu), 0.0);
 }
 
+TEST(TensorCuda, OutOfMemorySaysHowMuch) {
+  FG_REQUIRE_GPU();
+  // 4 TiB: more than any GPU has; the error names the request and the free memory.
+  EXPECT_FG_ERROR(Tensor::empty({int64_t{1} << 40}, DType::F32, Device::cuda()),
+                  "CUDA out of memory on cuda:0: asked for 4398046511104 bytes");
+  Tensor ok = Tensor::zeros({16}, DType::F32, Device::cuda());  // the allocator still works
+  EXPECT_EQ(fg::sum(ok), 0.0);
+}
+
 TEST(TensorCuda, ErrorWithoutGpuOrBadIndex) {
   if (fg::cuda_available()) {
     EXPECT_FG_ERROR(Tensor::zeros({2}, DType::F32, Device::cuda(999)), "cuda:999");

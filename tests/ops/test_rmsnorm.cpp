@@ -225,10 +225,11 @@ TEST_P(RMSNormCuda, MisalignedRowsMatchCpu) {
 }
 
 // Odd rows and lengths, lengths that allow 16-byte packs (D % 8 == 0), more rows
-// than the backward grid has blocks, one element, and a row longer than 48 KB of
-// f32 statistics (the backward kernel's opt-in shared memory).
+// than the backward grid has blocks, three elements, and a row longer than 48 KB of
+// f32 statistics (the backward kernel's opt-in shared memory). Not D = 1: there
+// y = sign(x) w and dx is pure cancellation, so its relative error means nothing.
 INSTANTIATE_TEST_SUITE_P(Shapes, RMSNormCuda,
-                         ::testing::Values(NormCase{1, 1}, NormCase{1, 7}, NormCase{37, 1001},
+                         ::testing::Values(NormCase{1, 3}, NormCase{1, 7}, NormCase{37, 1001},
                                            NormCase{1025, 1024}, NormCase{4097, 64},
                                            NormCase{65, 4096}, NormCase{130, 520},
                                            NormCase{3, 13001}, NormCase{2, 8}),

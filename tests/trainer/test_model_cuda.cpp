@@ -57,7 +57,10 @@ class ModelCuda : public ::testing::TestWithParam<DType> {};
 TEST_P(ModelCuda, LossAndEveryGradientMatchTheCpu) {
   FG_REQUIRE_GPU();
   const DType compute = GetParam();
-  const double tol = compute == DType::BF16 ? 1e-2 : 1e-5;
+  // Per op, bf16 stays within 1e-2 of the CPU (tests/ops); through a whole model
+  // every activation is rounded to bf16 between ops and gradients drift to ~2.5 %.
+  // The f32 case proves the kernels; this one bounds the mixed-precision noise.
+  const double tol = compute == DType::BF16 ? 4e-2 : 1e-5;
   GPTConfig cfg = small_config();
   Tensor idx, targets;
   batch(&idx, &targets, 3, 37, cfg.vocab_size);
