@@ -17,9 +17,9 @@ void add_config_flags(CLI::App& app, fg::trainer::GPTConfig& cfg) {
       if (c == '_') c = '-';
     using T = std::remove_reference_t<decltype(field)>;
     if constexpr (std::is_same_v<T, bool>) {
-      app.add_flag(flag, field, std::string("model: ") + name)->group("Model");
+      app.add_flag(flag, field, fg::trainer::GPTConfig::field_help(name))->group("Model");
     } else {
-      app.add_option(flag, field, std::string("model: ") + name)
+      app.add_option(flag, field, fg::trainer::GPTConfig::field_help(name))
           ->capture_default_str()
           ->group("Model");
     }

@@ -21,4 +21,24 @@ void GPTConfig::validate() const {
   FG_CHECK(norm_eps > 0, "config: norm_eps must be > 0, got ", norm_eps);
 }
 
+const char* GPTConfig::field_help(const std::string& name) {
+  static const std::pair<const char*, const char*> kHelp[] = {
+      {"vocab_size", "vocabulary size V (0: the data's vocabulary)"},
+      {"n_layer", "transformer layers L"},
+      {"n_head", "query heads H"},
+      {"n_kv_head", "key/value heads Hkv for grouped-query attention (0: n_head)"},
+      {"d_model", "model width D = n_head * head_dim"},
+      {"d_ff", "SwiGLU hidden width F (0: round_up(8 d_model / 3, 64))"},
+      {"max_seq_len", "longest sequence the model accepts"},
+      {"rope_theta", "RoPE base"},
+      {"rotary_dim", "dims of each head that RoPE rotates, even (0: head_dim)"},
+      {"norm_eps", "RMSNorm epsilon"},
+      {"qkv_bias", "add a bias to the QKV projection"},
+      {"tie_embeddings", "share tok_embeddings.weight with the LM head"},
+  };
+  for (const auto& [field, help] : kHelp)
+    if (name == field) return help;
+  return "";
+}
+
 }  // namespace fg::trainer

@@ -31,6 +31,9 @@ struct GPTConfig {
   // Throws fg::Error naming the first bad field and why.
   void validate() const;
 
+  // One line of help per field, for the command line.
+  static const char* field_help(const std::string& name);
+
   // Calls f(name, field&) for every field: int64_t&, double& or bool&.
   template <class F>
   void visit_fields(F&& f) {
