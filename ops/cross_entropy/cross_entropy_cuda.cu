@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cub/block/block_reduce.cuh>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/cross_entropy/cross_entropy.h"
 
@@ -15,25 +16,6 @@ namespace {
 constexpr int kRowBlock = 256;   // threads per row: a vocabulary row is long
 constexpr int kUnroll = 4;       // logits a thread loads before it computes on them
 constexpr int kMeanBlock = 256;  // threads of the one block that takes the mean
-
-__device__ __forceinline__ float to_compute(bf16 v) {
-  return bf16_to_float(v);
-}
-__device__ __forceinline__ float to_compute(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_compute(double v) {
-  return v;
-}
-
-template <class T, class C>
-__device__ __forceinline__ T from_compute(C v) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return float_to_bf16(v);
-  } else {
-    return static_cast<T>(v);
-  }
-}
 
 // Sum of exp(x - max) over a set of logits, with that set's max.
 template <class C>

@@ -4,6 +4,7 @@
 // a bad id reads as a NaN row and adds to no row.
 #include <cmath>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/embedding/embedding.h"
 
@@ -11,16 +12,6 @@ namespace fg::ops::detail {
 namespace {
 
 constexpr int kBlock = 256;
-
-__device__ __forceinline__ float to_compute(bf16 v) {
-  return bf16_to_float(v);
-}
-__device__ __forceinline__ float to_compute(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_compute(double v) {
-  return v;
-}
 
 // out (n, D) = weight[ids] (V, D): one thread per output element, so reads of a
 // row and writes of the output are both coalesced.

@@ -2,6 +2,7 @@
 // matrix products of linear go through ops::gemm (cuBLASLt).
 #include <algorithm>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/linear/linear.h"
 
@@ -17,16 +18,6 @@ namespace {
 constexpr int kCols = 32;
 constexpr int kRowLanes = 16;
 constexpr int64_t kChunkRows = 256;
-
-__device__ __forceinline__ float to_compute(bf16 v) {
-  return bf16_to_float(v);
-}
-__device__ __forceinline__ float to_compute(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_compute(double v) {
-  return v;
-}
 
 // out[chunk, col] = sum of in[r, col] over the chunk's rows; C is the accumulator.
 template <class In, class Out, class C>

@@ -2,6 +2,7 @@
 // gate g and up u from the two halves of gu's row; fp32 math for f32 and bf16.
 #include <cmath>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/swiglu/swiglu.h"
 
@@ -9,25 +10,6 @@ namespace fg::ops::detail {
 namespace {
 
 constexpr int kBlock = 256;
-
-__device__ __forceinline__ float to_compute(bf16 v) {
-  return bf16_to_float(v);
-}
-__device__ __forceinline__ float to_compute(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_compute(double v) {
-  return v;
-}
-
-template <class T, class C>
-__device__ __forceinline__ T from_compute(C v) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return float_to_bf16(v);
-  } else {
-    return static_cast<T>(v);
-  }
-}
 
 template <class C>
 __device__ __forceinline__ C sigmoid(C x) {

@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <vector>
+
 #include "core/tensor.h"
 
 #define FG_REQUIRE_GPU()                                              \
@@ -29,3 +32,17 @@ inline ::testing::AssertionResult close_rel(const fg::Tensor& a, const fg::Tenso
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();    \
     }                                                                                    \
   } while (0)
+
+namespace fg::test {
+
+// The tensor as f64 on the CPU, the form references compare in.
+inline fg::Tensor f64(const fg::Tensor& t) { return t.to(fg::Device::cpu(), fg::DType::F64); }
+
+// Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
+// kernel that leaves an element of a freshly allocated output unwritten shows NaN.
+inline void poison_pool(const std::vector<fg::Shape>& shapes, fg::DType dtype, fg::Device device) {
+  std::vector<fg::Tensor> poison;
+  for (const fg::Shape& s : shapes) poison.push_back(fg::Tensor::full(s, NAN, dtype, device));
+}
+
+}  // namespace fg::test

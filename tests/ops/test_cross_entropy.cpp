@@ -9,6 +9,9 @@
 #include "ops/cross_entropy/cross_entropy.h"
 #include "test_util.h"
 
+using fg::test::f64;
+using fg::test::poison_pool;
+
 using fg::Device;
 using fg::DType;
 using fg::Generator;
@@ -19,17 +22,6 @@ using fg::ops::cross_entropy_forward;
 using fg::ops::kIgnoreIndex;
 
 namespace {
-
-Tensor f64(const Tensor& t) {
-  return t.to(Device::cpu(), DType::F64);
-}
-
-// Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
-// kernel that leaves an element of a freshly allocated output unwritten shows NaN.
-void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
-  std::vector<Tensor> poison;
-  for (const Shape& s : shapes) poison.push_back(Tensor::full(s, NAN, dtype, device));
-}
 
 void expect_near(const std::vector<double>& got, const std::vector<double>& want, double tol) {
   ASSERT_EQ(got.size(), want.size());

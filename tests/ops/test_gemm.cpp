@@ -11,6 +11,9 @@
 #include "ops/gemm/gemm.h"
 #include "test_util.h"
 
+using fg::test::f64;
+using fg::test::poison_pool;
+
 using fg::Device;
 using fg::DType;
 using fg::Generator;
@@ -18,17 +21,6 @@ using fg::Shape;
 using fg::Tensor;
 
 namespace {
-
-Tensor f64(const Tensor& t) {
-  return t.to(Device::cpu(), DType::F64);
-}
-
-// Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
-// kernel that leaves an element of a freshly allocated output unwritten shows NaN.
-void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
-  std::vector<Tensor> poison;
-  for (const Shape& s : shapes) poison.push_back(Tensor::full(s, NAN, dtype, device));
-}
 
 TEST(Gemm, HandComputedProducts) {
   Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3}, DType::F64);     // (2, 3)

@@ -9,6 +9,9 @@
 #include "ops/linear/linear.h"
 #include "test_util.h"
 
+using fg::test::f64;
+using fg::test::poison_pool;
+
 using fg::Device;
 using fg::DType;
 using fg::Generator;
@@ -18,17 +21,6 @@ using fg::ops::linear_backward;
 using fg::ops::linear_forward;
 
 namespace {
-
-Tensor f64(const Tensor& t) {
-  return t.to(Device::cpu(), DType::F64);
-}
-
-// Fills the GPU memory pool with NaN blocks of these sizes and frees them, so a
-// kernel that leaves an element of a freshly allocated output unwritten shows NaN.
-void poison_pool(const std::vector<Shape>& shapes, DType dtype, Device device) {
-  std::vector<Tensor> poison;
-  for (const Shape& s : shapes) poison.push_back(Tensor::full(s, NAN, dtype, device));
-}
 
 TEST(Linear, ForwardHandComputed) {
   Tensor x = Tensor::from_vector({1, 2, 3, -1, 0, 2}, {2, 3});    // (2, 3)
