@@ -8,6 +8,7 @@
 #include "autograd/functions/cross_entropy.h"
 #include "autograd/functions/embedding.h"
 #include "autograd/functions/linear.h"
+#include "autograd/functions/lm_head_loss.h"
 #include "autograd/functions/reshape.h"
 #include "autograd/functions/rmsnorm.h"
 #include "autograd/functions/rmsnorm_qkv_rope.h"

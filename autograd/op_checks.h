@@ -26,6 +26,7 @@ std::vector<OpCheck> rmsnorm_qkv_rope_checks();
 std::vector<OpCheck> attention_checks();
 std::vector<OpCheck> swiglu_checks();
 std::vector<OpCheck> cross_entropy_checks();
+std::vector<OpCheck> lm_head_loss_checks();
 
 std::vector<OpCheck> all_op_checks();
 

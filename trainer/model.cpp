@@ -79,8 +79,8 @@ struct LayerParams {
 };
 }  // namespace
 
-Variable GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
-                      Recompute recompute) const {
+GPT::Hidden GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
+                         Recompute recompute) const {
   FG_CHECK(p.size() == specs_.size(), "GPT: ", p.size(), " parameters given, the table has ",
            specs_.size());
   FG_CHECK(idx_in.dim() == 2, "GPT: idx must be (B, T), got ", idx_in.shape_str());
@@ -151,15 +151,16 @@ Variable GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
   const Variable norm_w = use(p[at++]);
   const Variable head = cfg_.tie_embeddings ? tok : use(p[at++]);
   Variable y = ag::add_rmsnorm(delta, h, norm_w, cfg_.norm_eps).y;
-  return ag::reshape(ag::linear(y, head), {B * T, cfg_.vocab_size});
+  return {ag::reshape(y, {B * T, D}), head};
 }
 
 Variable GPT::loss_with(const std::vector<Variable>& params, const Tensor& idx,
                         const Tensor& targets, Recompute recompute) const {
   FG_CHECK(targets.shape() == idx.shape(), "GPT: targets are ", targets.shape_str(),
            " but idx is ", idx.shape_str());
-  Variable logits = forward(params, idx, recompute);
-  return ag::cross_entropy(logits, targets.to(device_).reshape({idx.numel()}));
+  Hidden out = forward(params, idx, recompute);
+  // Logits are produced and consumed chunk by chunk, never all at once.
+  return ag::lm_head_loss(out.y, out.head, targets.to(device_).reshape({idx.numel()}));
 }
 
 Variable GPT::loss(const Tensor& idx, const Tensor& targets, Recompute recompute) const {
@@ -168,7 +169,8 @@ Variable GPT::loss(const Tensor& idx, const Tensor& targets, Recompute recompute
 
 Tensor GPT::logits(const Tensor& idx) const {
   ag::NoGradGuard no_grad;
-  Tensor l = forward(params_, idx, Recompute::None).data();
+  Hidden out = forward(params_, idx, Recompute::None);
+  Tensor l = ag::linear(out.y, out.head).data();
   return l.view({idx.size(0), idx.size(1), cfg_.vocab_size});
 }
 

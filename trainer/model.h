@@ -60,8 +60,13 @@ class GPT {
   void zero_grad() const;
 
  private:
-  ag::Variable forward(const std::vector<ag::Variable>& params, const Tensor& idx,
-                       Recompute recompute) const;  // logits (B*T, V)
+  // The final normalized hidden states (B*T, D) and the (cast) LM head weight.
+  struct Hidden {
+    ag::Variable y;
+    ag::Variable head;
+  };
+  Hidden forward(const std::vector<ag::Variable>& params, const Tensor& idx,
+                 Recompute recompute) const;
 
   GPTConfig cfg_;
   Device device_;

@@ -1,0 +1,58 @@
+#include "ops/lm_head_loss/lm_head_loss.h"
+
+#include <algorithm>
+
+#include "ops/cross_entropy/cross_entropy.h"
+#include "ops/gemm/gemm.h"
+
+namespace fg::ops {
+
+LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Tensor& targets_in,
+                           bool need_grads, int64_t chunk_rows) {
+  const char* op = "lm_head_loss";
+  check_defined(op, "y", y_in);
+  check_defined(op, "weight", weight_in);
+  check_dtype(op, "targets", targets_in, DType::I32);
+  FG_CHECK(y_in.dim() == 2 && weight_in.dim() == 2 && y_in.size(1) == weight_in.size(1), op,
+           ": y is ", y_in.shape_str(), " but weight is ", weight_in.shape_str());
+  FG_CHECK(targets_in.dim() == 1 && targets_in.size(0) == y_in.size(0), op, ": y is ",
+           y_in.shape_str(), " but targets is ", targets_in.shape_str());
+  FG_CHECK(y_in.dtype() == weight_in.dtype(), op, ": y is ", dtype_name(y_in.dtype()),
+           " but weight is ", dtype_name(weight_in.dtype()));
+  check_same_device(op, "y", y_in, "weight", weight_in);
+  check_same_device(op, "y", y_in, "targets", targets_in);
+  const Tensor y = y_in.contiguous(), weight = weight_in.contiguous(),
+               targets = targets_in.contiguous();
+  const int64_t N = y.size(0), D = y.size(1), V = weight.size(0);
+  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, kLMHeadChunkElements / std::max<int64_t>(V, 1));
+
+  // The mean is over every counted row, so each chunk needs the global count first.
+  LMHeadLossOut r;
+  for (double t : targets.to_vector()) r.count += t >= 0 ? 1 : 0;
+  if (need_grads) {
+    r.dy = Tensor::empty({N, D}, y.dtype(), y.device());
+    r.dweight = Tensor::zeros({V, D}, weight.dtype(), weight.device());
+  }
+  double loss = 0;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+    const int64_t r1 = std::min(N, r0 + chunk_rows);
+    const Tensor y_c = y.slice(0, r0, r1), t_c = targets.slice(0, r0, r1);
+    Tensor logits = matmul(y_c, false, weight, true);  // (rows, V), the only logits alive
+    CrossEntropyOut ce = cross_entropy_forward(logits, t_c);
+    if (ce.count == 0) {
+      if (need_grads) r.dy.slice(0, r0, r1).zero_();
+      continue;
+    }
+    const double share = static_cast<double>(ce.count) / static_cast<double>(r.count);
+    loss += ce.loss.item() * share;
+    if (!need_grads) continue;
+    // (softmax - onehot) / chunk count * share = (softmax - onehot) / global count
+    Tensor dlogits = cross_entropy_backward(share, logits, t_c, ce.lse, ce.count);
+    gemm(dlogits, false, weight, false, r.dy.slice(0, r0, r1));        // dy_c = dlogits @ W
+    gemm(dlogits, true, y_c, false, r.dweight, 1.0, 1.0);              // dW += dlogits^T @ y_c
+  }
+  r.loss = Tensor::full({}, loss, y.dtype() == DType::F64 ? DType::F64 : DType::F32, y.device());
+  return r;
+}
+
+}  // namespace fg::ops

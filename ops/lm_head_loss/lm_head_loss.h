@@ -1,0 +1,25 @@
+// The LM head fused with the mean cross-entropy, chunked over rows: each chunk's
+// logits are produced (ops::gemm), turned into loss and dlogits (the fused
+// softmax of ops/cross_entropy) and consumed into dy and dweight at once, so
+// neither the (N, V) logits nor their gradient ever exist in full. The same code
+// runs on every device: it only composes ops.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace fg::ops {
+
+struct LMHeadLossOut {
+  Tensor loss;     // () f32 (f64 for f64 inputs): mean over rows whose target is not -1
+  Tensor dy;       // (N, D) gradient of the loss, when grads were asked for
+  Tensor dweight;  // (V, D)
+  int64_t count = 0;
+};
+
+// y (N, D), weight (V, D), targets i32 (N). chunk_rows 0 picks chunks of about
+// kLMHeadChunkElements logits.
+constexpr int64_t kLMHeadChunkElements = int64_t{1} << 26;
+LMHeadLossOut lm_head_loss(const Tensor& y, const Tensor& weight, const Tensor& targets,
+                           bool need_grads, int64_t chunk_rows = 0);
+
+}  // namespace fg::ops
