@@ -40,6 +40,18 @@ if [ "$BABY_STEPS" -gt 0 ]; then
   tail -3 "$OUT/baby.log"
 fi
 
+# The baby config's first steps on the CPU (f32 reference), GPU f32 and GPU bf16.
+if [ "${BABY_COMPARE:-0}" -gt 0 ]; then
+  for dev in "cpu f32" "cuda f32" "cuda bf16"; do
+    set -- $dev
+    build-gpu/bin/train_gpt --device $1 --dtype $2 --data .deps/tinyshakespeare.txt --tokenizer char \
+      --n-layer 6 --n-head 6 --d-model 384 --max-seq-len 256 --seq 256 --batch 64 --lr 1e-3 \
+      --min-lr 1e-4 --warmup 100 --decay-steps 5000 --steps "$BABY_COMPARE" --beta2 0.99 --clip 1.0 \
+      --eval-every 0 --quiet --log "$OUT/first_$1_$2.jsonl" > /dev/null 2>&1
+    echo "first steps $1 $2: $(python3 -c "import json,sys; print(' '.join('%.5f' % json.loads(l)['loss'] for l in open(sys.argv[1])))" "$OUT/first_$1_$2.jsonl")"
+  done
+fi
+
 # GPT-2-small size throughput (V = 50304, byte-level data), with and without recompute.
 if [ "${GPT2_STEPS:-0}" -gt 0 ]; then
   for rc in none full; do

@@ -46,6 +46,8 @@ TrainOptions tiny_run() {
 
 TEST(Train, SyntheticRunReachesTheEntropyRate) {
   TrainResult r = train(tiny_run());
+  std::printf("val loss %.4f, entropy rate %.4f, gap %.4f nats\n", r.final_val_loss,
+              r.entropy_rate, r.final_val_loss - r.entropy_rate);
   ASSERT_GT(r.entropy_rate, 0.5);
   EXPECT_LT(r.final_val_loss - r.entropy_rate, 0.05)
       << "val " << r.final_val_loss << " vs entropy rate " << r.entropy_rate;
@@ -61,6 +63,8 @@ TEST(Train, BrokenGradientMissesTheEntropyRate) {
       if (g.dim() == 2 && g.size(0) == 3 * 32) g.copy_(Tensor::zeros(g.shape()).to(g.device()));
   };
   TrainResult r = train(o);
+  std::printf("broken QKV gradient: val loss %.4f, entropy rate %.4f, gap %.4f nats\n",
+              r.final_val_loss, r.entropy_rate, r.final_val_loss - r.entropy_rate);
   EXPECT_GT(r.final_val_loss - r.entropy_rate, 0.05)
       << "val " << r.final_val_loss << " vs entropy rate " << r.entropy_rate;
 }
