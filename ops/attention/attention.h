@@ -3,6 +3,8 @@
 // output and the per-row log-sum-exp and recomputes the probabilities.
 #pragma once
 
+#include <initializer_list>
+
 #include "core/tensor.h"
 
 namespace fg::ops {
@@ -31,6 +33,28 @@ void attention_backward_cpu(const Tensor& dout, const Tensor& q, const Tensor& k
                             const Tensor& out, const Tensor& lse, const AttentionGrads& grads);
 void attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                              const Tensor& out, const Tensor& lse, const AttentionGrads& grads);
+
+// The CUDA entries above pick the flash kernels where they apply and the
+// simple ones otherwise. The simple kernels (attention_cuda.cu: every dtype,
+// head_dim up to 256, one warp per row) are also the flash kernels' reference.
+void attention_forward_cuda_simple(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& out, const Tensor& lse);
+void attention_backward_cuda_simple(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                    const Tensor& v, const Tensor& out, const Tensor& lse,
+                                    const AttentionGrads& grads);
+
+// Flash kernels (flash_attention_cuda.cu): bf16 with head_dim 64 or 128, tensor
+// cores, f32 accumulation; dq goes through an f32 buffer with atomics. `variant`
+// picks a tiling: 0 is the default, the benchmark times the others.
+bool flash_attention_supported(const Tensor& q);  // bf16, head_dim 64 or 128
+bool flash_attention_aligned(std::initializer_list<const Tensor*> operands);  // 16-byte starts
+int flash_attention_variant_count(int head_dim, bool backward);
+const char* flash_attention_variant_name(int head_dim, bool backward, int variant);
+void flash_attention_forward_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& lse, int variant = 0);
+void flash_attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                   const Tensor& v, const Tensor& out, const Tensor& lse,
+                                   const AttentionGrads& grads, int variant = 0);
 }  // namespace detail
 
 }  // namespace fg::ops

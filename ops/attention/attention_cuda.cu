@@ -1,11 +1,13 @@
-// Causal GQA attention on the GPU: a simple, exact kernel set (a flash-style
-// tiled kernel is a later issue). One warp owns one row (a query row in the
-// forward and dq passes, a key row in the dk/dv pass); the block's warps share
-// 32-row tiles of the other side in shared memory, lane j scoring row j of the
-// tile. No (T, T) matrix is ever stored: the forward keeps an online softmax,
-// backward recomputes P = exp(S - lse). dk and dv come from their own pass over
-// the queries (summing the query heads of the group), so there are no atomics
-// and results are deterministic. bf16/f32 inputs compute in f32, f64 in f64.
+// Causal GQA attention on the GPU: a simple, exact kernel set, the fallback
+// for what the flash kernels (flash_attention_cuda.cu) do not cover and their
+// reference in the tests; the dispatch between the two sits at the end. One
+// warp owns one row (a query row in the forward and dq passes, a key row in
+// the dk/dv pass); the block's warps share 32-row tiles of the other side in
+// shared memory, lane j scoring row j of the tile. No (T, T) matrix is ever
+// stored: the forward keeps an online softmax, backward recomputes
+// P = exp(S - lse). dk and dv come from their own pass over the queries
+// (summing the query heads of the group), so there are no atomics and results
+// are deterministic. bf16/f32 inputs compute in f32, f64 in f64.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -379,15 +381,16 @@ void dispatch_attention(const char* op, DType dtype, F&& f) {
 
 }  // namespace
 
-void attention_forward_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                            const Tensor& lse) {
+void attention_forward_cuda_simple(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& out, const Tensor& lse) {
   if (q.numel() == 0) return;
   dispatch_attention("attention", q.dtype(),
                      [&]<class T>() { launch_forward<T>(q, k, v, out, lse); });
 }
 
-void attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                             const Tensor& out, const Tensor& lse, const AttentionGrads& grads) {
+void attention_backward_cuda_simple(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                    const Tensor& v, const Tensor& out, const Tensor& lse,
+                                    const AttentionGrads& grads) {
   if (q.numel() == 0) {
     grads.dk.zero_();
     grads.dv.zero_();
@@ -395,6 +398,21 @@ void attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& 
   }
   dispatch_attention("attention_backward", q.dtype(),
                      [&]<class T>() { launch_backward<T>(dout, q, k, v, out, lse, grads); });
+}
+
+void attention_forward_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                            const Tensor& lse) {
+  if (flash_attention_supported(q) && flash_attention_aligned({&q, &k, &v, &out}))
+    return flash_attention_forward_cuda(q, k, v, out, lse);
+  attention_forward_cuda_simple(q, k, v, out, lse);
+}
+
+void attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& out, const Tensor& lse, const AttentionGrads& grads) {
+  if (flash_attention_supported(q) &&
+      flash_attention_aligned({&dout, &q, &k, &v, &out, &grads.dq, &grads.dk, &grads.dv}))
+    return flash_attention_backward_cuda(dout, q, k, v, out, lse, grads);
+  attention_backward_cuda_simple(dout, q, k, v, out, lse, grads);
 }
 
 }  // namespace fg::ops::detail

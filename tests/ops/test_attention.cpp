@@ -1,6 +1,7 @@
 // Causal GQA attention: CPU forward and backward against a naive f64 reference
 // written here and against finite differences, masking and edge cases, error
-// messages, and CUDA against the CPU (f32, bf16) over shapes that fit no block size.
+// messages, CUDA against the CPU (f32, bf16) over shapes that fit no block size,
+// and the flash kernels (every tiling) against the CPU and the simple kernels.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -374,6 +375,186 @@ TEST(AttentionCudaEdge, NonFiniteInputPropagates) {
   EXPECT_FALSE(fg::has_non_finite(r.out.slice(1, 0, 3)));
   EXPECT_TRUE(fg::has_non_finite(r.out.slice(1, 3, 4)));
 }
+
+// ---- the flash kernels (bf16, head_dim 64 and 128) ----
+
+#ifdef FG_CUDA  // the flash kernels exist only in CUDA builds
+// Odd lengths (1, 17, 127, 1000: no tile size divides them), one multiple of
+// every tile, MHA and GQA (groups of 2, 3, 4), batch > 1, both head dims.
+const std::vector<AttnShape> kFlashShapes = {
+    {1, 1, 2, 1, 64},    {2, 17, 4, 2, 64},    {1, 127, 3, 3, 128},
+    {2, 1000, 4, 2, 64}, {1, 1000, 4, 1, 128}, {3, 129, 2, 2, 128},
+    {2, 256, 4, 4, 64},  {1, 17, 8, 2, 128},   {2, 300, 6, 2, 128},
+};
+
+class AttentionFlash : public ::testing::TestWithParam<AttnShape> {};
+
+// Outputs allocated after the pool was filled with NaN, so unwritten elements show.
+fg::ops::AttentionOut poisoned_forward_outputs(const AttnShape& s) {
+  Device gpu = Device::cuda(0);
+  poison_pool({{s.B, s.T, s.H, s.hd}, {s.B, s.H, s.T}}, DType::BF16, gpu);
+  return {Tensor::empty({s.B, s.T, s.H, s.hd}, DType::BF16, gpu),
+          Tensor::empty({s.B, s.H, s.T}, DType::F32, gpu)};
+}
+
+fg::ops::AttentionGrads poisoned_grads(const AttnShape& s) {
+  Device gpu = Device::cuda(0);
+  poison_pool({{s.B, s.T, s.H, s.hd}, {s.B, s.T, s.Hkv, s.hd}, {s.B, s.T, s.Hkv, s.hd}},
+              DType::BF16, gpu);
+  return {Tensor::empty({s.B, s.T, s.H, s.hd}, DType::BF16, gpu),
+          Tensor::empty({s.B, s.T, s.Hkv, s.hd}, DType::BF16, gpu),
+          Tensor::empty({s.B, s.T, s.Hkv, s.hd}, DType::BF16, gpu)};
+}
+
+// Every tiling of the forward and the backward against the f64 CPU reference
+// on the same (bf16-rounded) inputs. The reference backward reads the flash
+// forward's bf16 output, as the kernel does: D = rowsum(dO * O) from a rounded
+// O is off by far more than the kernel's own error once the softmax is sharp.
+void check_flash_variants(const AttnShape& s, double input_std) {
+  namespace d = fg::ops::detail;
+  Device gpu = Device::cuda(0);
+  Qkv x = random_qkv(s, 41, DType::BF16, gpu, input_std);
+  Generator gen(42);
+  Tensor dout = Tensor::randn(x.q.shape(), gen, DType::BF16, gpu);
+  Tensor q64 = f64(x.q), k64 = f64(x.k), v64 = f64(x.v), dout64 = f64(dout);
+  fg::ops::AttentionOut ref = fg::ops::attention_forward(q64, k64, v64);
+  const int hd = static_cast<int>(s.hd);
+  ASSERT_TRUE(d::flash_attention_supported(x.q));
+  fg::ops::AttentionOut fwd0;
+  for (int variant = 0; variant < d::flash_attention_variant_count(hd, false); ++variant) {
+    SCOPED_TRACE(std::string("forward ") + d::flash_attention_variant_name(hd, false, variant));
+    fg::ops::AttentionOut r = poisoned_forward_outputs(s);
+    d::flash_attention_forward_cuda(x.q, x.k, x.v, r.out, r.lse, variant);
+    EXPECT_FALSE(fg::has_non_finite(r.out));
+    EXPECT_FALSE(fg::has_non_finite(r.lse));
+    EXPECT_TRUE(close_rel(r.out, ref.out, 1e-2)) << "out";
+    EXPECT_TRUE(close_rel(r.lse, ref.lse, 1e-5)) << "lse";
+    if (variant == 0) fwd0 = r;
+  }
+  fg::ops::AttentionGrads ref_g =
+      fg::ops::attention_backward(dout64, q64, k64, v64, f64(fwd0.out), ref.lse);
+  for (int variant = 0; variant < d::flash_attention_variant_count(hd, true); ++variant) {
+    SCOPED_TRACE(std::string("backward ") + d::flash_attention_variant_name(hd, true, variant));
+    fg::ops::AttentionGrads g = poisoned_grads(s);
+    d::flash_attention_backward_cuda(dout, x.q, x.k, x.v, fwd0.out, fwd0.lse, g, variant);
+    for (const Tensor* t : {&g.dq, &g.dk, &g.dv}) EXPECT_FALSE(fg::has_non_finite(*t));
+    EXPECT_TRUE(close_rel(g.dq, ref_g.dq, 1e-2)) << "dq";
+    EXPECT_TRUE(close_rel(g.dk, ref_g.dk, 1e-2)) << "dk";
+    EXPECT_TRUE(close_rel(g.dv, ref_g.dv, 1e-2)) << "dv";
+  }
+}
+
+TEST_P(AttentionFlash, EveryTilingMatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_flash_variants(GetParam(), 1.0);
+}
+
+TEST_P(AttentionFlash, EveryTilingMatchesCpuSharpSoftmax) {
+  FG_REQUIRE_GPU();
+  check_flash_variants(GetParam(), 3.0);
+}
+
+// The public entries (which pick the flash kernels for these shapes) against
+// the simple GPU kernels on the same bf16 inputs; both backwards read the
+// flash forward's out and lse.
+TEST_P(AttentionFlash, MatchesSimpleKernel) {
+  FG_REQUIRE_GPU();
+  namespace d = fg::ops::detail;
+  AttnShape s = GetParam();
+  Device gpu = Device::cuda(0);
+  Qkv x = random_qkv(s, 51, DType::BF16, gpu);
+  Generator gen(52);
+  Tensor dout = Tensor::randn(x.q.shape(), gen, DType::BF16, gpu);
+  fg::ops::AttentionOut simple = poisoned_forward_outputs(s);
+  d::attention_forward_cuda_simple(x.q, x.k, x.v, simple.out, simple.lse);
+
+  poison_pool({x.q.shape(), {s.B, s.H, s.T}}, DType::BF16, gpu);
+  fg::ops::AttentionOut r = fg::ops::attention_forward(x.q, x.k, x.v);
+  fg::ops::AttentionGrads simple_g = poisoned_grads(s);
+  d::attention_backward_cuda_simple(dout, x.q, x.k, x.v, r.out, r.lse, simple_g);
+  EXPECT_FALSE(fg::has_non_finite(r.out));
+  EXPECT_TRUE(close_rel(r.out, simple.out, 1e-2)) << "out";
+  EXPECT_TRUE(close_rel(r.lse, simple.lse, 1e-5)) << "lse";
+  poison_pool({x.q.shape(), x.k.shape(), x.v.shape()}, DType::BF16, gpu);
+  fg::ops::AttentionGrads g = fg::ops::attention_backward(dout, x.q, x.k, x.v, r.out, r.lse);
+  for (const Tensor* t : {&g.dq, &g.dk, &g.dv}) EXPECT_FALSE(fg::has_non_finite(*t));
+  EXPECT_TRUE(close_rel(g.dq, simple_g.dq, 1e-2)) << "dq";
+  EXPECT_TRUE(close_rel(g.dk, simple_g.dk, 1e-2)) << "dk";
+  EXPECT_TRUE(close_rel(g.dv, simple_g.dv, 1e-2)) << "dv";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionFlash, ::testing::ValuesIn(kFlashShapes),
+                         [](const auto& info) { return shape_name(info.param); });
+
+TEST(AttentionFlashEdge, ForwardAndKeyGradientsAreDeterministic) {
+  // Everything but dq (summed with atomics) is written by exactly one thread.
+  FG_REQUIRE_GPU();
+  AttnShape s{2, 333, 8, 2, 128};
+  Device gpu = Device::cuda(0);
+  Qkv x = random_qkv(s, 61, DType::BF16, gpu);
+  Generator gen(62);
+  Tensor dout = Tensor::randn(x.q.shape(), gen, DType::BF16, gpu);
+  fg::ops::AttentionOut a = fg::ops::attention_forward(x.q, x.k, x.v);
+  fg::ops::AttentionOut b = fg::ops::attention_forward(x.q, x.k, x.v);
+  EXPECT_EQ(fg::max_abs_diff(a.out, b.out), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(a.lse, b.lse), 0.0);
+  fg::ops::AttentionGrads ga = fg::ops::attention_backward(dout, x.q, x.k, x.v, a.out, a.lse);
+  fg::ops::AttentionGrads gb = fg::ops::attention_backward(dout, x.q, x.k, x.v, a.out, a.lse);
+  EXPECT_EQ(fg::max_abs_diff(ga.dk, gb.dk), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(ga.dv, gb.dv), 0.0);
+  EXPECT_TRUE(close_rel(ga.dq, gb.dq, 1e-3));
+}
+
+TEST(AttentionFlashEdge, FutureKeysDoNotChangeEarlierRows) {
+  FG_REQUIRE_GPU();
+  AttnShape s{1, 200, 4, 2, 64};
+  Device gpu = Device::cuda(0);
+  Qkv x = random_qkv(s, 71, DType::BF16, gpu);
+  fg::ops::AttentionOut before = fg::ops::attention_forward(x.q, x.k, x.v);
+  const int64_t t0 = 70;  // inside a tile for every tiling
+  Qkv noise = random_qkv(s, 72, DType::BF16, gpu, 5.0);
+  Tensor k2 = x.k.clone(), v2 = x.v.clone();
+  k2.slice(1, t0 + 1, s.T).copy_(noise.k.slice(1, t0 + 1, s.T));
+  v2.slice(1, t0 + 1, s.T).copy_(noise.v.slice(1, t0 + 1, s.T));
+  fg::ops::AttentionOut after = fg::ops::attention_forward(x.q, k2, v2);
+  EXPECT_EQ(fg::max_abs_diff(before.out.slice(1, 0, t0 + 1), after.out.slice(1, 0, t0 + 1)), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(before.lse.slice(2, 0, t0 + 1), after.lse.slice(2, 0, t0 + 1)), 0.0);
+  EXPECT_GT(fg::max_abs_diff(before.out.slice(1, t0 + 1, s.T), after.out.slice(1, t0 + 1, s.T)),
+            1e-3);
+}
+
+TEST(AttentionFlashEdge, UnsupportedInputsAreAnError) {
+  FG_REQUIRE_GPU();
+  namespace d = fg::ops::detail;
+  Device gpu = Device::cuda(0);
+  Tensor q = Tensor::zeros({1, 4, 2, 64}, DType::F32, gpu);
+  Tensor lse = Tensor::zeros({1, 2, 4}, DType::F32, gpu);
+  EXPECT_FALSE(d::flash_attention_supported(q));
+  EXPECT_FALSE(d::flash_attention_supported(Tensor::zeros({1, 4, 2, 96}, DType::BF16, gpu)));
+  EXPECT_FG_ERROR(d::flash_attention_forward_cuda(q, q, q, q, lse),
+                  "is not bf16 with head_dim 64 or 128");
+  Tensor qb = q.to(DType::BF16);
+  EXPECT_FG_ERROR(d::flash_attention_forward_cuda(qb, qb, qb, qb, lse, 99), "variant 99");
+}
+
+TEST(AttentionFlashEdge, MisalignedOperandsUseTheSimpleKernel) {
+  // q one element into its buffer: the flash kernels' 16-byte copies cannot read it.
+  FG_REQUIRE_GPU();
+  namespace d = fg::ops::detail;
+  AttnShape s{1, 33, 2, 1, 64};
+  Device gpu = Device::cuda(0);
+  Qkv x = random_qkv(s, 81, DType::BF16, gpu);
+  Tensor buffer = Tensor::empty({x.q.numel() + 1}, DType::BF16, gpu);
+  Tensor q = buffer.slice(0, 1, x.q.numel() + 1).view(x.q.shape());
+  q.copy_(x.q);
+  EXPECT_FALSE(d::flash_attention_aligned({&q}));
+  fg::ops::AttentionOut r = fg::ops::attention_forward(q, x.k, x.v);
+  fg::ops::AttentionOut ref = fg::ops::attention_forward(f64(x.q), f64(x.k), f64(x.v));
+  EXPECT_TRUE(close_rel(r.out, ref.out, 1e-2));
+  EXPECT_FG_ERROR(d::flash_attention_forward_cuda(q, x.k, x.v, r.out, r.lse),
+                  "must start on 16-byte boundaries");
+}
+#endif  // FG_CUDA
 
 TEST(AttentionCudaEdge, DeviceMismatchIsAnError) {
   FG_REQUIRE_GPU();

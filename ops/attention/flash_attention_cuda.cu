@@ -1,0 +1,804 @@
+// Flash-style causal GQA attention (FlashAttention-2) for bf16 with head_dim
+// 64 or 128: tensor-core tiles (mma.sync m16n8k16, operands through ldmatrix),
+// fp32 accumulation, K/V (forward) and Q/dO (backward) tiles double-buffered
+// in shared memory with cp.async. No (T, T) matrix ever reaches device memory.
+//
+// Forward: a block owns kBlockM query rows of one (b, h), each warp 16 * kMTiles
+// of them; it walks the key tiles up to the causal diagonal with an online
+// softmax and writes out and lse. Backward: D = rowsum(dO * O) first; then a
+// block owns kBlockN = 16 * kWarps key rows of one kv head (a warp 16 of them)
+// and walks the query tiles at or after the diagonal of every query head of
+// the group, so dK and dV are summed over the group in registers (no atomics);
+// dQ goes through an f32 (B, T, H, hd) buffer by float2 atomics, then to bf16.
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <iterator>
+
+#include "core/cuda_utils.h"
+#include "ops/attention/attention.h"
+
+namespace fg::ops::detail {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// ---- PTX wrappers ----
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1; src_bytes 0 writes zeros (rows past T).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 4 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most `kPending` of this thread's committed groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// d (16x8 f32) += a (16x16 bf16, row) * b (16x8 bf16, col).
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t value) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(value));
+}
+
+// 2^x on the special-function unit; 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Two floats as bf16x2, `lo` in the low half (the lower column).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void store_bf16x2(bf16* dst, uint32_t value) {
+  *reinterpret_cast<uint32_t*>(dst) = value;
+}
+
+// ---- shared-memory tiles ----
+
+// Byte offset of element (row, col) of a (rows, kCols) bf16 tile whose 16-byte
+// chunks are XOR-swizzled: chunk c of row r sits at chunk c ^ (r % 8). The 8
+// rows one ldmatrix phase (or one cp.async wavefront) touches at the same
+// column then hit 8 different bank groups. kCols is a multiple of 64.
+template <int kCols>
+__device__ __forceinline__ uint32_t swz(int row, int col) {
+  static_assert(kCols % 64 == 0, "swizzled tiles need at least 8 chunks per row");
+  return static_cast<uint32_t>(row * kCols * 2 + (((col >> 3) ^ (row & 7)) << 4) + (col & 7) * 2);
+}
+
+// One lane's walk over a swizzled tile: the offset of (row + rows, col + 16 j)
+// for rows a multiple of 8 and col < 16 is that of (row, col) with j XORed into
+// the chunk bits, so each access pattern keeps a single offset in a register
+// instead of one per column step.
+template <int kCols>
+struct SwzLane {
+  uint32_t off;
+  __device__ SwzLane(int row, int col) : off(swz<kCols>(row, col)) {}
+  __device__ __forceinline__ uint32_t at(int rows, int j) const {
+    return (off ^ static_cast<uint32_t>(j << 5)) + static_cast<uint32_t>(rows * kCols * 2);
+  }
+};
+
+// Rows [row0, row0 + kRows) of a (T, kCols) strided view into a swizzled tile;
+// rows at or past `rows` become zeros (so masked products stay finite).
+template <int kRows, int kCols, int kThreads>
+__device__ __forceinline__ void load_tile_async(uint32_t dst, const bf16* src, int64_t row_stride,
+                                                int row0, int rows) {
+  constexpr int kChunks = kCols / 8;  // 16-byte pieces per row
+  static_assert(kRows * kChunks % kThreads == 0, "tile does not split evenly over the block");
+#pragma unroll
+  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
+    const int idx = static_cast<int>(threadIdx.x) + i * kThreads;
+    const int r = idx / kChunks, c = (idx % kChunks) * 8;
+    const bool valid = row0 + r < rows;
+    const bf16* p = src + (valid ? static_cast<int64_t>(row0 + r) * row_stride : 0) + c;
+    cp_async_16(dst + swz<kCols>(r, c), p, valid);
+  }
+}
+
+// Per-lane ldmatrix row/column inside a 16x16 block. Fragments of mma.m16n8k16:
+//  A (16x16) from a row-major tile [m][k]:          row kARow, column kACol.
+//  B pair (two n8 tiles x k16) from a tile [n][k]:  row kBRow, column kBCol; regs
+//     {0, 1} are the B fragment of n-rows 0-7, {2, 3} of n-rows 8-15. The same
+//     addressing with .trans reads A from a transposed tile [k][m].
+//  B pair from a tile [k][n] (.trans):              row kBtRow, column kBtCol.
+struct LaneAddr {
+  int a_row, a_col, b_row, b_col, bt_row, bt_col;
+  __device__ explicit LaneAddr(int lane)
+      : a_row(lane % 16),
+        a_col((lane / 16) * 8),
+        b_row((lane / 16) * 8 + lane % 8),
+        b_col((lane / 8) % 2 * 8),
+        bt_row((lane / 8) % 2 * 8 + lane % 8),
+        bt_col((lane / 16) * 8) {}
+};
+
+// Shapes of one call.
+struct FlashDims {
+  int seq, heads, kv_heads, group;
+  int64_t q_row, kv_row;  // elements between consecutive positions: H*hd, Hkv*hd
+  float scale, scale_log2;
+};
+
+// ---- forward ----
+
+template <int kHeadDim_, int kWarps_, int kMTiles_, int kBlockN_>
+struct FwdTraits {
+  static constexpr int kHeadDim = kHeadDim_, kWarps = kWarps_, kMTiles = kMTiles_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kThreads = kWarps * kWarpSize;
+  static constexpr int kWarpRows = 16 * kMTiles;
+  static constexpr int kBlockM = kWarps * kWarpRows;
+  // Q fragments live in registers when they fit beside O and S, else they are
+  // re-read from shared memory for every key tile.
+  static constexpr bool kQInRegs = kMTiles * kHeadDim <= 128;
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
+  static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes;  // Q, K[2], V[2]
+  static_assert(kBlockN % 16 == 0);
+};
+
+// Grid (ceil(T / kBlockM), H, B), the diagonal-heavy (last) query blocks first.
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    flash_attention_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                   const bf16* __restrict__ v, bf16* __restrict__ out,
+                                   float* __restrict__ lse, FlashDims d) {
+  constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM, kMt = Tr::kMTiles;
+  constexpr int kNt = kBn / 8;  // score n8 tiles per warp row block
+  constexpr int kDt = kHd / 8;  // output n8 tiles
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t s_q = smem_addr(smem);
+  const uint32_t s_k = s_q + Tr::kQBytes, s_v = s_k + 2 * Tr::kKVBytes;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int quad_row = lane / 4, quad_col = lane % 4 * 2;  // C fragment element (row, col)
+  const LaneAddr la(lane);
+  const SwzLane<kHd> q_lane(warp * Tr::kWarpRows + la.a_row, la.a_col);  // A from Q
+  const SwzLane<kHd> k_lane(la.b_row, la.b_col);                         // B from K
+  const SwzLane<kHd> v_lane(la.bt_row, la.bt_col);                       // B from V (.trans)
+  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, g = h / d.group;
+  const int m0 = m_block * kBm, warp_row0 = m0 + warp * Tr::kWarpRows;
+  const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
+  const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
+  const int n_tiles = (min(m0 + kBm, d.seq) + kBn - 1) / kBn;  // key tiles up to the diagonal
+
+  // One copy group per key tile: {Q, K0, V0}, then {K(n+1), V(n+1)} issued at
+  // the top of iteration n, so a tile has a whole iteration to land and each
+  // iteration needs a single barrier. (Splitting K and V into groups with a
+  // barrier before P V measured 5-10% slower on an H100.)
+  auto load_kv = [&](int n, int stage) {
+    load_tile_async<kBn, kHd, Tr::kThreads>(s_k + stage * Tr::kKVBytes, k + kv_off, d.kv_row,
+                                            n * kBn, d.seq);
+    load_tile_async<kBn, kHd, Tr::kThreads>(s_v + stage * Tr::kKVBytes, v + kv_off, d.kv_row,
+                                            n * kBn, d.seq);
+  };
+  load_tile_async<kBm, kHd, Tr::kThreads>(s_q, q + q_off, d.q_row, m0, d.seq);
+  load_kv(0, 0);
+  cp_async_commit();
+
+  uint32_t q_frag[Tr::kQInRegs ? kMt : 1][Tr::kQInRegs ? kHd / 16 : 1][4];
+  float o[kMt][kDt][4];
+  float m_run[kMt][2], l_run[kMt][2];  // running max (raw score) and this lane's partial sum
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kDt; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.f;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      m_run[mt][hf] = -INFINITY;
+      l_run[mt][hf] = 0.f;
+    }
+  }
+
+  for (int n = 0; n < n_tiles; ++n) {
+    const int stage = n & 1;
+    const uint32_t s_kn = s_k + stage * Tr::kKVBytes, s_vn = s_v + stage * Tr::kKVBytes;
+    cp_async_wait<0>();  // K(n), V(n) (and Q) landed
+    __syncthreads();     // ... for every thread's copies; everyone is past tile n - 1
+    if constexpr (Tr::kQInRegs) {
+      if (n == 0) {
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+          for (int ks = 0; ks < kHd / 16; ++ks)
+            ldmatrix_x4(q_frag[mt][ks], s_q + q_lane.at(mt * 16, ks));
+      }
+    }
+    if (n + 1 < n_tiles) load_kv(n + 1, stage ^ 1);  // into the buffers tile n - 1 used
+    cp_async_commit();
+
+    // S = Q K^T: (kWarpRows, kBn) per warp.
+    float s[kMt][kNt][4];
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < kHd / 16; ++ks) {
+      uint32_t a[kMt][4];
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt) {
+        if constexpr (Tr::kQInRegs) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[mt][ks][e];
+        } else {
+          ldmatrix_x4(a[mt], s_q + q_lane.at(mt * 16, ks));
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < kNt / 2; ++np) {
+        uint32_t bk[4];
+        ldmatrix_x4(bk, s_kn + k_lane.at(np * 16, ks));
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) {
+          mma_bf16(s[mt][2 * np], a[mt], bk[0], bk[1]);
+          mma_bf16(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+        }
+      }
+    }
+
+    // Causal mask where this tile reaches past the warp's first row.
+    if ((n + 1) * kBn - 1 > warp_row0) {
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = warp_row0 + mt * 16 + quad_row + (e >> 1) * 8;
+            const int col = n * kBn + nt * 8 + quad_col + (e & 1);
+            if (col > row) s[mt][nt][e] = -INFINITY;
+          }
+    }
+
+    // Online softmax: the row max over the quad of lanes that shares a row.
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = m_run[mt][hf];
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+          mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hf], s[mt][nt][2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+        // A row with no visible key yet keeps max -inf: subtract 0 instead so
+        // that exp2(-inf - -inf) never makes a NaN.
+        const float m_scaled = mx == -INFINITY ? 0.f : mx * d.scale_log2;
+        const float alpha = fast_exp2(m_run[mt][hf] * d.scale_log2 - m_scaled);
+        m_run[mt][hf] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = fast_exp2(fmaf(s[mt][nt][2 * hf + e], d.scale_log2, -m_scaled));
+            s[mt][nt][2 * hf + e] = p;
+            sum += p;
+          }
+        l_run[mt][hf] = l_run[mt][hf] * alpha + sum;
+#pragma unroll
+        for (int dt = 0; dt < kDt; ++dt) {
+          o[mt][dt][2 * hf] *= alpha;
+          o[mt][dt][2 * hf + 1] *= alpha;
+        }
+      }
+    }
+
+    // P as bf16 A fragments: the C layout of n8 tiles 2kk, 2kk+1 is the A layout of k16 step kk.
+    uint32_t p_frag[kMt][kBn / 16][4];
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+      for (int kk = 0; kk < kBn / 16; ++kk) {
+        p_frag[mt][kk][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        p_frag[mt][kk][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        p_frag[mt][kk][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        p_frag[mt][kk][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+    }
+
+    // O += P V: V is [key][dim], so its B fragments come through ldmatrix.trans.
+#pragma unroll
+    for (int kk = 0; kk < kBn / 16; ++kk) {
+#pragma unroll
+      for (int dp = 0; dp < kHd / 16; ++dp) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, s_vn + v_lane.at(kk * 16, dp));
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) {
+          mma_bf16(o[mt][2 * dp], p_frag[mt][kk], bv[0], bv[1]);
+          mma_bf16(o[mt][2 * dp + 1], p_frag[mt][kk], bv[2], bv[3]);
+        }
+      }
+    }
+  }
+
+  // out = O / l; lse = log(l) + max * scale (natural log).
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float l = l_run[mt][hf];
+      l += __shfl_xor_sync(kFullMask, l, 1);
+      l += __shfl_xor_sync(kFullMask, l, 2);
+      const int row = warp_row0 + mt * 16 + quad_row + hf * 8;
+      if (row >= d.seq) continue;
+      const float inv = 1.f / l;
+      bf16* dst = out + q_off + static_cast<int64_t>(row) * d.q_row + quad_col;
+#pragma unroll
+      for (int dt = 0; dt < kDt; ++dt)
+        store_bf16x2(dst + dt * 8, pack_bf16(o[mt][dt][2 * hf] * inv, o[mt][dt][2 * hf + 1] * inv));
+      if (lane % 4 == 0)
+        lse[(static_cast<int64_t>(b) * d.heads + h) * d.seq + row] =
+            (m_run[mt][hf] * d.scale_log2 + log2f(l)) * kLn2;
+    }
+  }
+}
+
+// ---- backward ----
+
+template <int kHeadDim_, int kWarps_, int kBlockM_>
+struct BwdTraits {
+  static constexpr int kHeadDim = kHeadDim_, kWarps = kWarps_, kBlockM = kBlockM_;
+  static constexpr int kBlockN = 16 * kWarps;  // each warp owns 16 keys
+  static constexpr int kThreads = kWarps * kWarpSize;
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
+  static constexpr int kDsBytes = kBlockN * kBlockM * 2;
+  static constexpr int kStatBytes = kBlockM * 4;
+  // K, V, Q[2], dO[2], dS^T, lse[2], D[2]
+  static constexpr int kSmemBytes = 2 * kKVBytes + 4 * kQBytes + kDsBytes + 4 * kStatBytes;
+  // dQ (kBlockM, kHeadDim) splits into units of 16 rows x kDqCols columns, a
+  // whole number per warp.
+  static constexpr int kRowGroups = kBlockM / 16;
+  static constexpr int kDqUnits64 = kRowGroups * (kHeadDim / 64);  // units of 64 columns
+  static constexpr int kDqUnits = kDqUnits64 > kWarps ? kDqUnits64 : kWarps;
+  static constexpr int kDqCols = kHeadDim * kRowGroups / kDqUnits;
+  static_assert(kBlockM % 64 == 0 && kBlockM <= kThreads);
+  static_assert(kDqUnits % kWarps == 0 && kDqCols % 16 == 0 && kHeadDim % kDqCols == 0);
+};
+
+// D[b, h, t] = sum_i dout[b, t, h, i] * out[b, t, h, i]: kHeadDim / 8 lanes per
+// row, one 16-byte load each.
+template <int kHeadDim>
+__global__ void flash_attention_delta_kernel(const bf16* __restrict__ dout,
+                                             const bf16* __restrict__ out,
+                                             float* __restrict__ delta, int64_t rows, int seq,
+                                             int heads) {
+  constexpr int kLanes = kHeadDim / 8;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kLanes;
+  const int part = threadIdx.x % kLanes;
+  float acc = 0.f;
+  if (row < rows) {
+    const uint4 a = *reinterpret_cast<const uint4*>(dout + row * kHeadDim + part * 8);
+    const uint4 c = *reinterpret_cast<const uint4*>(out + row * kHeadDim + part * 8);
+    const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
+    const __nv_bfloat162* c2 = reinterpret_cast<const __nv_bfloat162*>(&c);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 x = __bfloat1622float2(a2[i]), y = __bfloat1622float2(c2[i]);
+      acc += x.x * y.x + x.y * y.y;
+    }
+  }
+#pragma unroll
+  for (int o = kLanes / 2; o > 0; o /= 2) acc += __shfl_xor_sync(kFullMask, acc, o);
+  if (row < rows && part == 0) {
+    const int64_t bt = row / heads;  // rows are (b, t, h)
+    const int h = static_cast<int>(row % heads), t = static_cast<int>(bt % seq);
+    delta[(bt / seq * heads + h) * seq + t] = acc;
+  }
+}
+
+// dq = bf16(acc * scale), four elements per thread.
+__global__ void flash_attention_dq_kernel(const float4* __restrict__ acc, uint2* __restrict__ dq,
+                                          int64_t n4, float scale) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n4) return;
+  const float4 x = acc[i];
+  dq[i] = make_uint2(pack_bf16(x.x * scale, x.y * scale), pack_bf16(x.z * scale, x.w * scale));
+}
+
+// Grid (ceil(T / kBlockN), Hkv, B); the first key blocks (the most query tiles) first.
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    flash_attention_backward_kernel(const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                                    const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                    const float* __restrict__ lse, const float* __restrict__ delta,
+                                    float* __restrict__ dq_acc, bf16* __restrict__ dk,
+                                    bf16* __restrict__ dv, FlashDims d) {
+  constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
+  constexpr int kQt = kBm / 8;  // query n8 tiles of S^T
+  constexpr int kDt = kHd / 8;  // dK / dV n8 tiles
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t s_k = smem_addr(smem), s_v = s_k + Tr::kKVBytes;
+  const uint32_t s_q = s_v + Tr::kKVBytes, s_do = s_q + 2 * Tr::kQBytes;
+  const uint32_t s_ds = s_do + 2 * Tr::kQBytes;
+  const uint32_t s_lse = s_ds + Tr::kDsBytes, s_delta = s_lse + 2 * Tr::kStatBytes;
+  const float* lse_tiles = reinterpret_cast<const float*>(smem + (s_lse - s_k));
+  const float* delta_tiles = reinterpret_cast<const float*>(smem + (s_delta - s_k));
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int quad_row = lane / 4, quad_col = lane % 4 * 2;
+  const LaneAddr la(lane);
+  const int g = blockIdx.y, b = blockIdx.z;
+  const int n0 = blockIdx.x * kBn, key_row0 = warp * 16;        // the warp's keys within the tile
+  const SwzLane<kHd> kv_lane(key_row0 + la.a_row, la.a_col);    // A from K, V
+  const SwzLane<kHd> qn_lane(la.b_row, la.b_col);               // B from Q, dO as [n][k]
+  const SwzLane<kHd> qk_lane(la.bt_row, la.bt_col);             // B from Q, dO, K as [k][n]
+  const SwzLane<kBm> ds_lane(la.b_row, la.b_col);               // A from dS^T (.trans)
+  const SwzLane<kBm> ds_store0(key_row0 + quad_row, quad_col);  // dS^T from C fragments
+  const SwzLane<kBm> ds_store8(key_row0 + quad_row, quad_col + 8);
+  const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
+  const int m_first = n0 / kBm, m_count = (d.seq + kBm - 1) / kBm - m_first;
+  const int iters = d.group * m_count;  // (query head, query tile) pairs
+
+  load_tile_async<kBn, kHd, Tr::kThreads>(s_k, k + kv_off, d.kv_row, n0, d.seq);
+  load_tile_async<kBn, kHd, Tr::kThreads>(s_v, v + kv_off, d.kv_row, n0, d.seq);
+  // Q, dO, lse and D of step `it` into stage `stage`; queries past T read zeros.
+  auto issue = [&](int it, int stage) {
+    const int h = g * d.group + it / m_count, m0 = (m_first + it % m_count) * kBm;
+    const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
+    load_tile_async<kBm, kHd, Tr::kThreads>(s_q + stage * Tr::kQBytes, q + q_off, d.q_row, m0,
+                                            d.seq);
+    load_tile_async<kBm, kHd, Tr::kThreads>(s_do + stage * Tr::kQBytes, dout + q_off, d.q_row, m0,
+                                            d.seq);
+    if (threadIdx.x < kBm) {
+      const int t = m0 + threadIdx.x;
+      const bool valid = t < d.seq;
+      const int64_t stat = (static_cast<int64_t>(b) * d.heads + h) * d.seq + (valid ? t : 0);
+      cp_async_4(s_lse + stage * Tr::kStatBytes + 4 * threadIdx.x, lse + stat, valid);
+      cp_async_4(s_delta + stage * Tr::kStatBytes + 4 * threadIdx.x, delta + stat, valid);
+    }
+  };
+  issue(0, 0);
+  cp_async_commit();
+
+  float dk_acc[kDt][4], dv_acc[kDt][4];
+#pragma unroll
+  for (int dt = 0; dt < kDt; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[dt][e] = dv_acc[dt][e] = 0.f;
+
+  for (int it = 0; it < iters; ++it) {
+    const int stage = it & 1;
+    const int h = g * d.group + it / m_count, m0 = (m_first + it % m_count) * kBm;
+    cp_async_wait<0>();  // step `it` (and K, V) landed
+    __syncthreads();     // ... for every thread's copies; everyone is past step it - 1
+    if (it + 1 < iters) issue(it + 1, stage ^ 1);
+    cp_async_commit();
+    const uint32_t s_qs = s_q + stage * Tr::kQBytes, s_dos = s_do + stage * Tr::kQBytes;
+    const float* lse_s = lse_tiles + stage * kBm;
+    const float* delta_s = delta_tiles + stage * kBm;
+
+    // S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys: (16, kBm) each.
+    float st[kQt][4], dpt[kQt][4];
+#pragma unroll
+    for (int nt = 0; nt < kQt; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < kHd / 16; ++ks) {
+      uint32_t ak[4], av[4];
+      ldmatrix_x4(ak, s_k + kv_lane.at(0, ks));
+      ldmatrix_x4(av, s_v + kv_lane.at(0, ks));
+#pragma unroll
+      for (int np = 0; np < kQt / 2; ++np) {
+        uint32_t bq[4], bdo[4];
+        ldmatrix_x4(bq, s_qs + qn_lane.at(np * 16, ks));
+        ldmatrix_x4(bdo, s_dos + qn_lane.at(np * 16, ks));
+        mma_bf16(st[2 * np], ak, bq[0], bq[1]);
+        mma_bf16(st[2 * np + 1], ak, bq[2], bq[3]);
+        mma_bf16(dpt[2 * np], av, bdo[0], bdo[1]);
+        mma_bf16(dpt[2 * np + 1], av, bdo[2], bdo[3]);
+      }
+    }
+
+    // P^T = exp(S^T * scale - lse); dS^T = P^T (dP^T - D). Zero above the
+    // diagonal and for queries past T (their lse and D were read as zeros).
+    const bool need_mask = n0 + kBn - 1 > m0 || m0 + kBm > d.seq;
+#pragma unroll
+    for (int nt = 0; nt < kQt; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nt * 8 + quad_col + (e & 1);  // query within the tile
+        float p = fast_exp2(fmaf(st[nt][e], d.scale_log2, -lse_s[col] * kLog2e));
+        if (need_mask) {
+          const int key = n0 + key_row0 + quad_row + (e >> 1) * 8, query = m0 + col;
+          if (key > query || query >= d.seq) p = 0.f;
+        }
+        st[nt][e] = p;
+        dpt[nt][e] = p * (dpt[nt][e] - delta_s[col]);
+      }
+    uint32_t p_frag[kBm / 16][4], ds_frag[kBm / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBm / 16; ++kk) {
+      p_frag[kk][0] = pack_bf16(st[2 * kk][0], st[2 * kk][1]);
+      p_frag[kk][1] = pack_bf16(st[2 * kk][2], st[2 * kk][3]);
+      p_frag[kk][2] = pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+      p_frag[kk][3] = pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+      ds_frag[kk][0] = pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]);
+      ds_frag[kk][1] = pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]);
+      ds_frag[kk][2] = pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+      ds_frag[kk][3] = pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+    }
+
+    // dV += P^T dO and dK += dS^T Q: (16, kBm) x (kBm, kHd); dO and Q are [query][dim].
+#pragma unroll
+    for (int kk = 0; kk < kBm / 16; ++kk) {
+#pragma unroll
+      for (int dp = 0; dp < kHd / 16; ++dp) {
+        uint32_t bdo[4], bq[4];
+        ldmatrix_x4_trans(bdo, s_dos + qk_lane.at(kk * 16, dp));
+        ldmatrix_x4_trans(bq, s_qs + qk_lane.at(kk * 16, dp));
+        mma_bf16(dv_acc[2 * dp], p_frag[kk], bdo[0], bdo[1]);
+        mma_bf16(dv_acc[2 * dp + 1], p_frag[kk], bdo[2], bdo[3]);
+        mma_bf16(dk_acc[2 * dp], ds_frag[kk], bq[0], bq[1]);
+        mma_bf16(dk_acc[2 * dp + 1], ds_frag[kk], bq[2], bq[3]);
+      }
+    }
+
+    // dS^T (kBn, kBm) to shared memory: dQ sums over every warp's keys.
+#pragma unroll
+    for (int kk = 0; kk < kBm / 16; ++kk) {
+      st_shared_u32(s_ds + ds_store0.at(0, kk), ds_frag[kk][0]);
+      st_shared_u32(s_ds + ds_store0.at(8, kk), ds_frag[kk][1]);
+      st_shared_u32(s_ds + ds_store8.at(0, kk), ds_frag[kk][2]);
+      st_shared_u32(s_ds + ds_store8.at(8, kk), ds_frag[kk][3]);
+    }
+    __syncthreads();
+
+    // dQ (kBm, kHd) += dS (kBm, kBn) K (kBn, kHd), added into the f32 buffer.
+    // dS comes from the transposed tile (ldmatrix.trans), K is [key][dim].
+    for (int u = warp; u < Tr::kDqUnits; u += Tr::kWarps) {
+      const int rg = u % Tr::kRowGroups, c0 = u / Tr::kRowGroups * Tr::kDqCols;
+      float acc[Tr::kDqCols / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < Tr::kDqCols / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kBn / 16; ++kk) {
+        uint32_t a[4];
+        ldmatrix_x4_trans(a, s_ds + ds_lane.at(kk * 16, rg));
+#pragma unroll
+        for (int dp = 0; dp < Tr::kDqCols / 16; ++dp) {
+          uint32_t bk[4];
+          ldmatrix_x4_trans(bk, s_k + qk_lane.at(kk * 16, c0 / 16 + dp));
+          mma_bf16(acc[2 * dp], a, bk[0], bk[1]);
+          mma_bf16(acc[2 * dp + 1], a, bk[2], bk[3]);
+        }
+      }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int row = m0 + rg * 16 + quad_row + hf * 8;
+        if (row >= d.seq) continue;
+        float* dst =
+            dq_acc + (static_cast<int64_t>(b) * d.seq + row) * d.q_row + h * kHd + c0 + quad_col;
+#pragma unroll
+        for (int nt = 0; nt < Tr::kDqCols / 8; ++nt)
+          atomicAdd(reinterpret_cast<float2*>(dst + nt * 8),
+                    make_float2(acc[nt][2 * hf], acc[nt][2 * hf + 1]));
+      }
+    }
+  }
+
+  // dK = scale * sum dS^T Q, dV = sum P^T dO over the group's heads.
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int key = n0 + key_row0 + quad_row + hf * 8;
+    if (key >= d.seq) continue;
+    const int64_t off = kv_off + static_cast<int64_t>(key) * d.kv_row + quad_col;
+#pragma unroll
+    for (int dt = 0; dt < kDt; ++dt) {
+      store_bf16x2(dk + off + dt * 8,
+                   pack_bf16(dk_acc[dt][2 * hf] * d.scale, dk_acc[dt][2 * hf + 1] * d.scale));
+      store_bf16x2(dv + off + dt * 8, pack_bf16(dv_acc[dt][2 * hf], dv_acc[dt][2 * hf + 1]));
+    }
+  }
+}
+
+// ---- launchers ----
+
+FlashDims flash_dims(const Tensor& q, const Tensor& k) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Hkv = k.size(2), hd = q.size(3);
+  FG_CHECK(B <= 65535 && H <= 65535 && T < (int64_t{1} << 30), "attention: q ", q.shape_str(),
+           " is too large for the CUDA grid (B and H at most 65535)");
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  return {static_cast<int>(T),
+          static_cast<int>(H),
+          static_cast<int>(Hkv),
+          static_cast<int>(H / Hkv),
+          H * hd,
+          Hkv * hd,
+          static_cast<float>(scale),
+          static_cast<float>(scale * 1.4426950408889634)};
+}
+
+template <class Kernel>
+void allow_smem(Kernel kernel, int bytes) {
+  FG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <class Tr>
+void launch_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse) {
+  const FlashDims d = flash_dims(q, k);
+  auto kernel = flash_attention_forward_kernel<Tr>;
+  allow_smem(kernel, Tr::kSmemBytes);
+  dim3 grid(cuda::grid_for(d.seq, Tr::kBlockM), d.heads, static_cast<unsigned>(q.size(0)));
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda::stream()>>>(
+      q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), out.data<bf16>(), lse.data<float>(), d);
+  FG_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class Tr>
+void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const Tensor& out, const Tensor& lse, const AttentionGrads& grads) {
+  constexpr int kHd = Tr::kHeadDim;
+  constexpr int kBlock = 256;
+  const FlashDims d = flash_dims(q, k);
+  const int64_t B = q.size(0);
+  cudaStream_t stream = cuda::stream();
+  Tensor delta = Tensor::empty(lse.shape(), DType::F32, q.device());  // (B, H, T)
+  Tensor dq_acc = Tensor::empty(q.shape(), DType::F32, q.device());   // (B, T, H, hd)
+  FG_CUDA_CHECK(cudaMemsetAsync(dq_acc.data<float>(), 0, dq_acc.nbytes(), stream));
+
+  const int64_t rows = B * d.seq * d.heads;
+  flash_attention_delta_kernel<kHd>
+      <<<cuda::grid_for(rows * (kHd / 8), kBlock), kBlock, 0, stream>>>(
+          dout.data<bf16>(), out.data<bf16>(), delta.data<float>(), rows, d.seq, d.heads);
+  FG_CUDA_CHECK(cudaGetLastError());
+
+  auto kernel = flash_attention_backward_kernel<Tr>;
+  allow_smem(kernel, Tr::kSmemBytes);
+  dim3 grid(cuda::grid_for(d.seq, Tr::kBlockN), d.kv_heads, static_cast<unsigned>(B));
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
+      dout.data<bf16>(), q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), lse.data<float>(),
+      delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(), d);
+  FG_CUDA_CHECK(cudaGetLastError());
+
+  const int64_t n4 = q.numel() / 4;
+  flash_attention_dq_kernel<<<cuda::grid_for(n4, kBlock), kBlock, 0, stream>>>(
+      reinterpret_cast<const float4*>(dq_acc.data<float>()),
+      reinterpret_cast<uint2*>(grads.dq.data<bf16>()), n4, d.scale);
+  FG_CUDA_CHECK(cudaGetLastError());
+}
+
+// Tilings, the default first: the fastest (or within noise of it) in
+// bench_attention on an H100 (bench/results_attention.md); the others stay
+// for the benchmark and the tests. Names read "bm<query rows>_bn<key rows>_w<warps>".
+using ForwardLauncher = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                 const Tensor&);
+using BackwardLauncher = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                  const Tensor&, const Tensor&, const AttentionGrads&);
+template <class Launcher>
+struct Variant {
+  const char* name;
+  Launcher launch;
+};
+
+constexpr Variant<ForwardLauncher> kForward64[] = {
+    {"bm128_bn64_w4", launch_flash_forward<FwdTraits<64, 4, 2, 64>>},
+    {"bm64_bn64_w4", launch_flash_forward<FwdTraits<64, 4, 1, 64>>},
+};
+constexpr Variant<ForwardLauncher> kForward128[] = {
+    {"bm64_bn64_w4", launch_flash_forward<FwdTraits<128, 4, 1, 64>>},
+    {"bm128_bn32_w4", launch_flash_forward<FwdTraits<128, 4, 2, 32>>},
+};
+constexpr Variant<BackwardLauncher> kBackward64[] = {
+    {"bm64_bn64_w4", launch_flash_backward<BwdTraits<64, 4, 64>>},
+    {"bm64_bn128_w8", launch_flash_backward<BwdTraits<64, 8, 64>>},
+};
+constexpr Variant<BackwardLauncher> kBackward128[] = {
+    {"bm64_bn128_w8", launch_flash_backward<BwdTraits<128, 8, 64>>},
+    {"bm64_bn64_w4", launch_flash_backward<BwdTraits<128, 4, 64>>},
+};
+
+template <class Launcher, size_t N64, size_t N128>
+const Variant<Launcher>& pick(const Variant<Launcher> (&v64)[N64],
+                              const Variant<Launcher> (&v128)[N128], int head_dim, int variant) {
+  const int n = head_dim == 64 ? static_cast<int>(N64) : static_cast<int>(N128);
+  FG_CHECK(head_dim == 64 || head_dim == 128, "flash attention: head_dim ", head_dim,
+           " is not 64 or 128");
+  FG_CHECK(variant >= 0 && variant < n, "flash attention: variant ", variant, " of ", n);
+  return head_dim == 64 ? v64[variant] : v128[variant];
+}
+
+}  // namespace
+
+bool flash_attention_supported(const Tensor& q) {
+  return q.dtype() == DType::BF16 && (q.size(3) == 64 || q.size(3) == 128);
+}
+
+bool flash_attention_aligned(std::initializer_list<const Tensor*> operands) {
+  for (const Tensor* t : operands)
+    if (reinterpret_cast<uintptr_t>(t->raw_data()) % 16 != 0) return false;
+  return true;
+}
+
+int flash_attention_variant_count(int head_dim, bool backward) {
+  if (head_dim != 64 && head_dim != 128) return 0;
+  if (backward) return head_dim == 64 ? std::size(kBackward64) : std::size(kBackward128);
+  return head_dim == 64 ? std::size(kForward64) : std::size(kForward128);
+}
+
+const char* flash_attention_variant_name(int head_dim, bool backward, int variant) {
+  return backward ? pick(kBackward64, kBackward128, head_dim, variant).name
+                  : pick(kForward64, kForward128, head_dim, variant).name;
+}
+
+void flash_attention_forward_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& lse, int variant) {
+  FG_CHECK(flash_attention_supported(q), "flash attention: q ", q.describe(),
+           " is not bf16 with head_dim 64 or 128");
+  if (q.numel() == 0) return;
+  FG_CHECK(flash_attention_aligned({&q, &k, &v, &out}),
+           "flash attention: q, k, v and out must start on 16-byte boundaries");
+  pick(kForward64, kForward128, static_cast<int>(q.size(3)), variant).launch(q, k, v, out, lse);
+}
+
+void flash_attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                   const Tensor& v, const Tensor& out, const Tensor& lse,
+                                   const AttentionGrads& grads, int variant) {
+  FG_CHECK(flash_attention_supported(q), "flash attention: q ", q.describe(),
+           " is not bf16 with head_dim 64 or 128");
+  if (q.numel() == 0) {
+    grads.dk.zero_();
+    grads.dv.zero_();
+    return;
+  }
+  FG_CHECK(flash_attention_aligned({&dout, &q, &k, &v, &out, &grads.dq, &grads.dk, &grads.dv}),
+           "flash attention: every bf16 operand must start on a 16-byte boundary");
+  pick(kBackward64, kBackward128, static_cast<int>(q.size(3)), variant)
+      .launch(dout, q, k, v, out, lse, grads);
+}
+
+}  // namespace fg::ops::detail
