@@ -33,9 +33,11 @@ void rmsnorm_rows_forward(const Tensor& x, const Tensor& residual, const Tensor&
 void rmsnorm_rows_apply(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& y);
 // xhat = x * rstd, g = weight * dy: dx = rstd * (g - xhat * mean(g * xhat)) (+ dh when
 // defined), dweight = the sum over rows of dy * xhat.
+// With y defined, the pass also writes y = xhat * weight, the normalized rows again:
+// the fused layer's dW needs them, and this pass reads x anyway.
 void rmsnorm_rows_backward(const Tensor& dy, const Tensor& dh, const Tensor& x,
                            const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                           const Tensor& dweight);
+                           const Tensor& dweight, const Tensor& y = Tensor());
 
 void rmsnorm_rows_forward_cpu(const Tensor& x, const Tensor& residual, const Tensor& weight,
                               double eps, const Tensor& h, const Tensor& y, const Tensor& rstd);
@@ -43,14 +45,19 @@ void rmsnorm_rows_apply_cpu(const Tensor& x, const Tensor& weight, const Tensor&
                             const Tensor& y);
 void rmsnorm_rows_backward_cpu(const Tensor& dy, const Tensor& dh, const Tensor& x,
                                const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                               const Tensor& dweight);
+                               const Tensor& dweight, const Tensor& y = Tensor());
 void rmsnorm_rows_forward_cuda(const Tensor& x, const Tensor& residual, const Tensor& weight,
                                double eps, const Tensor& h, const Tensor& y, const Tensor& rstd);
 void rmsnorm_rows_apply_cuda(const Tensor& x, const Tensor& weight, const Tensor& rstd,
                              const Tensor& y);
 void rmsnorm_rows_backward_cuda(const Tensor& dy, const Tensor& dh, const Tensor& x,
                                 const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                                const Tensor& dweight);
+                                const Tensor& dweight, const Tensor& y = Tensor());
+
+// out (n) = the sum of the rows of partial (groups, n), added in row order (deterministic):
+// the finish of column sums that blocks accumulate over row ranges (rmsnorm's dweight,
+// rope's column sums). partial is contiguous in rmsnorm_stat_dtype(out.dtype()).
+void sum_partial_rows_cuda(const Tensor& partial, const Tensor& out);
 
 // f64 for f64 inputs, else f32.
 DType rmsnorm_stat_dtype(DType dtype);

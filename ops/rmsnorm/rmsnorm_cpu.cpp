@@ -60,11 +60,11 @@ void rmsnorm_rows_apply(const Tensor& x, const Tensor& weight, const Tensor& rst
 
 void rmsnorm_rows_backward(const Tensor& dy, const Tensor& dh, const Tensor& x,
                            const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                           const Tensor& dweight) {
+                           const Tensor& dweight, const Tensor& y) {
 #ifdef FG_CUDA
-  if (x.is_cuda()) return rmsnorm_rows_backward_cuda(dy, dh, x, weight, rstd, dx, dweight);
+  if (x.is_cuda()) return rmsnorm_rows_backward_cuda(dy, dh, x, weight, rstd, dx, dweight, y);
 #endif
-  rmsnorm_rows_backward_cpu(dy, dh, x, weight, rstd, dx, dweight);
+  rmsnorm_rows_backward_cpu(dy, dh, x, weight, rstd, dx, dweight, y);
 }
 
 namespace {
@@ -115,7 +115,7 @@ void rmsnorm_rows_apply_cpu(const Tensor& x, const Tensor& weight, const Tensor&
 
 void rmsnorm_rows_backward_cpu(const Tensor& dy, const Tensor& dh, const Tensor& x,
                                const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                               const Tensor& dweight) {
+                               const Tensor& dweight, const Tensor& y) {
   dispatch_float("rmsnorm_backward", x.dtype(), [&]<class T>() {
     const int64_t D = weight.numel(), rows = x.numel() / D;
     const T* pdy = dy.data<T>();
@@ -124,6 +124,7 @@ void rmsnorm_rows_backward_cpu(const Tensor& dy, const Tensor& dh, const Tensor&
     const T* pw = weight.data<T>();
     const T* pr = rstd.data<T>();
     T* pdx = dx.data<T>();
+    T* py = y.defined() ? y.data<T>() : nullptr;
     std::vector<double> dw(D, 0.0);  // (D) accumulated over rows
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t base = row * D;
@@ -136,6 +137,7 @@ void rmsnorm_rows_backward_cpu(const Tensor& dy, const Tensor& dh, const Tensor&
         const double xhat = px[base + c] * r, g = static_cast<double>(pw[c]) * pdy[base + c];
         const double v = r * (g - xhat * mean) + (pdh ? static_cast<double>(pdh[base + c]) : 0.0);
         pdx[base + c] = static_cast<T>(v);
+        if (py) py[base + c] = px[base + c] * pr[row] * pw[c];  // in T, as forward does
         dw[c] += pdy[base + c] * xhat;
       }
     }

@@ -1,7 +1,13 @@
 // RMSNorm row kernels on the GPU, shared by rmsnorm, add_rmsnorm and
 // rmsnorm_qkv_rope: forward (optionally with the residual add), apply (the
-// normalized rows from a saved rstd) and backward. Statistics in fp32 (f64 for f64);
-// 16-byte packed loads when every row starts aligned; 64-bit offsets.
+// normalized rows from a saved rstd) and backward (optionally writing the normalized
+// rows again). Statistics in fp32 (f64 for f64); 64-bit offsets. Rows that move in
+// 16-byte packs and fit in the registers of one block (D <= 8192 bf16, 4096 f32, 2048
+// f64) take the register-resident kernels: every element is read once and written
+// once. Other rows take the general kernels, which reread the row from L1/L2.
+#include <cuda_bf16.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cub/block/block_reduce.cuh>
 #include <cub/warp/warp_reduce.cuh>
@@ -14,10 +20,14 @@ namespace fg::ops::detail {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kForwardWarps = 4;     // forward: one warp per row, 4 rows per block
-constexpr int kBackwardBlock = 256;  // backward: one block per group of rows
-constexpr int kColumnBlock = 256;    // dweight: one thread per column
-constexpr int kVecBytes = 16;        // one packed load or store
+constexpr int kForwardWarps = 4;         // forward: one warp per row, 4 rows per block
+constexpr int kBackwardBlock = 256;      // backward: one block per group of rows
+constexpr int kBackwardBlocksPerSm = 4;  // row groups per SM: each writes a dweight partial row
+constexpr int kSumColumns = 32;          // partial-row sums: 32 columns x 32 row lanes per block
+constexpr int kSumLanes = 32;
+constexpr int kVecBytes = 16;     // one packed load or store
+constexpr int kRowThreads = 256;  // register-resident rows: at most 256 threads per row,
+constexpr int kMaxRowPacks = 4;   // each holding at most 4 packs of it
 constexpr int kDefaultSharedBytes = 48 * 1024;
 
 // Accumulation and statistics type: fp32 for f32 and bf16, f64 for f64.
@@ -43,8 +53,8 @@ __device__ __forceinline__ float to_acc(bf16 v) {
 }
 template <class T, class A>
 __device__ __forceinline__ T from_acc(A v) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return float_to_bf16(v);
+  if constexpr (std::is_same_v<T, bf16>) {  // one cvt.rn instruction; the same rounding
+    return bf16{__bfloat16_as_ushort(__float2bfloat16_rn(v))};
   } else {
     return static_cast<T>(v);
   }
@@ -121,11 +131,12 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* residual, const T* w
 // One block per group of rows (grid-stride over rows). Per row: a block-wide sum of
 // g * xhat, then dx. Thread t owns the same columns in every row, so its dweight
 // partial sums sit in shared memory without atomics; each block writes its partial
-// row and rmsnorm_dweight_kernel adds them in a fixed order (deterministic).
-template <class T, int kVec, bool kDh>
+// row and sum_partial_rows_kernel adds them in a fixed order (deterministic).
+// kY: also writes y = xhat * weight (the normalized rows, recomputed).
+template <class T, int kVec, bool kDh, bool kY>
 __global__ void __launch_bounds__(kBackwardBlock)
     rmsnorm_backward_kernel(const T* dy, const T* dh, const T* x, const T* weight,
-                            const acc_t<T>* rstd, T* dx, acc_t<T>* partial, int64_t rows,
+                            const acc_t<T>* rstd, T* dx, T* y, acc_t<T>* partial, int64_t rows,
                             int64_t D) {
   using A = acc_t<T>;
   using BlockReduce = cub::BlockReduce<A, kBackwardBlock>;
@@ -160,16 +171,18 @@ __global__ void __launch_bounds__(kBackwardBlock)
                           wv = load_pack<kVec>(weight + c);
       Pack<T, kVec> dhv;
       if constexpr (kDh) dhv = load_pack<kVec>(dh + base + c);
-      Pack<T, kVec> out;
+      Pack<T, kVec> out, yv;
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
         const A xhat = to_acc(xv.v[j]) * r, g = to_acc(wv.v[j]) * to_acc(dyv.v[j]);
         A v = r * (g - xhat * mean);
         if constexpr (kDh) v += to_acc(dhv.v[j]);
         out.v[j] = from_acc<T>(v);
+        if constexpr (kY) yv.v[j] = from_acc<T>(xhat * to_acc(wv.v[j]));
         dw[c + j] += to_acc(dyv.v[j]) * xhat;
       }
       store_pack<kVec>(dx + base + c, out);
+      if constexpr (kY) store_pack<kVec>(y + base + c, yv);
     }
   }
   for (int64_t c = threadIdx.x * kVec; c < D; c += stride)
@@ -177,15 +190,168 @@ __global__ void __launch_bounds__(kBackwardBlock)
     for (int j = 0; j < kVec; ++j) partial[blockIdx.x * D + c + j] = dw[c + j];
 }
 
-// dweight[c] = sum over the backward grid's partial rows (groups, D), in order.
+// The sum of v over the block, the same in every thread; the warps' sums are added in
+// warp order (deterministic). sums[parity] alternates between calls, so one barrier per
+// call is enough: a slot is written again only after every thread passed a later barrier.
+template <class A>
+__device__ __forceinline__ A block_sum(A v, A (*sums)[kWarp], int parity) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % kWarp == 0) sums[parity][threadIdx.x / kWarp] = v;
+  __syncthreads();
+  A s = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / kWarp); ++w) s += sums[parity][w];
+  return s;
+}
+
+// Register-resident forward: one block per row (grid-stride). Thread t holds packs t,
+// t + blockDim, ... of the row, so x and residual are read once, h and y written once,
+// and the weight is loaded once per block.
+template <class T, int kVec, int kPacks, bool kResidual>
+__global__ void __launch_bounds__(kRowThreads)
+    rmsnorm_forward_rows_kernel(const T* x, const T* residual, const T* weight, T* h, T* y,
+                                acc_t<T>* rstd, int64_t rows, int64_t D, acc_t<T> eps) {
+  using A = acc_t<T>;
+  using P = Pack<T, kVec>;
+  __shared__ A sums[2][kWarp];
+  const int64_t packs = D / kVec;
+  P w[kPacks];
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+    if (c < packs) w[p] = load_pack<kVec>(weight + c * kVec);
+  }
+  int parity = 0;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, parity ^= 1) {
+    const int64_t base = row * D;
+    P hv[kPacks], rv[kPacks];
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {  // every load issued before the first use
+      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+      if (c < packs) {
+        hv[p] = load_pack<kVec>(x + base + c * kVec);
+        if constexpr (kResidual) rv[p] = load_pack<kVec>(residual + base + c * kVec);
+      }
+    }
+    A ss = 0;
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+      if (c >= packs) continue;
+      if constexpr (kResidual) {  // h rounded to T, as stored and as backward sees it
+#pragma unroll
+        for (int j = 0; j < kVec; ++j)
+          hv[p].v[j] = from_acc<T>(to_acc(hv[p].v[j]) + to_acc(rv[p].v[j]));
+        store_pack<kVec>(h + base + c * kVec, hv[p]);
+      }
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) ss += to_acc(hv[p].v[j]) * to_acc(hv[p].v[j]);
+    }
+    const A r = rsqrt_acc(block_sum(ss, sums, parity) / static_cast<A>(D) + eps);
+    if (threadIdx.x == 0) rstd[row] = r;
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+      if (c >= packs) continue;
+      P out;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j)
+        out.v[j] = from_acc<T>(to_acc(hv[p].v[j]) * r * to_acc(w[p].v[j]));
+      store_pack<kVec>(y + base + c * kVec, out);
+    }
+  }
+}
+
+// Register-resident backward: one block per row (grid-stride), the row's dy, x (and dh)
+// read once into registers; dx (and y) written once. Each thread keeps its columns'
+// dweight sums in registers over all its rows and writes them as the block's partial
+// row at the end (added in order by sum_partial_rows_kernel).
+template <class T, int kVec, int kPacks, bool kDh, bool kY>
+__global__ void __launch_bounds__(kRowThreads)
+    rmsnorm_backward_rows_kernel(const T* dy, const T* dh, const T* x, const T* weight,
+                                 const acc_t<T>* rstd, T* dx, T* y, acc_t<T>* partial, int64_t rows,
+                                 int64_t D) {
+  using A = acc_t<T>;
+  using P = Pack<T, kVec>;
+  __shared__ A sums[2][kWarp];
+  const int64_t packs = D / kVec;
+  P w[kPacks];
+  A dw[kPacks][kVec] = {};
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+    if (c < packs) w[p] = load_pack<kVec>(weight + c * kVec);
+  }
+  int parity = 0;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, parity ^= 1) {
+    const int64_t base = row * D;
+    P dyv[kPacks], xv[kPacks], dhv[kPacks];
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+      if (c < packs) {
+        dyv[p] = load_pack<kVec>(dy + base + c * kVec);
+        xv[p] = load_pack<kVec>(x + base + c * kVec);
+        if constexpr (kDh) dhv[p] = load_pack<kVec>(dh + base + c * kVec);
+      }
+    }
+    const A r = rstd[row];
+    A dot = 0;  // sum over the row of g * xhat
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+      if (c >= packs) continue;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j)
+        dot += to_acc(w[p].v[j]) * to_acc(dyv[p].v[j]) * (to_acc(xv[p].v[j]) * r);
+    }
+    const A mean = block_sum(dot, sums, parity) / static_cast<A>(D);
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+      if (c >= packs) continue;
+      P out, yv;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const A xhat = to_acc(xv[p].v[j]) * r, g = to_acc(w[p].v[j]) * to_acc(dyv[p].v[j]);
+        A v = r * (g - xhat * mean);
+        if constexpr (kDh) v += to_acc(dhv[p].v[j]);
+        out.v[j] = from_acc<T>(v);
+        if constexpr (kY) yv.v[j] = from_acc<T>(xhat * to_acc(w[p].v[j]));
+        dw[p][j] += to_acc(dyv[p].v[j]) * xhat;
+      }
+      store_pack<kVec>(dx + base + c * kVec, out);
+      if constexpr (kY) store_pack<kVec>(y + base + c * kVec, yv);
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+    if (c >= packs) continue;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) partial[blockIdx.x * D + c * kVec + j] = dw[p][j];
+  }
+}
+
+// out[c] = the sum of partial[g][c] over groups g. 32 row lanes per column keep many
+// loads in flight; the lanes' sums are added in lane order, so the result is the same
+// every run.
 template <class T>
-__global__ void rmsnorm_dweight_kernel(const acc_t<T>* partial, int64_t groups, int64_t D,
-                                       T* dweight) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= D) return;
-  acc_t<T> s = 0;
-  for (int64_t g = 0; g < groups; ++g) s += partial[g * D + c];
-  dweight[c] = from_acc<T>(s);
+__global__ void sum_partial_rows_kernel(const acc_t<T>* partial, int64_t groups, int64_t n,
+                                        T* out) {
+  using A = acc_t<T>;
+  __shared__ A lane_sums[kSumLanes][kSumColumns + 1];  // +1: no bank conflicts reading a column
+  const int64_t c = blockIdx.x * static_cast<int64_t>(kSumColumns) + threadIdx.x;
+  A s = 0;
+  if (c < n) {
+#pragma unroll 4
+    for (int64_t g = threadIdx.y; g < groups; g += kSumLanes) s += partial[g * n + c];
+  }
+  lane_sums[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= n) return;
+  for (int l = 1; l < kSumLanes; ++l) s += lane_sums[l][threadIdx.x];
+  out[c] = from_acc<T>(s);
 }
 
 // Runs f.template operator()<T>() for the tensor dtypes the GPU kernels take.
@@ -221,6 +387,42 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
+// A register-resident row: threads per row and packs per thread (a power of two up to
+// kMaxRowPacks), or packs_per_thread 0 when the row does not fit.
+struct RowPlan {
+  int threads = 0, packs_per_thread = 0;
+};
+template <class T>
+RowPlan row_plan(int64_t D) {
+  const int64_t packs = D / kPackOf<T>;
+  for (int k = 1; k <= kMaxRowPacks; k *= 2)
+    if (packs <= int64_t{k} * kRowThreads)
+      return {static_cast<int>((packs + k - 1) / k + kWarp - 1) / kWarp * kWarp, k};
+  return {};
+}
+
+// Runs f.template operator()<kPacks>() for the plan's packs per thread.
+template <class F>
+void with_packs(const RowPlan& plan, F&& f) {
+  switch (plan.packs_per_thread) {
+    case 1:
+      return f.template operator()<1>();
+    case 2:
+      return f.template operator()<2>();
+    default:
+      return f.template operator()<kMaxRowPacks>();
+  }
+}
+
+// One wave of row blocks: as many as fit on the GPU at once, at most one per row.
+template <class K>
+int64_t row_blocks(K kernel, int threads, int64_t rows, int device, int max_per_sm = 1 << 30) {
+  int sms = 0, per_sm = 0;
+  FG_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  FG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  return std::min<int64_t>(rows, int64_t{std::clamp(per_sm, 1, max_per_sm)} * sms);
+}
+
 template <class T, bool kResidual, bool kHaveRstd>
 void launch_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
                     const Tensor& h, const Tensor& y, const Tensor& rstd) {
@@ -233,32 +435,53 @@ void launch_forward(const Tensor& x, const Tensor& residual, const Tensor& weigh
   T* ph = kResidual ? h.data<T>() : nullptr;
   T* py = y.data<T>();
   A* pr = rstd.data<A>();
-  const dim3 block(kWarp, kForwardWarps);
-  const unsigned grid = cuda::grid_for(rows, kForwardWarps);
-  if (packable<T>(D, {px, pres, pw, ph, py})) {
-    rmsnorm_forward_kernel<T, kPackOf<T>, kResidual, kHaveRstd><<<grid, block, 0, cuda::stream()>>>(
-        px, pres, pw, ph, py, pr, rows, D, static_cast<A>(eps));
+  const bool packed = packable<T>(D, {px, pres, pw, ph, py});
+  const RowPlan plan = packed && !kHaveRstd ? row_plan<T>(D) : RowPlan{};
+  if (plan.packs_per_thread > 0) {
+    with_packs(plan, [&]<int kPacks>() {
+      auto kernel = rmsnorm_forward_rows_kernel<T, kPackOf<T>, kPacks, kResidual>;
+      const int64_t grid = row_blocks(kernel, plan.threads, rows, x.device().index);
+      kernel<<<static_cast<unsigned>(grid), plan.threads, 0, cuda::stream()>>>(
+          px, pres, pw, ph, py, pr, rows, D, static_cast<A>(eps));
+    });
   } else {
-    rmsnorm_forward_kernel<T, 1, kResidual, kHaveRstd><<<grid, block, 0, cuda::stream()>>>(
-        px, pres, pw, ph, py, pr, rows, D, static_cast<A>(eps));
+    const dim3 block(kWarp, kForwardWarps);
+    const unsigned grid = cuda::grid_for(rows, kForwardWarps);
+    if (packed) {
+      rmsnorm_forward_kernel<T, kPackOf<T>, kResidual, kHaveRstd>
+          <<<grid, block, 0, cuda::stream()>>>(px, pres, pw, ph, py, pr, rows, D,
+                                               static_cast<A>(eps));
+    } else {
+      rmsnorm_forward_kernel<T, 1, kResidual, kHaveRstd><<<grid, block, 0, cuda::stream()>>>(
+          px, pres, pw, ph, py, pr, rows, D, static_cast<A>(eps));
+    }
   }
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
-template <class T, int kVec, bool kDh>
-void launch_backward_rows(const Tensor& dy, const Tensor& dh, const Tensor& x, const Tensor& weight,
-                          const Tensor& rstd, const Tensor& dx, const Tensor& dweight) {
+template <class T>
+void launch_sum_partial_rows(const Tensor& partial, const Tensor& out) {
+  const int64_t groups = partial.size(0), n = partial.size(1);
+  if (n == 0) return;
+  const dim3 block(kSumColumns, kSumLanes);
+  sum_partial_rows_kernel<T><<<cuda::grid_for(n, kSumColumns), block, 0, cuda::stream()>>>(
+      partial.data<acc_t<T>>(), groups, n, out.data<T>());
+  FG_CUDA_CHECK(cudaGetLastError());
+}
+
+// The general backward: the dweight partial (D) in dynamic shared memory.
+template <class T, int kVec, bool kDh, bool kY>
+Tensor launch_backward_shared(const Tensor& dy, const Tensor& dh, const Tensor& x,
+                              const Tensor& weight, const Tensor& rstd, const Tensor& dx,
+                              const Tensor& y) {
   using A = acc_t<T>;
   const int64_t D = weight.numel(), rows = x.numel() / D;
   const int device = x.device().index;
-  auto kernel = rmsnorm_backward_kernel<T, kVec, kDh>;
-
-  // The dweight partial (D) lives in dynamic shared memory, beyond 48 KB by opt-in.
+  auto kernel = rmsnorm_backward_kernel<T, kVec, kDh, kY>;
   const size_t shared = static_cast<size_t>(D) * sizeof(A);
-  int max_shared = 0, sms = 0;
+  int max_shared = 0;
   FG_CUDA_CHECK(
       cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  FG_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   cudaFuncAttributes attr{};
   FG_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
   FG_CHECK(shared + attr.sharedSizeBytes <= static_cast<size_t>(max_shared),
@@ -267,33 +490,48 @@ void launch_backward_rows(const Tensor& dy, const Tensor& dh, const Tensor& x, c
   if (shared > static_cast<size_t>(kDefaultSharedBytes))
     FG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(shared)));
-  // As many row groups as fit on the GPU at once, at most one per row.
-  int per_sm = 0;
+  // Up to kBackwardBlocksPerSm row groups per SM (as many as fit), at most one per row:
+  // enough loads in flight, and few partial rows for the dweight sum.
+  int sms = 0, per_sm = 0;
+  FG_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   FG_CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kBackwardBlock, shared));
-  const int64_t groups = std::min<int64_t>(rows, static_cast<int64_t>(std::max(per_sm, 1)) * sms);
-
-  Tensor partial =
-      Tensor::empty({groups, D}, rmsnorm_stat_dtype(x.dtype()), x.device());  // (groups, D)
+  per_sm = std::clamp(per_sm, 1, kBackwardBlocksPerSm);
+  const int64_t groups = std::min<int64_t>(rows, static_cast<int64_t>(per_sm) * sms);
+  Tensor partial = Tensor::empty({groups, D}, rmsnorm_stat_dtype(x.dtype()), x.device());
   kernel<<<static_cast<unsigned>(groups), kBackwardBlock, shared, cuda::stream()>>>(
       dy.data<T>(), ptr_or_null<T>(dh), x.data<T>(), weight.data<T>(), rstd.data<A>(), dx.data<T>(),
-      partial.data<A>(), rows, D);
+      kY ? y.data<T>() : nullptr, partial.data<A>(), rows, D);
   FG_CUDA_CHECK(cudaGetLastError());
-  rmsnorm_dweight_kernel<T><<<cuda::grid_for(D, kColumnBlock), kColumnBlock, 0, cuda::stream()>>>(
-      partial.data<A>(), groups, D, dweight.data<T>());
-  FG_CUDA_CHECK(cudaGetLastError());
+  return partial;
 }
 
-template <class T, bool kDh>
+template <class T, bool kDh, bool kY>
 void launch_backward(const Tensor& dy, const Tensor& dh, const Tensor& x, const Tensor& weight,
-                     const Tensor& rstd, const Tensor& dx, const Tensor& dweight) {
-  const int64_t D = weight.numel();
-  if (packable<T>(D, {dy.raw_data(), kDh ? dh.raw_data() : nullptr, x.raw_data(), weight.raw_data(),
-                      dx.raw_data()})) {
-    launch_backward_rows<T, kPackOf<T>, kDh>(dy, dh, x, weight, rstd, dx, dweight);
+                     const Tensor& rstd, const Tensor& dx, const Tensor& dweight, const Tensor& y) {
+  using A = acc_t<T>;
+  const int64_t D = weight.numel(), rows = x.numel() / D;
+  const bool packed =
+      packable<T>(D, {dy.raw_data(), kDh ? dh.raw_data() : nullptr, x.raw_data(), weight.raw_data(),
+                      dx.raw_data(), kY ? y.raw_data() : nullptr});
+  const RowPlan plan = packed ? row_plan<T>(D) : RowPlan{};
+  Tensor partial;  // (groups, D) dweight sums of each block's rows
+  if (plan.packs_per_thread > 0) {
+    with_packs(plan, [&]<int kPacks>() {
+      auto kernel = rmsnorm_backward_rows_kernel<T, kPackOf<T>, kPacks, kDh, kY>;
+      const int64_t grid = row_blocks(kernel, plan.threads, rows, x.device().index);
+      partial = Tensor::empty({grid, D}, rmsnorm_stat_dtype(x.dtype()), x.device());
+      kernel<<<static_cast<unsigned>(grid), plan.threads, 0, cuda::stream()>>>(
+          dy.data<T>(), ptr_or_null<T>(dh), x.data<T>(), weight.data<T>(), rstd.data<A>(),
+          dx.data<T>(), kY ? y.data<T>() : nullptr, partial.data<A>(), rows, D);
+      FG_CUDA_CHECK(cudaGetLastError());
+    });
+  } else if (packed) {
+    partial = launch_backward_shared<T, kPackOf<T>, kDh, kY>(dy, dh, x, weight, rstd, dx, y);
   } else {
-    launch_backward_rows<T, 1, kDh>(dy, dh, x, weight, rstd, dx, dweight);
+    partial = launch_backward_shared<T, 1, kDh, kY>(dy, dh, x, weight, rstd, dx, y);
   }
+  launch_sum_partial_rows<T>(partial, dweight);
 }
 
 }  // namespace
@@ -318,19 +556,31 @@ void rmsnorm_rows_apply_cuda(const Tensor& x, const Tensor& weight, const Tensor
 
 void rmsnorm_rows_backward_cuda(const Tensor& dy, const Tensor& dh, const Tensor& x,
                                 const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                                const Tensor& dweight) {
+                                const Tensor& dweight, const Tensor& y) {
   const int64_t rows = x.numel() / weight.numel();
   if (rows == 0) {
     dweight.zero_();
     return;
   }
   dispatch_gpu_float("rmsnorm_backward", x.dtype(), [&]<class T>() {
-    if (dh.defined()) {
-      launch_backward<T, true>(dy, dh, x, weight, rstd, dx, dweight);
+    auto with_dh = [&]<bool kY>() {
+      if (dh.defined()) {
+        launch_backward<T, true, kY>(dy, dh, x, weight, rstd, dx, dweight, y);
+      } else {
+        launch_backward<T, false, kY>(dy, dh, x, weight, rstd, dx, dweight, y);
+      }
+    };
+    if (y.defined()) {
+      with_dh.template operator()<true>();
     } else {
-      launch_backward<T, false>(dy, dh, x, weight, rstd, dx, dweight);
+      with_dh.template operator()<false>();
     }
   });
+}
+
+void sum_partial_rows_cuda(const Tensor& partial, const Tensor& out) {
+  dispatch_gpu_float("sum_partial_rows", out.dtype(),
+                     [&]<class T>() { launch_sum_partial_rows<T>(partial, out); });
 }
 
 }  // namespace fg::ops::detail

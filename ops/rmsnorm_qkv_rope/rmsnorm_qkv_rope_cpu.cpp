@@ -2,8 +2,16 @@
 // validation, argument checks and the composition. Every step is a shared kernel
 // that dispatches on the device (rmsnorm's rows, ops::gemm, rope's segments), so the
 // same code is the CPU reference and the GPU path; no intermediate outlives a call.
+//
+// Passes over memory (what the GPU time beyond the GEMMs is made of):
+//   forward:  [h, n, rstd] = add + rmsnorm(x, residual)        one pass
+//             q|k rows = n @ Wqk^T + b, v = n @ Wv^T + b      cuBLASLt; v lands in place
+//             q, k = rope(q|k rows)                             one pass over q|k only
+//   backward: dqkv = [rope^-1(dq) | rope^-1(dk) | dv]          one pass, dbias on the way
+//             dn = dqkv @ W                                     cuBLASLt
+//             [dx, dg, n] = rmsnorm backward(dn, h) + dh        one pass, n rebuilt in it
+//             dW = dqkv^T @ n                                   cuBLASLt
 #include "ops/gemm/gemm.h"
-#include "ops/linear/linear.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rmsnorm_qkv_rope/rmsnorm_qkv_rope.h"
 #include "ops/rope/rope.h"
@@ -32,9 +40,8 @@ constexpr const char* kBackwardOp = "rmsnorm_qkv_rope_backward";
 
 // What forward and backward share: the activation x (forward) or h (backward), a float
 // (B, T, D); norm_weight (D) and wqkv (qkv_dim, D) of its dtype and device; positions.
-void check_common(const char* op, const QKVRoPEConfig& cfg, const char* act_name,
-                  const Tensor& act, const Tensor& positions, const Tensor& norm_weight,
-                  const Tensor& wqkv) {
+void check_common(const char* op, const QKVRoPEConfig& cfg, const char* act_name, const Tensor& act,
+                  const Tensor& positions, const Tensor& norm_weight, const Tensor& wqkv) {
   check_defined(op, act_name, act);
   FG_CHECK(act.dim() == 3 && act.size(2) == cfg.hidden_dim, op, ": ", act_name, " is ",
            act.shape_str(), " but expected (B, T, ", cfg.hidden_dim, ")");
@@ -56,14 +63,6 @@ QKVViews split_qkv(const QKVRoPEConfig& cfg, const Tensor& qkv, int64_t B, int64
   const int64_t H = cfg.num_heads, Hkv = cfg.num_kv_heads;
   Tensor heads = qkv.view({B, T, H + 2 * Hkv, cfg.head_dim()});
   return {heads.slice(2, 0, H), heads.slice(2, H, H + Hkv), heads.slice(2, H + Hkv, H + 2 * Hkv)};
-}
-
-// The bias gradient: column sums of dqkv (rows, qkv_dim), on the tensor's device.
-void column_sum(const Tensor& dqkv, const Tensor& dbias) {
-#ifdef FG_CUDA
-  if (dqkv.is_cuda()) return detail::column_sum_cuda(dqkv, dbias);
-#endif
-  detail::column_sum_cpu(dqkv, dbias);
 }
 
 }  // namespace
@@ -91,6 +90,9 @@ QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
   const DType dt = x.dtype();
   const Device dev = x.device();
 
+  const int64_t H = cfg.num_heads, Hkv = cfg.num_kv_heads, hd = cfg.head_dim();
+  const int64_t qk_dim = (H + Hkv) * hd, qkv_dim = cfg.qkv_dim();
+
   // h = x (+ residual), n = rmsnorm(h) * norm_weight; without a residual h is x itself.
   Tensor xc = x.contiguous();
   QKVRoPEOut out;
@@ -101,18 +103,23 @@ QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
                                norm_weight.contiguous(), cfg.eps,
                                cfg.add_residual ? out.h : Tensor(), n, out.rstd);
 
-  // qkv = n @ wqkv^T (+ bias); (B*T, qkv_dim), dropped on return.
-  Tensor qkv = Tensor::empty({rows, cfg.qkv_dim()}, dt, dev);
-  gemm(n, false, wqkv.contiguous(), true, qkv, 1.0, 0.0,
-       cfg.use_bias ? bias.contiguous() : Tensor());
+  // The projection in two products over the rows of wqkv: q|k rows (B*T, (H + Hkv) hd),
+  // dropped on return, and v written straight into its output (nothing to rotate).
+  Tensor w = wqkv.contiguous(), b = cfg.use_bias ? bias.contiguous() : Tensor();
+  auto bias_of = [&](int64_t from, int64_t to) { return b.defined() ? b.slice(0, from, to) : b; };
+  Tensor qk = Tensor::empty({rows, qk_dim}, dt, dev);
+  gemm(n, false, w.slice(0, 0, qk_dim), true, qk, 1.0, 0.0, bias_of(0, qk_dim));
+  out.v = Tensor::empty({B, T, Hkv, hd}, dt, dev);
+  gemm(n, false, w.slice(0, qk_dim, qkv_dim), true, out.v.view({rows, Hkv * hd}), 1.0, 0.0,
+       bias_of(qk_dim, qkv_dim));
 
-  // One segment pass splits qkv into rotated q, rotated k and copied v.
-  out.q = Tensor::empty({B, T, cfg.num_heads, cfg.head_dim()}, dt, dev);
-  out.k = Tensor::empty({B, T, cfg.num_kv_heads, cfg.head_dim()}, dt, dev);
-  out.v = Tensor::empty({B, T, cfg.num_kv_heads, cfg.head_dim()}, dt, dev);
-  QKVViews parts = split_qkv(cfg, qkv, B, T);
-  detail::rope_segments({{parts.q, out.q, true}, {parts.k, out.k, true}, {parts.v, out.v, false}},
-                        positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, false);
+  // One segment pass rotates the q|k rows into q and k.
+  out.q = Tensor::empty({B, T, H, hd}, dt, dev);
+  out.k = Tensor::empty({B, T, Hkv, hd}, dt, dev);
+  Tensor heads = qk.view({B, T, H + Hkv, hd});
+  detail::rope_segments(
+      {{heads.slice(2, 0, H), out.q, true}, {heads.slice(2, H, H + Hkv), out.k, true}},
+      positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, false);
   return out;
 }
 
@@ -136,35 +143,31 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
   if (dh.defined()) detail::check_like(kBackwardOp, "dh", dh, "h", h);
   detail::check_rstd(kBackwardOp, rstd, "h", h);
 
-  // Inverse RoPE on dq, dk and the copy of dv, packed into dqkv rows (B*T, qkv_dim).
+  // One pass: inverse RoPE on dq and dk, dv copied, packed into dqkv rows
+  // (B*T, qkv_dim); the bias gradient (the column sums of dqkv) on the way.
+  QKVRoPEGrads grads;
+  if (cfg.use_bias) grads.dbias = Tensor::empty({cfg.qkv_dim()}, dt, dev);
   Tensor dqkv = Tensor::empty({rows, cfg.qkv_dim()}, dt, dev);
   QKVViews parts = split_qkv(cfg, dqkv, B, T);
   detail::rope_segments({{dq.contiguous(), parts.q, true},
                          {dk.contiguous(), parts.k, true},
                          {dv.contiguous(), parts.v, false}},
-                        positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, true);
+                        positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, true,
+                        {grads.dbias});
 
-  // Recompute n = h * rstd * norm_weight (B*T, D) from what forward kept.
+  // dn = dqkv @ wqkv (B*T, D); then through the norm, plus the gradient reaching h
+  // directly. That pass reads h anyway, so it also rebuilds n = h * rstd * norm_weight
+  // (B*T, D), bit for bit as forward made it, for dW = dqkv^T @ n.
   Tensor hc = h.contiguous(), wn = norm_weight.contiguous(), w = wqkv.contiguous();
   Tensor rstdc = rstd.contiguous();
-  Tensor n = Tensor::empty({rows, D}, dt, dev);
-  detail::rmsnorm_rows_apply(hc, wn, rstdc, n);
-
-  QKVRoPEGrads grads;
-  grads.dwqkv = Tensor::empty({cfg.qkv_dim(), D}, dt, dev);
-  gemm(dqkv, true, n, false, grads.dwqkv);  // dW = dqkv^T @ n
-  if (cfg.use_bias) {
-    grads.dbias = Tensor::empty({cfg.qkv_dim()}, dt, dev);
-    column_sum(dqkv, grads.dbias);
-  }
-  Tensor dn = n;                    // n is dead once dW has it: its buffer takes dn
-  gemm(dqkv, false, w, false, dn);  // dn = dqkv @ wqkv, (B*T, D)
-
-  // Through the norm, plus the gradient reaching h directly.
+  Tensor dn = Tensor::empty({rows, D}, dt, dev), n = Tensor::empty({rows, D}, dt, dev);
+  gemm(dqkv, false, w, false, dn);
   grads.dx = Tensor::empty(h.shape(), dt, dev);
   grads.dnorm_weight = Tensor::empty({D}, dt, dev);
   detail::rmsnorm_rows_backward(dn, dh.defined() ? dh.contiguous() : Tensor(), hc, wn, rstdc,
-                                grads.dx, grads.dnorm_weight);
+                                grads.dx, grads.dnorm_weight, n);
+  grads.dwqkv = Tensor::empty({cfg.qkv_dim(), D}, dt, dev);
+  gemm(dqkv, true, n, false, grads.dwqkv);
   return grads;
 }
 

@@ -30,14 +30,22 @@ struct RopeSegment {
 };
 constexpr int kMaxRopeSegments = 3;
 
+// What the fused layer's backward folds into the same pass (optional): column_sums
+// (the segments' heads * hd columns, in segment order), of the segments' dtype, gets
+// the sum over all B*T rows of the output (the bias gradient).
+struct RopeExtras {
+  Tensor column_sums;
+};
+
 // Rotates by +angle, or by -angle when `inverse` (the backward). The segments share
 // B, T and hd; positions are contiguous i32 (T) or (B, T) on their device.
 void rope_segments(const std::vector<RopeSegment>& segments, const Tensor& positions,
-                   int64_t rotary_dim, double theta, bool inverse);
+                   int64_t rotary_dim, double theta, bool inverse,
+                   const RopeExtras& extras = RopeExtras());
 void rope_segments_cpu(const std::vector<RopeSegment>& segments, const Tensor& positions,
-                       int64_t rotary_dim, double theta, bool inverse);
+                       int64_t rotary_dim, double theta, bool inverse, const RopeExtras& extras);
 void rope_segments_cuda(const std::vector<RopeSegment>& segments, const Tensor& positions,
-                        int64_t rotary_dim, double theta, bool inverse);
+                        int64_t rotary_dim, double theta, bool inverse, const RopeExtras& extras);
 
 // Throws unless positions is i32 (T) or (B, T) on `device`.
 void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t T, Device device);

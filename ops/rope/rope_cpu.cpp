@@ -33,13 +33,14 @@ void check_segment_layout(const char* what, const Tensor& t, const Tensor& first
 
 template <class T>
 void rope_segments_typed(const std::vector<RopeSegment>& segments, const Tensor& positions,
-                         int64_t rotary_dim, double theta, bool inverse) {
+                         int64_t rotary_dim, double theta, bool inverse, const RopeExtras& extras) {
   const Tensor& first = segments[0].in;
   const int64_t B = first.size(0), T_len = first.size(1), hd = first.size(3), half = rotary_dim / 2;
   const int32_t* pos = positions.data<int32_t>();
   const bool per_batch = positions.dim() == 2;
   const double log2_theta = std::log2(theta);
-  std::vector<T> inv_freq(half), cos_t(half), sin_t(half);
+  std::vector<double> sums(extras.column_sums.defined() ? extras.column_sums.numel() : 0, 0.0);
+  std::vector<T> inv_freq(half), cos_t(half), sin_t(half), rotated(hd);
   for (int64_t i = 0; i < half; ++i)
     inv_freq[i] = static_cast<T>(rope_inv_freq(i, rotary_dim, log2_theta));
   for (int64_t b = 0; b < B; ++b) {
@@ -50,30 +51,39 @@ void rope_segments_typed(const std::vector<RopeSegment>& segments, const Tensor&
         cos_t[i] = std::cos(angle);
         sin_t[i] = inverse ? -std::sin(angle) : std::sin(angle);
       }
+      int64_t col = 0;  // the segment's first column in column_sums
       for (const RopeSegment& s : segments) {
         const T* in = s.in.data<T>() + b * s.in.strides()[0] + t * s.in.strides()[1];
         T* out = s.out.data<T>() + b * s.out.strides()[0] + t * s.out.strides()[1];
-        for (int64_t head = 0; head < s.in.size(2); ++head, in += hd, out += hd) {
+        for (int64_t head = 0; head < s.in.size(2); ++head, in += hd, out += hd, col += hd) {
           int64_t c = 0;
           if (s.rotate) {
             for (; c < half; ++c) {
               const T x1 = in[c], x2 = in[c + half];
-              out[c] = x1 * cos_t[c] - x2 * sin_t[c];
-              out[c + half] = x2 * cos_t[c] + x1 * sin_t[c];
+              rotated[c] = x1 * cos_t[c] - x2 * sin_t[c];
+              rotated[c + half] = x2 * cos_t[c] + x1 * sin_t[c];
             }
             c = rotary_dim;
           }
-          for (; c < hd; ++c) out[c] = in[c];  // dims >= rotary_dim (all of them for v)
+          for (; c < hd; ++c) rotated[c] = in[c];  // dims >= rotary_dim (all of them for v)
+          for (c = 0; c < hd; ++c) {
+            if (!sums.empty()) sums[col + c] += rotated[c];
+            out[c] = rotated[c];
+          }
         }
       }
     }
+  }
+  if (!sums.empty()) {
+    T* out = extras.column_sums.data<T>();
+    for (size_t c = 0; c < sums.size(); ++c) out[c] = static_cast<T>(sums[c]);
   }
 }
 
 }  // namespace
 
 void rope_segments(const std::vector<RopeSegment>& segments, const Tensor& positions,
-                   int64_t rotary_dim, double theta, bool inverse) {
+                   int64_t rotary_dim, double theta, bool inverse, const RopeExtras& extras) {
   FG_CHECK(!segments.empty() && segments.size() <= static_cast<size_t>(kMaxRopeSegments),
            "rope: ", segments.size(), " segments, expected 1 to ", kMaxRopeSegments);
   const Tensor& first = segments[0].in;
@@ -85,17 +95,30 @@ void rope_segments(const std::vector<RopeSegment>& segments, const Tensor& posit
              "rope: segment input ", s.in.describe(), " and output ", s.out.describe(),
              " differ (first segment ", first.describe(), ")");
   }
+  const int64_t rows = first.size(0) * first.size(1);
+  if (extras.column_sums.defined()) {
+    int64_t columns = 0;
+    for (const RopeSegment& s : segments) columns += s.in.size(2) * s.in.size(3);
+    FG_CHECK(extras.column_sums.shape() == Shape{columns} &&
+                 extras.column_sums.dtype() == first.dtype() &&
+                 extras.column_sums.is_contiguous() &&
+                 extras.column_sums.device() == first.device(),
+             "rope: column_sums is ", extras.column_sums.describe(), " but expected (", columns,
+             ",) ", dtype_name(first.dtype()), " on ", first.device().str());
+    if (rows == 0) return extras.column_sums.zero_();
+  }
   if (first.numel() == 0) return;
 #ifdef FG_CUDA
-  if (first.is_cuda()) return rope_segments_cuda(segments, positions, rotary_dim, theta, inverse);
+  if (first.is_cuda())
+    return rope_segments_cuda(segments, positions, rotary_dim, theta, inverse, extras);
 #endif
-  rope_segments_cpu(segments, positions, rotary_dim, theta, inverse);
+  rope_segments_cpu(segments, positions, rotary_dim, theta, inverse, extras);
 }
 
 void rope_segments_cpu(const std::vector<RopeSegment>& segments, const Tensor& positions,
-                       int64_t rotary_dim, double theta, bool inverse) {
+                       int64_t rotary_dim, double theta, bool inverse, const RopeExtras& extras) {
   dispatch_float("rope", segments[0].in.dtype(), [&]<class T>() {
-    rope_segments_typed<T>(segments, positions, rotary_dim, theta, inverse);
+    rope_segments_typed<T>(segments, positions, rotary_dim, theta, inverse, extras);
   });
 }
 

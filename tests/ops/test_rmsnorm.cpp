@@ -98,6 +98,23 @@ TEST(RMSNorm, F32AgreesWithF64) {
   EXPECT_TRUE(close_rel(g32.dweight, g64.dweight, 1e-5));
 }
 
+TEST(RMSNorm, BackwardRebuildsTheNormalizedRows) {
+  // With y given, backward also writes x * rstd * weight: what forward returned.
+  Generator gen(17);
+  const int64_t rows = 5, D = 9;
+  Tensor x = Tensor::randn({rows, D}, gen, DType::F64);
+  Tensor w = Tensor::uniform({D}, gen, 0.5, 1.5, DType::F64);
+  Tensor dy = Tensor::randn({rows, D}, gen, DType::F64);
+  fg::ops::RMSNormOut f = rmsnorm_forward(x, w, 1e-5);
+  fg::ops::RMSNormGrads ref = rmsnorm_backward(dy, x, w, f.rstd);
+  Tensor dx = Tensor::empty({rows, D}, DType::F64), dw = Tensor::empty({D}, DType::F64);
+  Tensor y = Tensor::full({rows, D}, NAN, DType::F64);
+  detail::rmsnorm_rows_backward(dy, Tensor(), x, w, f.rstd, dx, dw, y);
+  EXPECT_EQ(fg::max_abs_diff(y, f.y), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(dx, ref.dx), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(dw, ref.dweight), 0.0);
+}
+
 TEST(RMSNorm, ErrorsNameBothSides) {
   Tensor x = Tensor::zeros({3, 5, 7});
   EXPECT_FG_ERROR(rmsnorm_forward(x, Tensor::zeros({6}), 1e-5),
@@ -195,6 +212,18 @@ void check_rmsnorm_cuda(const NormCase& c, DType dtype, double tol, bool misalig
     EXPECT_TRUE(close_rel(dx, g_ref.dx, tol)) << "dx, dh " << with_dh;
     EXPECT_TRUE(close_rel(dw, g_ref.dweight, tol)) << "dweight, dh " << with_dh;
   }
+  // Backward can rebuild y on the way: the very values forward wrote.
+  for (bool with_dh : {false, true}) {
+    Tensor dx = nan_tensor({c.rows, c.D}, dtype, gpu), dw = nan_tensor({c.D}, dtype, gpu);
+    Tensor y3 = nan_tensor({c.rows, c.D}, dtype, gpu);
+    detail::rmsnorm_rows_backward(in.dy, with_dh ? in.dh : Tensor(), in.x, in.w, rstd, dx, dw, y3);
+    EXPECT_EQ(fg::max_abs_diff(y3, y), 0.0) << "y rebuilt by backward, dh " << with_dh;
+    Tensor dx0 = nan_tensor({c.rows, c.D}, dtype, gpu), dw0 = nan_tensor({c.D}, dtype, gpu);
+    detail::rmsnorm_rows_backward(in.dy, with_dh ? in.dh : Tensor(), in.x, in.w, rstd, dx0, dw0);
+    EXPECT_EQ(fg::max_abs_diff(dx, dx0), 0.0) << "dx, dh " << with_dh;
+    EXPECT_EQ(fg::max_abs_diff(dw, dw0), 0.0) << "dweight, dh " << with_dh;
+  }
+
   fg::ops::RMSNormGrads pub_g = rmsnorm_backward(in.dy, in.x, in.w, pub.rstd);
   EXPECT_FALSE(fg::has_non_finite(pub_g.dx));
   EXPECT_FALSE(fg::has_non_finite(pub_g.dweight));

@@ -519,14 +519,25 @@ TEST_P(RMSNormQKVRoPECuda, ForwardKeepsOnlyItsOutputs) {
   EXPECT_EQ(fg::Storage::live_bytes() - before, outputs);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, RMSNormQKVRoPECuda,
-                         ::testing::Values(FusedCase{2, 37, 3, 1, 6, 4, true, true, false, 7},
-                                           FusedCase{1, 129, 8, 2, 64, 64, true, false, true, 0},
-                                           FusedCase{3, 17, 4, 4, 32, 16, false, true, false, 100},
-                                           FusedCase{2, 65, 12, 4, 128, 64, true, true, false,
-                                                     4000},
-                                           FusedCase{1, 1, 2, 1, 10, 10, false, false, false, 3}),
-                         case_name);
+// Odd row counts throughout; hidden sizes 128 to 8192; head dims 64 and 128 (16-byte
+// kernels) and 6, 10, 32 (element-wise RoPE); GQA and MHA; full, partial (with
+// pass-through packs) and odd-half rotary; bias and residual on and off; shared and
+// per-batch positions with offsets into the thousands.
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, RMSNormQKVRoPECuda,
+    ::testing::Values(FusedCase{2, 37, 3, 1, 6, 4, true, true, false, 7},
+                      FusedCase{1, 129, 8, 2, 64, 64, true, false, true, 0},
+                      FusedCase{3, 17, 4, 4, 32, 16, false, true, false, 100},
+                      FusedCase{2, 65, 12, 4, 128, 64, true, true, false, 4000},
+                      FusedCase{1, 1, 2, 1, 10, 10, false, false, false, 3},
+                      FusedCase{1, 33, 4, 4, 64, 64, true, true, false, 0},       // D 256
+                      FusedCase{1, 19, 2, 1, 128, 128, false, false, true, 9},    // D 256, GQA
+                      FusedCase{4, 31, 6, 2, 64, 48, true, true, true, 7},        // pass-through
+                      FusedCase{2, 21, 6, 3, 64, 20, false, true, false, 1000},   // odd half
+                      FusedCase{3, 43, 12, 12, 64, 64, true, true, false, 2},     // GPT-2 heads
+                      FusedCase{2, 9, 32, 8, 128, 128, true, false, true, 4090},  // D 4096 GQA
+                      FusedCase{1, 7, 64, 8, 128, 128, true, true, false, 123}),  // D 8192
+    case_name);
 
 TEST(RMSNormQKVRoPECudaErrors, PositionsOnTheWrongDevice) {
   FG_REQUIRE_GPU();

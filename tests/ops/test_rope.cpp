@@ -259,4 +259,94 @@ TEST(RopeCudaSegments, SplitsAndPacksQkvRows) {
   EXPECT_TRUE(close_rel(packed, qkv, 1e-6));
 }
 
+// The fused layer's backward pack: inverse rotation of q and k heads, v copied, and
+// the column sums of the result, over enough rows for many blocks, row chunks and
+// lanes; 16-byte layouts (hd 64/128, rotary a multiple of 16, pass-through dims
+// included) and the element-wise fallback (hd 10).
+struct PackCase {
+  int64_t B, T, H, Hkv, hd, rotary;
+  bool per_batch;
+};
+
+void check_pack_cuda(const PackCase& c, DType dtype, double tol) {
+  const Device gpu = Device::cuda(0);
+  const double theta = 1e4;
+  const int64_t heads = c.H + 2 * c.Hkv, columns = heads * c.hd;
+  Generator gen(51 + c.hd + c.T);
+  Tensor dq = Tensor::randn({c.B, c.T, c.H, c.hd}, gen, dtype, gpu);
+  Tensor dk = Tensor::randn({c.B, c.T, c.Hkv, c.hd}, gen, dtype, gpu);
+  Tensor dv = Tensor::randn({c.B, c.T, c.Hkv, c.hd}, gen, dtype, gpu);
+  RopeCase rc{c.B, c.T, 1, c.hd, c.rotary, 3000, c.per_batch};
+  Tensor pos = make_positions(rc, gpu), pos_cpu = pos.to(Device::cpu());
+
+  auto pack = [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& packed,
+                  const Tensor& p, const detail::RopeExtras& extras) {
+    detail::rope_segments({{q, packed.slice(2, 0, c.H), true},
+                           {k, packed.slice(2, c.H, c.H + c.Hkv), true},
+                           {v, packed.slice(2, c.H + c.Hkv, heads), false}},
+                          p, c.rotary, theta, true, extras);
+  };
+  Tensor ref = Tensor::empty({c.B, c.T, heads, c.hd}, on_cpu(dq).dtype());
+  Tensor ref_sums = Tensor::empty({columns}, on_cpu(dq).dtype());
+  pack(on_cpu(dq), on_cpu(dk), on_cpu(dv), ref, pos_cpu, {ref_sums});
+  Tensor out = Tensor::full({c.B, c.T, heads, c.hd}, NAN, dtype, gpu);
+  Tensor sums = Tensor::full({columns}, NAN, dtype, gpu);
+  pack(dq, dk, dv, out, pos, {sums});
+  EXPECT_TRUE(close_rel(out, ref, tol)) << "packed rows";
+  EXPECT_TRUE(close_rel(sums, ref_sums, tol)) << "column sums";
+
+  EXPECT_EQ(fg::max_abs_diff(out.slice(2, c.H + c.Hkv, heads), dv), 0.0) << "v copied exactly";
+  // Without extras the same pass writes the same rows.
+  Tensor plain = Tensor::full({c.B, c.T, heads, c.hd}, NAN, dtype, gpu);
+  pack(dq, dk, dv, plain, pos, {});
+  EXPECT_EQ(fg::max_abs_diff(plain, out), 0.0) << "without extras";
+}
+
+class RopePackCuda : public ::testing::TestWithParam<PackCase> {};
+
+TEST_P(RopePackCuda, F32MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_pack_cuda(GetParam(), DType::F32, 1e-5);
+}
+
+TEST_P(RopePackCuda, Bf16MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_pack_cuda(GetParam(), DType::BF16, 1e-2);
+}
+
+TEST_P(RopePackCuda, F64MatchesCpu) {
+  FG_REQUIRE_GPU();
+  check_pack_cuda(GetParam(), DType::F64, 1e-12);
+}
+
+std::string pack_name(const ::testing::TestParamInfo<PackCase>& info) {
+  const PackCase& c = info.param;
+  return "B" + std::to_string(c.B) + "_T" + std::to_string(c.T) + "_H" + std::to_string(c.H) +
+         "_Hkv" + std::to_string(c.Hkv) + "_hd" + std::to_string(c.hd) + "_r" +
+         std::to_string(c.rotary) + (c.per_batch ? "_perbatch" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, RopePackCuda,
+                         ::testing::Values(PackCase{3, 101, 4, 2, 64, 64, false},
+                                           PackCase{2, 1500, 2, 1, 128, 96, true},
+                                           PackCase{1, 7, 3, 1, 10, 6, false},
+                                           PackCase{2, 333, 8, 8, 128, 128, false},
+                                           PackCase{1, 1, 1, 1, 64, 32, true}),
+                         pack_name);
+
+TEST(RopeExtras, CpuColumnSums) {
+  // Two tokens, one rotated head and one copied head of 4 dims: by hand.
+  Tensor x = Tensor::from_vector({1, 2, 3, 4, 5, 6, 7, 8}, {1, 2, 1, 4}, DType::F64);
+  Tensor v = Tensor::from_vector({1, 1, 1, 1, 2, 2, 2, 2}, {1, 2, 1, 4}, DType::F64);
+  Tensor pos = Tensor::from_ints({0, 0}, {2});  // angle 0: the rotation is the identity
+  Tensor out = Tensor::empty({1, 2, 2, 4}, DType::F64), sums = Tensor::empty({8}, DType::F64);
+  detail::rope_segments({{x, out.slice(2, 0, 1), true}, {v, out.slice(2, 1, 2), false}}, pos, 4,
+                        1e4, false, {sums});
+  EXPECT_EQ(out.to_vector(), (std::vector<double>{1, 2, 3, 4, 1, 1, 1, 1, 5, 6, 7, 8, 2, 2, 2, 2}));
+  EXPECT_EQ(sums.to_vector(), (std::vector<double>{6, 8, 10, 12, 3, 3, 3, 3}));
+  EXPECT_FG_ERROR(detail::rope_segments({{x, out.slice(2, 0, 1), true}}, pos, 4, 1e4, false,
+                                        {Tensor::empty({3}, DType::F64)}),
+                  "rope: column_sums is (3,) f64 cpu but expected (4,) f64 on cpu");
+}
+
 }  // namespace

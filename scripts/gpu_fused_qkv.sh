@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# On the GPU machine: the fused QKV layer's GPU tests, bench_fused_qkv and the PyTorch
+# comparison, in one call. Binaries come prebuilt in $BIN (build them on the dev machine
+# and carry the folder: `ninja -C BUILD fg_test_ops bench_fused_qkv fused_qkv_io`, copy
+# BUILD/bin/{fg_test_ops,bench_fused_qkv,fused_qkv_io} to build-carry/bin), or, with
+# BUILD=1, configured and built here like scripts/gpu_check.sh does (needs .deps/).
+# Logs and tables go to $OUT; the tables are printed last.
+set -uo pipefail
+OUT=${OUT:-/tmp/fg_out}
+BIN=${BIN:-build-carry/bin}
+TORCH_BUDGET_S=${TORCH_BUDGET_S:-150}
+mkdir -p "$OUT"
+SECONDS=0
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
+  --format=csv,noheader | tee "$OUT/gpu.txt"
+
+if [ "${BUILD:-0}" = 1 ]; then
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFG_CUDA=ON \
+    -DHDF5_ROOT=/usr/lib/x86_64-linux-gnu/hdf5/serial -DHDF5_C_INCLUDE_DIR="$PWD/.deps/hdf5" \
+    -DCLI11_INCLUDE_DIR="$PWD/.deps" -DNLOHMANN_JSON_INCLUDE_DIR="$PWD/.deps" > "$OUT/configure.log" 2>&1 \
+    || { tail -30 "$OUT/configure.log"; exit 1; }
+  ninja -C build-gpu fg_test_ops bench_fused_qkv fused_qkv_io > "$OUT/build.log" 2>&1 \
+    || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+  BIN=build-gpu/bin
+  echo "build: ${SECONDS}s"
+fi
+
+"$BIN/fg_test_ops" --gtest_filter='*QKV*:*Rope*:*RMSNorm*:*GemmColScaled*' > "$OUT/tests.log" 2>&1
+echo "tests rc=$? (${SECONDS}s)"
+grep -E "^\[  (PASSED|FAILED|SKIPPED) \]|tests ran" "$OUT/tests.log" | head -40
+grep -E "Failure|relative error|alpha vector|separate pass" "$OUT/tests.log" | head -40
+
+"$BIN/bench_fused_qkv" --md "$OUT/bench.md" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+echo "bench rc=$? (${SECONDS}s)"
+
+PYTHONUNBUFFERED=1 python3 bench/compare_torch.py --bin "$BIN" --ours-json "$OUT/bench.json" \
+  --md "$OUT/torch.md" --budget-s "$TORCH_BUDGET_S" > "$OUT/torch.log" 2>&1
+echo "compare_torch rc=$? (${SECONDS}s)"
+grep -E "Error|error|Traceback" "$OUT/torch.log" | head -20
+
+cat "$OUT/bench.md"
+echo
+cat "$OUT/torch.md" 2>/dev/null || tail -30 "$OUT/torch.log"
