@@ -13,6 +13,7 @@
 #include <cub/warp/warp_reduce.cuh>
 #include <type_traits>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/rmsnorm/rmsnorm.h"
 
@@ -30,36 +31,7 @@ constexpr int kRowThreads = 256;  // register-resident rows: at most 256 threads
 constexpr int kMaxRowPacks = 4;   // each holding at most 4 packs of it
 constexpr int kDefaultSharedBytes = 48 * 1024;
 
-// Accumulation and statistics type: fp32 for f32 and bf16, f64 for f64.
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <class T>
-using acc_t = typename AccOf<T>::type;
-
-__device__ __forceinline__ float to_acc(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_acc(double v) {
-  return v;
-}
-__device__ __forceinline__ float to_acc(bf16 v) {
-  return bf16_to_float(v);
-}
-template <class T, class A>
-__device__ __forceinline__ T from_acc(A v) {
-  if constexpr (std::is_same_v<T, bf16>) {  // one cvt.rn instruction; the same rounding
-    return bf16{__bfloat16_as_ushort(__float2bfloat16_rn(v))};
-  } else {
-    return static_cast<T>(v);
-  }
-}
-
+// Statistics are kept in compute_t<T> (core/cuda_compute.cuh): fp32, or f64 for f64.
 __device__ __forceinline__ float rsqrt_acc(float v) {
   return rsqrtf(v);
 }
@@ -87,8 +59,8 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, kVec>& v) {
 // With kHaveRstd the statistics are read instead: backward recomputing n.
 template <class T, int kVec, bool kResidual, bool kHaveRstd>
 __global__ void rmsnorm_forward_kernel(const T* x, const T* residual, const T* weight, T* h, T* y,
-                                       acc_t<T>* rstd, int64_t rows, int64_t D, acc_t<T> eps) {
-  using A = acc_t<T>;
+                                       compute_t<T>* rstd, int64_t rows, int64_t D, compute_t<T> eps) {
+  using A = compute_t<T>;
   using WarpReduce = cub::WarpReduce<A>;
   __shared__ typename WarpReduce::TempStorage reduce_storage[kForwardWarps];
   const int64_t row = blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.y;
@@ -105,12 +77,12 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* residual, const T* w
       if constexpr (kResidual) {
         const Pack<T, kVec> rv = load_pack<kVec>(residual + base + c);
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) hv.v[j] = from_acc<T>(to_acc(hv.v[j]) + to_acc(rv.v[j]));
+        for (int j = 0; j < kVec; ++j) hv.v[j] = from_compute<T>(to_compute(hv.v[j]) + to_compute(rv.v[j]));
         store_pack<kVec>(h + base + c, hv);
       }
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        const A v = to_acc(hv.v[j]);
+        const A v = to_compute(hv.v[j]);
         ss += v * v;
       }
     }
@@ -123,7 +95,7 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* residual, const T* w
     const Pack<T, kVec> hv = load_pack<kVec>(src + c), wv = load_pack<kVec>(weight + c);
     Pack<T, kVec> out;
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) out.v[j] = from_acc<T>(to_acc(hv.v[j]) * r * to_acc(wv.v[j]));
+    for (int j = 0; j < kVec; ++j) out.v[j] = from_compute<T>(to_compute(hv.v[j]) * r * to_compute(wv.v[j]));
     store_pack<kVec>(y + base + c, out);
   }
 }
@@ -136,9 +108,9 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* residual, const T* w
 template <class T, int kVec, bool kDh, bool kY>
 __global__ void __launch_bounds__(kBackwardBlock)
     rmsnorm_backward_kernel(const T* dy, const T* dh, const T* x, const T* weight,
-                            const acc_t<T>* rstd, T* dx, T* y, acc_t<T>* partial, int64_t rows,
+                            const compute_t<T>* rstd, T* dx, T* y, compute_t<T>* partial, int64_t rows,
                             int64_t D) {
-  using A = acc_t<T>;
+  using A = compute_t<T>;
   using BlockReduce = cub::BlockReduce<A, kBackwardBlock>;
   __shared__ typename BlockReduce::TempStorage reduce_storage;
   __shared__ A row_mean[2];  // alternating rows: one barrier per row suffices
@@ -157,7 +129,7 @@ __global__ void __launch_bounds__(kBackwardBlock)
                           wv = load_pack<kVec>(weight + c);
 #pragma unroll
       for (int j = 0; j < kVec; ++j)
-        dot += to_acc(wv.v[j]) * to_acc(dyv.v[j]) * (to_acc(xv.v[j]) * r);
+        dot += to_compute(wv.v[j]) * to_compute(dyv.v[j]) * (to_compute(xv.v[j]) * r);
     }
     // The sum is valid in thread 0, which shares it. The barrier also frees
     // reduce_storage for the next row, and row_mean[i % 2] is written again only two
@@ -174,12 +146,12 @@ __global__ void __launch_bounds__(kBackwardBlock)
       Pack<T, kVec> out, yv;
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        const A xhat = to_acc(xv.v[j]) * r, g = to_acc(wv.v[j]) * to_acc(dyv.v[j]);
+        const A xhat = to_compute(xv.v[j]) * r, g = to_compute(wv.v[j]) * to_compute(dyv.v[j]);
         A v = r * (g - xhat * mean);
-        if constexpr (kDh) v += to_acc(dhv.v[j]);
-        out.v[j] = from_acc<T>(v);
-        if constexpr (kY) yv.v[j] = from_acc<T>(xhat * to_acc(wv.v[j]));
-        dw[c + j] += to_acc(dyv.v[j]) * xhat;
+        if constexpr (kDh) v += to_compute(dhv.v[j]);
+        out.v[j] = from_compute<T>(v);
+        if constexpr (kY) yv.v[j] = from_compute<T>(xhat * to_compute(wv.v[j]));
+        dw[c + j] += to_compute(dyv.v[j]) * xhat;
       }
       store_pack<kVec>(dx + base + c, out);
       if constexpr (kY) store_pack<kVec>(y + base + c, yv);
@@ -210,8 +182,8 @@ __device__ __forceinline__ A block_sum(A v, A (*sums)[kWarp], int parity) {
 template <class T, int kVec, int kPacks, bool kResidual>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_forward_rows_kernel(const T* x, const T* residual, const T* weight, T* h, T* y,
-                                acc_t<T>* rstd, int64_t rows, int64_t D, acc_t<T> eps) {
-  using A = acc_t<T>;
+                                compute_t<T>* rstd, int64_t rows, int64_t D, compute_t<T> eps) {
+  using A = compute_t<T>;
   using P = Pack<T, kVec>;
   __shared__ A sums[2][kWarp];
   const int64_t packs = D / kVec;
@@ -241,11 +213,11 @@ __global__ void __launch_bounds__(kRowThreads)
       if constexpr (kResidual) {  // h rounded to T, as stored and as backward sees it
 #pragma unroll
         for (int j = 0; j < kVec; ++j)
-          hv[p].v[j] = from_acc<T>(to_acc(hv[p].v[j]) + to_acc(rv[p].v[j]));
+          hv[p].v[j] = from_compute<T>(to_compute(hv[p].v[j]) + to_compute(rv[p].v[j]));
         store_pack<kVec>(h + base + c * kVec, hv[p]);
       }
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) ss += to_acc(hv[p].v[j]) * to_acc(hv[p].v[j]);
+      for (int j = 0; j < kVec; ++j) ss += to_compute(hv[p].v[j]) * to_compute(hv[p].v[j]);
     }
     const A r = rsqrt_acc(block_sum(ss, sums, parity) / static_cast<A>(D) + eps);
     if (threadIdx.x == 0) rstd[row] = r;
@@ -256,7 +228,7 @@ __global__ void __launch_bounds__(kRowThreads)
       P out;
 #pragma unroll
       for (int j = 0; j < kVec; ++j)
-        out.v[j] = from_acc<T>(to_acc(hv[p].v[j]) * r * to_acc(w[p].v[j]));
+        out.v[j] = from_compute<T>(to_compute(hv[p].v[j]) * r * to_compute(w[p].v[j]));
       store_pack<kVec>(y + base + c * kVec, out);
     }
   }
@@ -269,9 +241,9 @@ __global__ void __launch_bounds__(kRowThreads)
 template <class T, int kVec, int kPacks, bool kDh, bool kY>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_backward_rows_kernel(const T* dy, const T* dh, const T* x, const T* weight,
-                                 const acc_t<T>* rstd, T* dx, T* y, acc_t<T>* partial, int64_t rows,
+                                 const compute_t<T>* rstd, T* dx, T* y, compute_t<T>* partial, int64_t rows,
                                  int64_t D) {
-  using A = acc_t<T>;
+  using A = compute_t<T>;
   using P = Pack<T, kVec>;
   __shared__ A sums[2][kWarp];
   const int64_t packs = D / kVec;
@@ -303,7 +275,7 @@ __global__ void __launch_bounds__(kRowThreads)
       if (c >= packs) continue;
 #pragma unroll
       for (int j = 0; j < kVec; ++j)
-        dot += to_acc(w[p].v[j]) * to_acc(dyv[p].v[j]) * (to_acc(xv[p].v[j]) * r);
+        dot += to_compute(w[p].v[j]) * to_compute(dyv[p].v[j]) * (to_compute(xv[p].v[j]) * r);
     }
     const A mean = block_sum(dot, sums, parity) / static_cast<A>(D);
 #pragma unroll
@@ -313,12 +285,12 @@ __global__ void __launch_bounds__(kRowThreads)
       P out, yv;
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        const A xhat = to_acc(xv[p].v[j]) * r, g = to_acc(w[p].v[j]) * to_acc(dyv[p].v[j]);
+        const A xhat = to_compute(xv[p].v[j]) * r, g = to_compute(w[p].v[j]) * to_compute(dyv[p].v[j]);
         A v = r * (g - xhat * mean);
-        if constexpr (kDh) v += to_acc(dhv[p].v[j]);
-        out.v[j] = from_acc<T>(v);
-        if constexpr (kY) yv.v[j] = from_acc<T>(xhat * to_acc(w[p].v[j]));
-        dw[p][j] += to_acc(dyv[p].v[j]) * xhat;
+        if constexpr (kDh) v += to_compute(dhv[p].v[j]);
+        out.v[j] = from_compute<T>(v);
+        if constexpr (kY) yv.v[j] = from_compute<T>(xhat * to_compute(w[p].v[j]));
+        dw[p][j] += to_compute(dyv[p].v[j]) * xhat;
       }
       store_pack<kVec>(dx + base + c * kVec, out);
       if constexpr (kY) store_pack<kVec>(y + base + c * kVec, yv);
@@ -337,9 +309,9 @@ __global__ void __launch_bounds__(kRowThreads)
 // loads in flight; the lanes' sums are added in lane order, so the result is the same
 // every run.
 template <class T>
-__global__ void sum_partial_rows_kernel(const acc_t<T>* partial, int64_t groups, int64_t n,
+__global__ void sum_partial_rows_kernel(const compute_t<T>* partial, int64_t groups, int64_t n,
                                         T* out) {
-  using A = acc_t<T>;
+  using A = compute_t<T>;
   __shared__ A lane_sums[kSumLanes][kSumColumns + 1];  // +1: no bank conflicts reading a column
   const int64_t c = blockIdx.x * static_cast<int64_t>(kSumColumns) + threadIdx.x;
   A s = 0;
@@ -351,7 +323,7 @@ __global__ void sum_partial_rows_kernel(const acc_t<T>* partial, int64_t groups,
   __syncthreads();
   if (threadIdx.y != 0 || c >= n) return;
   for (int l = 1; l < kSumLanes; ++l) s += lane_sums[l][threadIdx.x];
-  out[c] = from_acc<T>(s);
+  out[c] = from_compute<T>(s);
 }
 
 // Runs f.template operator()<T>() for the tensor dtypes the GPU kernels take.
@@ -426,7 +398,7 @@ int64_t row_blocks(K kernel, int threads, int64_t rows, int device, int max_per_
 template <class T, bool kResidual, bool kHaveRstd>
 void launch_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
                     const Tensor& h, const Tensor& y, const Tensor& rstd) {
-  using A = acc_t<T>;
+  using A = compute_t<T>;
   const int64_t D = weight.numel(), rows = x.numel() / D;
   if (rows == 0) return;
   const T* px = x.data<T>();
@@ -465,7 +437,7 @@ void launch_sum_partial_rows(const Tensor& partial, const Tensor& out) {
   if (n == 0) return;
   const dim3 block(kSumColumns, kSumLanes);
   sum_partial_rows_kernel<T><<<cuda::grid_for(n, kSumColumns), block, 0, cuda::stream()>>>(
-      partial.data<acc_t<T>>(), groups, n, out.data<T>());
+      partial.data<compute_t<T>>(), groups, n, out.data<T>());
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -474,7 +446,7 @@ template <class T, int kVec, bool kDh, bool kY>
 Tensor launch_backward_shared(const Tensor& dy, const Tensor& dh, const Tensor& x,
                               const Tensor& weight, const Tensor& rstd, const Tensor& dx,
                               const Tensor& y) {
-  using A = acc_t<T>;
+  using A = compute_t<T>;
   const int64_t D = weight.numel(), rows = x.numel() / D;
   const int device = x.device().index;
   auto kernel = rmsnorm_backward_kernel<T, kVec, kDh, kY>;
@@ -509,7 +481,7 @@ Tensor launch_backward_shared(const Tensor& dy, const Tensor& dh, const Tensor& 
 template <class T, bool kDh, bool kY>
 void launch_backward(const Tensor& dy, const Tensor& dh, const Tensor& x, const Tensor& weight,
                      const Tensor& rstd, const Tensor& dx, const Tensor& dweight, const Tensor& y) {
-  using A = acc_t<T>;
+  using A = compute_t<T>;
   const int64_t D = weight.numel(), rows = x.numel() / D;
   const bool packed =
       packable<T>(D, {dy.raw_data(), kDh ? dh.raw_data() : nullptr, x.raw_data(), weight.raw_data(),

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rope/rope.h"
@@ -23,35 +24,6 @@ constexpr int kMaxChunkRows = 64;       // rows whose angles sit in shared memor
 constexpr int kTableBytes = 32 * 1024;  // usually all of a block's rows, one table fill
 constexpr int kVecBytes = 16;           // one packed load or store
 constexpr int kDefaultSharedBytes = 48 * 1024;
-
-template <class T>
-struct AngleOf {
-  using type = float;
-};
-template <>
-struct AngleOf<double> {
-  using type = double;
-};
-template <class T>
-using angle_t = typename AngleOf<T>::type;
-
-__device__ __forceinline__ float to_angle_type(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_angle_type(double v) {
-  return v;
-}
-__device__ __forceinline__ float to_angle_type(bf16 v) {
-  return bf16_to_float(v);
-}
-template <class T, class A>
-__device__ __forceinline__ T from_angle_type(A v) {
-  if constexpr (std::is_same_v<T, bf16>) {  // one cvt.rn instruction; the same rounding
-    return bf16{__bfloat16_as_ushort(__float2bfloat16_rn(v))};
-  } else {
-    return static_cast<T>(v);
-  }
-}
 
 __device__ __forceinline__ void sincos_of(float a, float* s, float* c) {
   sincosf(a, s, c);
@@ -94,7 +66,7 @@ struct RopeArgs {
   const int32_t* positions;  // (T) or (B, T)
   bool per_batch, inverse, table;
   double log2_theta;
-  angle_t<T>* partial;  // (gridDim.x, columns) column sums per row range, or null
+  compute_t<T>* partial;  // (gridDim.x, columns) column sums per row range, or null
 };
 
 // Shared memory of one block: the inverse frequencies, the chunk's cos/sin table and
@@ -103,7 +75,7 @@ template <class T>
 struct SharedLayout {
   int64_t inv, cos, sin, bt, bytes;
   SharedLayout(int64_t half, int64_t chunk_rows, int kVec, bool sums) {
-    const int64_t a = sizeof(angle_t<T>);
+    const int64_t a = sizeof(compute_t<T>);
     inv = 0;
     cos = inv + half * a;
     sin = cos + chunk_rows * half * a;
@@ -115,7 +87,7 @@ struct SharedLayout {
 // kSums: the column sums are wanted (a.partial is set).
 template <class T, int kVec, bool kSums>
 __global__ void __launch_bounds__(kBlock) rope_kernel(const RopeArgs<T> a, SharedLayout<T> lay) {
-  using A = angle_t<T>;
+  using A = compute_t<T>;
   using P = Pack<T, kVec>;
   extern __shared__ __align__(16) unsigned char shared_raw[];
   A* inv_freq = reinterpret_cast<A*>(shared_raw + lay.inv);  // (half)
@@ -197,13 +169,13 @@ __global__ void __launch_bounds__(kBlock) rope_kernel(const RopeArgs<T> a, Share
           const A* sn = sin_t + r * a.half + freq;
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
-            const A v1 = to_angle_type(x1[u].v[e]), v2 = to_angle_type(x2[u].v[e]);
+            const A v1 = to_compute(x1[u].v[e]), v2 = to_compute(x2[u].v[e]);
             y1[e] = v1 * cs[e] - v2 * sn[e];
             y2[e] = v2 * cs[e] + v1 * sn[e];
           }
         } else {
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) y1[e] = to_angle_type(x1[u].v[e]);
+          for (int e = 0; e < kVec; ++e) y1[e] = to_compute(x1[u].v[e]);
         }
         if constexpr (kSums) {
 #pragma unroll
@@ -215,11 +187,11 @@ __global__ void __launch_bounds__(kBlock) rope_kernel(const RopeArgs<T> a, Share
         T* out = seg.out + p.x * seg.out_sb + p.y * seg.out_st + col;
         P o;
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) o.v[e] = from_angle_type<T>(y1[e]);
+        for (int e = 0; e < kVec; ++e) o.v[e] = from_compute<T>(y1[e]);
         *reinterpret_cast<P*>(out) = o;
         if (pair) {
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) o.v[e] = from_angle_type<T>(y2[e]);
+          for (int e = 0; e < kVec; ++e) o.v[e] = from_compute<T>(y2[e]);
           *reinterpret_cast<P*>(out + a.half) = o;
         }
       }
@@ -265,7 +237,7 @@ bool packable(const std::vector<RopeSegment>& segments, int64_t hd, int64_t half
 template <class T, int kVec>
 void launch_rope(const std::vector<RopeSegment>& segments, const Tensor& positions,
                  int64_t rotary_dim, double theta, bool inverse, const RopeExtras& extras) {
-  using A = angle_t<T>;
+  using A = compute_t<T>;
   const Tensor& first = segments[0].in;
   RopeArgs<T> a{};
   a.hd = first.size(3);
