@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <iostream>
 
+#include "dist/nccl_communicator.h"
+#include "dist/rendezvous.h"
+#include "dist/thread_communicator.h"
 #include "trainer/loop.h"
 
 namespace {
@@ -98,6 +101,26 @@ int main(int argc, char** argv) {
   app.add_option("--resume", o.resume, "continue from this checkpoint (bit-exact)")
       ->check(CLI::ExistingFile)->group("Checkpoint");
   app.add_option("--log", o.log, "JSONL metrics, one object per step");
+  double dist_timeout = 300;
+  int cpu_ranks = 1;
+  app.add_option("--bucket-mb", o.bucket_mb, "data parallel: gradient bucket size in MB")
+      ->capture_default_str()
+      ->group("Distributed");
+  app.add_option("--zero", o.zero, "data parallel: 1 shards the AdamW states across ranks (ZeRO-1)")
+      ->check(CLI::IsMember({0, 1}))
+      ->capture_default_str()
+      ->group("Distributed");
+  app.add_option("--dist-timeout", dist_timeout,
+                 "data parallel: seconds a rank waits for the others before failing")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group("Distributed");
+  app.add_option("--cpu-ranks", cpu_ranks,
+                 "data parallel over N ranks in this process (threads, --device cpu): the "
+                 "distributed path without GPUs")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group("Distributed");
   bool quiet = false;
   app.add_flag("--quiet", quiet, "no progress output");
   CLI11_PARSE(app, argc, argv);
@@ -128,6 +151,18 @@ int main(int argc, char** argv) {
       FG_CHECK(cc >= 80, "--dtype bf16: ", o.device.str(), " has compute capability ", cc / 10, ".",
                cc % 10, "; bf16 needs 8.0 or newer (use --dtype f32)");
     }
+    // Started by fgrun, torchrun, mpirun or srun with several ranks: one GPU
+    // each (LOCAL_RANK), gradients averaged over NCCL.
+    if (auto pg = fg::dist::process_group_from_env(); pg && pg->world_size > 1) {
+      FG_CHECK(o.device.is_cuda(), "rank ", pg->rank, " of ", pg->world_size, " (", pg->launcher,
+               " variables are set): multi-process data parallel runs over NCCL and needs --device "
+               "cuda, got ",
+               o.device.str());
+#ifdef FG_CUDA
+      o.comm = fg::dist::NcclCommunicator::create(*pg, dist_timeout);
+      o.device = o.comm->device();
+#endif
+    }
     o.recompute = fg::trainer::parse_recompute(recompute);
     o.schedule.total_steps = total_steps > 0 ? total_steps : o.steps;
     o.progress = !quiet;
@@ -143,6 +178,20 @@ int main(int argc, char** argv) {
           if (std::string(name) == other) field = static_cast<std::remove_reference_t<decltype(field)>>(value);
         });
       });
+    }
+    if (cpu_ranks > 1) {
+      FG_CHECK(o.device.is_cpu() && !o.comm,
+               "--cpu-ranks runs the ranks as threads of one process on the CPU; use --device cpu "
+               "and no launcher");
+      std::vector<std::string> errors = fg::dist::run_on_threads(
+          cpu_ranks, dist_timeout, [&](const std::shared_ptr<fg::dist::Communicator>& comm) {
+            fg::trainer::TrainOptions mine = o;
+            mine.comm = comm;
+            fg::trainer::train(mine);
+          });
+      for (size_t r = 0; r < errors.size(); ++r)
+        if (!errors[r].empty()) throw std::runtime_error(errors[r]);  // the first rank that failed
+      return 0;
     }
     fg::trainer::train(o);
     return 0;

@@ -45,8 +45,8 @@ struct Dataset {
   // On the synthetic corpus the first order-1 targets of a row lack the context
   // that defines their distribution; not scoring them makes the entropy rate the
   // exact bound for the loss.
-  Batch train(int64_t step, int64_t micro, int64_t seq, int m) const {
-    return mask(loader->train_batch(step, 0, 1, micro, seq, m));
+  Batch train(int64_t step, int rank, int world, int64_t micro, int64_t seq, int m) const {
+    return mask(loader->train_batch(step, rank, world, micro, seq, m));
   }
   Batch val(int64_t index, int64_t micro, int64_t seq) const {
     return mask(loader->val_batch(index, micro, seq));
@@ -114,15 +114,18 @@ std::vector<Tensor> data_of(const std::vector<ag::Variable>& vars) {
   return t;
 }
 
+// Every rank calls it (sharded optimizer states are gathered first); rank 0 writes.
 void save(const TrainOptions& o, const std::string& path, const GPT& model, const AdamW& opt,
           const Dataset& data, int64_t step, int64_t tokens_seen, const ScheduleConfig& sched) {
+  std::vector<Tensor> exp_avg = opt.exp_avg(), exp_avg_sq = opt.exp_avg_sq();
+  if (o.comm && o.comm->rank() != 0) return;
   CheckpointData ck;
   ck.config = model.config();
   ck.step = step;
   ck.tokens_seen = tokens_seen;
   ck.model = named(model.specs(), data_of(model.params()));
-  ck.exp_avg = named(model.specs(), opt.exp_avg());
-  ck.exp_avg_sq = named(model.specs(), opt.exp_avg_sq());
+  ck.exp_avg = named(model.specs(), exp_avg);
+  ck.exp_avg_sq = named(model.specs(), exp_avg_sq);
   ck.optimizer.lr = lr_at(sched, std::max<int64_t>(step - 1, 0));
   ck.optimizer.beta1 = opt.beta1();
   ck.optimizer.beta2 = opt.beta2();
@@ -142,6 +145,66 @@ void save(const TrainOptions& o, const std::string& path, const GPT& model, cons
   ck.tokenizer_kind = data.tokenizer.kind();
   ck.tokenizer_vocab = data.tokenizer.vocab();
   save_checkpoint(path, ck);
+}
+
+// What --resume restores besides the weights (which go straight into the model).
+struct Resumed {
+  explicit Resumed(size_t n_params = 0) : exp_avg(n_params), exp_avg_sq(n_params) {}
+  std::vector<Tensor> exp_avg, exp_avg_sq;  // table order
+  int64_t opt_step = 0, step = 0, tokens_seen = 0;
+};
+
+// Loads o.resume into the model, checked against the run's config and seed.
+Resumed read_resume(const TrainOptions& o, const GPT& model) {
+  CheckpointData ck = load_checkpoint(o.resume);
+  o.model.visit_fields([&](const char* name, const auto& mine) {
+    ck.config.visit_fields([&](const char* other, const auto& theirs) {
+      if (std::string(name) != other) return;
+      FG_CHECK(static_cast<double>(mine) == static_cast<double>(theirs), o.resume,
+               ": checkpoint has ", name, " = ", theirs, " but the run asks for ", mine);
+    });
+  });
+  FG_CHECK(ck.trainer_ints["seed"] == static_cast<int64_t>(o.seed), o.resume,
+           ": checkpoint was trained with --seed ", ck.trainer_ints["seed"],
+           "; exact resume needs the same seed, got ", o.seed);
+  std::vector<std::pair<std::string, Shape>> expected;
+  for (const ParamSpec& s : model.specs()) expected.emplace_back(s.name, s.shape);
+  check_model_tensors(o.resume, ck.model, expected);
+  check_model_tensors(o.resume, ck.exp_avg, expected);
+  check_model_tensors(o.resume, ck.exp_avg_sq, expected);
+  Resumed r(expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const std::string& name = expected[i].first;
+    model.params()[i].data().copy_(named_tensor(ck.model, name));
+    r.exp_avg[i] = named_tensor(ck.exp_avg, name);
+    r.exp_avg_sq[i] = named_tensor(ck.exp_avg_sq, name);
+  }
+  r.opt_step = ck.optimizer.step;
+  r.step = ck.step;
+  r.tokens_seen = ck.tokens_seen;
+  return r;
+}
+
+// Rank 0 read the checkpoint: every rank takes its counters and optimizer
+// states (the weights follow with GradReducer::broadcast_parameters).
+void share_resumed(dist::Communicator& comm, const GPT& model, Resumed* r) {
+  Tensor counters =
+      Tensor::from_vector({static_cast<double>(r->step), static_cast<double>(r->tokens_seen),
+                           static_cast<double>(r->opt_step)},
+                          {3}, DType::F64, comm.device());
+  comm.broadcast(counters, 0);
+  std::vector<double> c = counters.to_vector();
+  r->step = static_cast<int64_t>(c[0]);
+  r->tokens_seen = static_cast<int64_t>(c[1]);
+  r->opt_step = static_cast<int64_t>(c[2]);
+  for (size_t i = 0; i < model.params().size(); ++i) {
+    const Tensor& p = model.params()[i].data();
+    for (Tensor* state : {&r->exp_avg[i], &r->exp_avg_sq[i]}) {
+      *state = comm.rank() == 0 ? state->to(p.device(), p.dtype())
+                                : Tensor::zeros(p.shape(), p.dtype(), p.device());
+      comm.broadcast(*state, 0);
+    }
+  }
 }
 
 std::string format_eta(double s) {
@@ -178,6 +241,21 @@ TrainResult train(const TrainOptions& options) {
            ") must divide --batch (", o.batch, ")");
   FG_CHECK(o.seq <= o.model.max_seq_len, "--seq (", o.seq, ") is longer than --max-seq-len (",
            o.model.max_seq_len, ")");
+  const int rank = o.comm ? o.comm->rank() : 0;
+  const int world = o.comm ? o.comm->world_size() : 1;
+  const bool leader = rank == 0;  // prints, logs and writes checkpoints
+  FG_CHECK(o.batch / o.grad_accum % world == 0, "--batch (", o.batch,
+           ") must split into --grad-accum (", o.grad_accum,
+           ") micro-batches of equal slices for each of the ", world,
+           " ranks: batch / grad-accum / world size must be a whole number");
+  FG_CHECK(o.zero == 0 || o.zero == 1, "--zero must be 0 or 1, got ", o.zero);
+  FG_CHECK(o.zero == 0 || o.comm,
+           "--zero 1 shards the optimizer states across ranks; it needs a "
+           "distributed run (WORLD_SIZE set by a launcher such as fgrun)");
+  FG_CHECK(o.bucket_mb > 0, "--bucket-mb must be > 0, got ", o.bucket_mb);
+  FG_CHECK(!o.comm || o.comm->device() == o.device, "the ", o.comm ? o.comm->name() : "",
+           " communicator works on ", o.comm ? o.comm->device().str() : "", " but --device is ",
+           o.device.str());
   Dataset data = open_dataset(o);
   if (o.model.vocab_size == 0) o.model.vocab_size = data.loader->vocab_size();
   o.model.validate();
@@ -190,53 +268,54 @@ TrainResult train(const TrainOptions& options) {
   // Master weights, gradients and Adam states stay f32 (f64 for f64 runs); the
   // forward and backward compute in o.dtype.
   GPT model(o.model, o.seed, o.device, o.dtype == DType::F64 ? DType::F64 : DType::F32, o.dtype);
-  AdamW opt(model.params(), model.specs(), o.beta1, o.beta2, o.adam_eps, o.weight_decay);
+  std::unique_ptr<dist::GradReducer> reducer;
+  if (o.comm)
+    reducer = std::make_unique<dist::GradReducer>(
+        model.params(), o.comm,
+        dist::ReducerOptions{static_cast<int64_t>(o.bucket_mb * (1 << 20)), o.zero == 1});
+  AdamW opt(model.params(), model.specs(), o.beta1, o.beta2, o.adam_eps, o.weight_decay,
+            o.zero == 1 ? reducer.get() : nullptr);
   ScheduleConfig sched = o.schedule;
   int64_t start_step = 0, tokens_seen = 0;
 
   if (!o.resume.empty()) {
-    CheckpointData ck = load_checkpoint(o.resume);
-    o.model.visit_fields([&](const char* name, const auto& mine) {
-      ck.config.visit_fields([&](const char* other, const auto& theirs) {
-        if (std::string(name) != other) return;
-        FG_CHECK(static_cast<double>(mine) == static_cast<double>(theirs), o.resume,
-                 ": checkpoint has ", name, " = ", theirs, " but the run asks for ", mine);
-      });
-    });
-    FG_CHECK(ck.trainer_ints["seed"] == static_cast<int64_t>(o.seed), o.resume,
-             ": checkpoint was trained with --seed ", ck.trainer_ints["seed"],
-             "; exact resume needs the same seed, got ", o.seed);
-    std::vector<std::pair<std::string, Shape>> expected;
-    for (const ParamSpec& s : model.specs()) expected.emplace_back(s.name, s.shape);
-    check_model_tensors(o.resume, ck.model, expected);
-    check_model_tensors(o.resume, ck.exp_avg, expected);
-    check_model_tensors(o.resume, ck.exp_avg_sq, expected);
-    for (size_t i = 0; i < expected.size(); ++i) {
-      const std::string& name = expected[i].first;
-      model.params()[i].data().copy_(named_tensor(ck.model, name));
-      opt.exp_avg()[i].copy_(named_tensor(ck.exp_avg, name));
-      opt.exp_avg_sq()[i].copy_(named_tensor(ck.exp_avg_sq, name));
-    }
-    opt.set_step_count(ck.optimizer.step);
-    start_step = ck.step;
-    tokens_seen = ck.tokens_seen;
+    // Rank 0 reads the checkpoint; the other ranks receive what it read.
+    Resumed r = leader ? read_resume(o, model) : Resumed(model.params().size());
+    if (o.comm) share_resumed(*o.comm, model, &r);
+    opt.load_state(r.exp_avg, r.exp_avg_sq);
+    opt.set_step_count(r.opt_step);
+    start_step = r.step;
+    tokens_seen = r.tokens_seen;
     FG_CHECK(start_step <= o.steps, o.resume, ": checkpoint is at step ", start_step,
              " but --steps is ", o.steps);
   }
 
+  if (reducer) reducer->broadcast_parameters();  // every rank starts from rank 0's weights
+
   const bool tty = isatty(fileno(stdout));
-  std::printf("data: %s\n", data.description.c_str());
-  std::printf("model: %lld parameters, %lld layers, d_model %lld, %lld heads (%lld kv), on %s %s\n",
-              static_cast<long long>(model.num_params()), static_cast<long long>(o.model.n_layer),
-              static_cast<long long>(o.model.d_model), static_cast<long long>(o.model.n_head),
-              static_cast<long long>(o.model.kv_heads()), o.device.str().c_str(),
-              dtype_name(o.dtype));
-  if (o.dtype == DType::BF16) std::printf("mixed precision: bf16 compute, f32 master weights, gradients and Adam states\n");
-  if (start_step > 0) std::printf("resumed from %s at step %lld\n", o.resume.c_str(),
-                                  static_cast<long long>(start_step));
+  const bool show = o.progress && leader;
+  if (leader) {
+    std::printf("data: %s\n", data.description.c_str());
+    std::printf(
+        "model: %lld parameters, %lld layers, d_model %lld, %lld heads (%lld kv), on %s %s\n",
+        static_cast<long long>(model.num_params()), static_cast<long long>(o.model.n_layer),
+        static_cast<long long>(o.model.d_model), static_cast<long long>(o.model.n_head),
+        static_cast<long long>(o.model.kv_heads()), o.device.str().c_str(), dtype_name(o.dtype));
+    if (o.dtype == DType::BF16)
+      std::printf("mixed precision: bf16 compute, f32 master weights, gradients and Adam states\n");
+    if (start_step > 0)
+      std::printf("resumed from %s at step %lld\n", o.resume.c_str(),
+                  static_cast<long long>(start_step));
+    if (reducer)
+      std::printf(
+          "data parallel: %d ranks (%s), %lld sequences per rank per micro-batch, %d gradient "
+          "buckets of <= %g MB, optimizer states %s\n",
+          world, o.comm->name().c_str(), static_cast<long long>(o.batch / o.grad_accum / world),
+          reducer->num_buckets(), o.bucket_mb, o.zero ? "sharded (ZeRO-1)" : "replicated");
+  }
 
   std::ofstream log;
-  if (!o.log.empty()) {
+  if (!o.log.empty() && leader) {
     log.open(o.log, start_step > 0 ? std::ios::app : std::ios::trunc);
     FG_CHECK(log.good(), "--log ", o.log, ": cannot open for writing");
   }
@@ -244,9 +323,14 @@ TrainResult train(const TrainOptions& options) {
   auto evaluate = [&]() {
     ag::NoGradGuard no_grad;
     double total = 0;
-    for (int64_t i = 0; i < o.eval_batches; ++i) {
+    for (int64_t i = rank; i < o.eval_batches; i += world) {  // the ranks share the batches
       Batch b = data.val(i, o.batch / o.grad_accum, o.seq);
       total += model.loss(b.inputs, b.targets, Recompute::None).data().item();
+    }
+    if (o.comm) {
+      Tensor t = Tensor::from_vector({total}, {1}, DType::F64, o.comm->device());
+      o.comm->all_reduce(t, dist::ReduceOp::Sum);
+      total = t.item();
     }
     return total / static_cast<double>(o.eval_batches);
   };
@@ -254,7 +338,7 @@ TrainResult train(const TrainOptions& options) {
   TrainResult result;
   result.entropy_rate = data.entropy_rate;
   result.best_val_loss = INFINITY;
-  const int64_t micro = o.batch / o.grad_accum;
+  const int64_t micro = o.batch / o.grad_accum / world;  // sequences per rank per micro-batch
   const int64_t tokens_per_step = o.batch * o.seq;
   int64_t bad_in_row = 0;
   auto t_start = Clock::now();
@@ -266,15 +350,37 @@ TrainResult train(const TrainOptions& options) {
     model.zero_grad();
     double loss = 0;
     for (int m = 0; m < o.grad_accum; ++m) {
-      Batch b = data.train(step, micro, o.seq, m);
+      if (reducer && m == o.grad_accum - 1) reducer->arm();  // reduce during the last backward
+      Batch b = data.train(step, rank, world, micro, o.seq, m);
       ag::Variable l = model.loss(b.inputs, b.targets, o.recompute);
       loss += l.data().item() / static_cast<double>(o.grad_accum);
       l.backward(Tensor::full({}, 1.0 / static_cast<double>(o.grad_accum), l.dtype(), l.device()));
     }
-    std::vector<Tensor> grads = gradients(model.params());
+    if (reducer) reducer->finish();
+    std::vector<Tensor> grads = o.zero ? reducer->gradient_shards() : gradients(model.params());
     if (o.gradient_hook) o.gradient_hook(grads);
-    double grad_norm = o.clip > 0 ? ops::clip_grad_norm(grads, o.clip) : ops::global_grad_norm(grads);
-    bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    double grad_norm = 0;
+    bool finite = true;
+    if (!o.comm) {
+      grad_norm = o.clip > 0 ? ops::clip_grad_norm(grads, o.clip) : ops::global_grad_norm(grads);
+      finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    } else {
+      // Every rank decides from the same numbers: the mean loss, the norm of
+      // the whole gradient (under ZeRO-1 summed from the ranks' pieces) and
+      // how many ranks saw something non-finite, so no rank skips alone.
+      double local =
+          o.zero || o.clip <= 0 ? ops::global_grad_norm(grads) : ops::clip_grad_norm(grads, o.clip);
+      Tensor stats = Tensor::from_vector({loss, o.zero ? local * local : 0.0,
+                                          std::isfinite(loss) && std::isfinite(local) ? 0.0 : 1.0},
+                                         {3}, DType::F64, o.comm->device());
+      o.comm->all_reduce(stats, dist::ReduceOp::Sum);
+      std::vector<double> sum = stats.to_vector();
+      loss = sum[0] / static_cast<double>(world);
+      grad_norm = o.zero ? std::sqrt(sum[1]) : local;
+      finite = sum[2] == 0 && std::isfinite(loss) && std::isfinite(grad_norm);
+      if (o.zero && finite && o.clip > 0 && grad_norm > o.clip)
+        ops::scale_grads(grads, o.clip / (grad_norm + 1e-6));  // as clip_grad_norm does
+    }
     if (finite) {
       opt.step(lr);
       bad_in_row = 0;
@@ -310,7 +416,7 @@ TrainResult train(const TrainOptions& options) {
       log << j.dump() << "\n";
       log.flush();
     }
-    if (o.progress) {
+    if (show) {
       double eta = train_seconds / static_cast<double>(step + 1 - start_step) *
                    static_cast<double>(o.steps - step - 1);
       std::string line = str_cat("step ", step + 1, "/", o.steps, " loss ", loss, " lr ", lr,
@@ -336,7 +442,7 @@ TrainResult train(const TrainOptions& options) {
   result.seconds = seconds_since(t_start);
   int64_t trained = o.steps - start_step;
   result.tokens_per_s = train_seconds > 0 ? static_cast<double>(trained * tokens_per_step) / train_seconds : 0;
-  if (o.progress) {
+  if (show) {
     std::printf("done: %lld steps in %.1f s, %.0f tokens/s", static_cast<long long>(trained),
                 result.seconds, result.tokens_per_s);
     if (!result.losses.empty()) std::printf(", final loss %.4f", result.losses.back());

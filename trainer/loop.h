@@ -3,9 +3,11 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "dist/communicator.h"
 #include "trainer/config.h"
 #include "trainer/model.h"
 #include "trainer/optim.h"
@@ -45,7 +47,19 @@ struct TrainOptions {
   std::string log;         // JSONL metrics file
   bool progress = true;    // progress bar on a terminal, plain lines otherwise
 
-  // For tests: called on the gradients (table order) before clipping.
+  // Data parallel: this process's (or thread's) rank in a world of ranks; null
+  // trains alone. Every rank reads its own slice of each global batch of
+  // `batch` sequences (batch / grad_accum / world_size per micro-batch), the
+  // gradients are averaged across ranks in buckets of bucket_mb MB during
+  // backward, and only rank 0 prints, logs and writes checkpoints (which hold
+  // full optimizer states, so any world size can resume them).
+  std::shared_ptr<dist::Communicator> comm;
+  double bucket_mb = 25;
+  int zero = 0;  // 1: shard the AdamW states across ranks (ZeRO-1)
+
+  // For tests: called on the gradients (table order) before clipping; with a
+  // communicator on the mean over ranks (under ZeRO-1 on this rank's 1-D
+  // pieces of them, undefined for parameters it holds none of).
   std::function<void(const std::vector<Tensor>&)> gradient_hook;
 };
 

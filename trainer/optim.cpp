@@ -14,24 +14,71 @@ double lr_at(const ScheduleConfig& s, int64_t step) {
 }
 
 AdamW::AdamW(const std::vector<ag::Variable>& params, const std::vector<ParamSpec>& specs,
-             double beta1, double beta2, double eps, double weight_decay)
-    : params_(params), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay) {
+             double beta1, double beta2, double eps, double weight_decay, dist::GradReducer* shard)
+    : params_(params),
+      shard_(shard),
+      beta1_(beta1),
+      beta2_(beta2),
+      eps_(eps),
+      weight_decay_(weight_decay) {
   FG_CHECK(params.size() == specs.size(), "AdamW: ", params.size(), " parameters but ",
            specs.size(), " specs");
+  FG_CHECK(!shard || shard->sharded(),
+           "AdamW: the gradient reducer does not shard (ZeRO-1 needs one that does)");
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& p = params[i].data();
     decay_.push_back(specs[i].decay && p.dim() >= 2);
+    if (shard) continue;
     exp_avg_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
     exp_avg_sq_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
+  }
+  if (!shard) return;
+  for (const dist::GradReducer::Piece& piece : shard->pieces()) {
+    const Tensor& p = params[piece.param].data();
+    exp_avg_.push_back(Tensor::zeros({piece.numel}, p.dtype(), p.device()));
+    exp_avg_sq_.push_back(Tensor::zeros({piece.numel}, p.dtype(), p.device()));
   }
 }
 
 void AdamW::step(double lr) {
   ++step_;
+  if (shard_) {
+    // The same update, elementwise, on this rank's pieces only.
+    std::vector<Tensor> grads = shard_->piece_grads();
+    const auto& pieces = shard_->pieces();
+    for (size_t k = 0; k < pieces.size(); ++k) {
+      const dist::GradReducer::Piece& piece = pieces[k];
+      Tensor param =
+          params_[piece.param].data().view({-1}).slice(0, piece.offset, piece.offset + piece.numel);
+      ops::AdamWHyper h{lr, beta1_, beta2_, eps_, decay_[piece.param] ? weight_decay_ : 0.0, step_};
+      ops::adamw_step(param, grads[k], exp_avg_[k], exp_avg_sq_[k], h);
+    }
+    shard_->all_gather_params();
+    return;
+  }
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!params_[i].grad().defined()) continue;  // unused this step: no update, like PyTorch
     ops::AdamWHyper h{lr, beta1_, beta2_, eps_, decay_[i] ? weight_decay_ : 0.0, step_};
     ops::adamw_step(params_[i].data(), params_[i].grad(), exp_avg_[i], exp_avg_sq_[i], h);
+  }
+}
+
+std::vector<Tensor> AdamW::exp_avg() const {
+  return shard_ ? shard_->gather_pieces(exp_avg_) : exp_avg_;
+}
+std::vector<Tensor> AdamW::exp_avg_sq() const {
+  return shard_ ? shard_->gather_pieces(exp_avg_sq_) : exp_avg_sq_;
+}
+
+void AdamW::load_state(const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq) {
+  FG_CHECK(exp_avg.size() == params_.size() && exp_avg_sq.size() == params_.size(),
+           "AdamW: ", exp_avg.size(), " and ", exp_avg_sq.size(), " states for ", params_.size(),
+           " parameters");
+  std::vector<Tensor> m = shard_ ? shard_->pieces_of(exp_avg) : exp_avg;
+  std::vector<Tensor> v = shard_ ? shard_->pieces_of(exp_avg_sq) : exp_avg_sq;
+  for (size_t i = 0; i < exp_avg_.size(); ++i) {
+    exp_avg_[i].copy_(m[i]);
+    exp_avg_sq_[i].copy_(v[i]);
   }
 }
 

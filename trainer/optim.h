@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "autograd/variable.h"
+#include "dist/ddp.h"
 #include "ops/adamw/adamw.h"
 #include "trainer/model.h"
 
@@ -23,16 +24,25 @@ double lr_at(const ScheduleConfig& s, int64_t step);
 class AdamW {
  public:
   // States are f32 like the master weights (f64 when the parameters are f64).
-  AdamW(const std::vector<ag::Variable>& params, const std::vector<ParamSpec>& specs,
-        double beta1, double beta2, double eps, double weight_decay);
+  // With `shard` (ZeRO-1) this rank keeps states only for its pieces of the
+  // parameters and step() updates only those, from the reducer's mean
+  // gradient pieces, then all-gathers the parameters.
+  AdamW(const std::vector<ag::Variable>& params, const std::vector<ParamSpec>& specs, double beta1,
+        double beta2, double eps, double weight_decay, dist::GradReducer* shard = nullptr);
 
-  // One update with learning rate lr from the gradients currently in the parameters.
+  // One update with learning rate lr from the gradients currently in the
+  // parameters (sharded: in the reducer's pieces).
   void step(double lr);
 
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t s) { step_ = s; }
-  const std::vector<Tensor>& exp_avg() const { return exp_avg_; }
-  const std::vector<Tensor>& exp_avg_sq() const { return exp_avg_sq_; }
+  // The states of every parameter, in table order. Sharded, this gathers them
+  // from all ranks: a collective every rank must call.
+  std::vector<Tensor> exp_avg() const;
+  std::vector<Tensor> exp_avg_sq() const;
+  // Sets the states from full per-parameter tensors (table order, any device
+  // and float dtype); sharded, each rank takes its pieces.
+  void load_state(const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq);
   double beta1() const { return beta1_; }
   double beta2() const { return beta2_; }
   double eps() const { return eps_; }
@@ -41,6 +51,8 @@ class AdamW {
  private:
   std::vector<ag::Variable> params_;
   std::vector<bool> decay_;
+  dist::GradReducer* shard_;
+  // One per parameter, or sharded one per piece (1-D).
   std::vector<Tensor> exp_avg_, exp_avg_sq_;
   double beta1_, beta2_, eps_, weight_decay_;
   int64_t step_ = 0;
