@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On a machine with >= 2 GPUs: data parallel over NCCL against one GPU.
+# (a) 1 GPU, global batch B; (b) 2 GPUs, the same global batch: the same losses;
+# (c) 2 GPUs, batch 2B: throughput for the scaling efficiency. GPT-2-small size.
+set -uo pipefail
+OUT=${OUT:-/tmp/fg_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFG_CUDA=ON -DFG_BUILD_TESTS=OFF \
+  -DHDF5_ROOT=/usr/lib/x86_64-linux-gnu/hdf5/serial -DHDF5_C_INCLUDE_DIR="$PWD/.deps/hdf5" \
+  -DCLI11_INCLUDE_DIR="$PWD/.deps" -DNLOHMANN_JSON_INCLUDE_DIR="$PWD/.deps" > "$OUT/configure.log" 2>&1 \
+  || { tail -20 "$OUT/configure.log"; exit 1; }
+ninja -C build-gpu train_gpt fgrun > "$OUT/build.log" 2>&1 || { grep error -A3 "$OUT/build.log" | head -30; exit 1; }
+STEPS=${STEPS:-20}
+ARGS="--device cuda --data .deps/tinyshakespeare.txt --tokenizer byte --vocab-size 50304 --n-layer 12
+  --n-head 12 --d-model 768 --max-seq-len 1024 --seq 1024 --steps $STEPS --warmup 5 --eval-every 0 --quiet"
+build-gpu/bin/train_gpt $ARGS --batch 16 --log "$OUT/one.jsonl" || exit 1
+build-gpu/bin/fgrun -n 2 -- build-gpu/bin/train_gpt $ARGS --batch 16 --log "$OUT/two.jsonl" || exit 1
+build-gpu/bin/fgrun -n 2 -- build-gpu/bin/train_gpt $ARGS --batch 32 --log "$OUT/two_b32.jsonl" || exit 1
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+load = lambda n: [json.loads(l) for l in open(f"{out}/{n}.jsonl")]
+one, two, big = load("one"), load("two"), load("two_b32")
+print("step  1 GPU B16   2 GPUs B16   |diff|")
+for a, b in zip(one, two):
+    print(f"{a['step']:4d}  {a['loss']:.6f}   {b['loss']:.6f}   {abs(a['loss'] - b['loss']):.2e}")
+med = lambda rows: sorted(r["tokens_per_s"] for r in rows[5:])[len(rows[5:]) // 2]
+t1, t2 = med(one), med(big)
+print(f"tokens/s: 1 GPU B16 {t1:.0f}, 2 GPUs B32 {t2:.0f}, scaling efficiency {t2 / (2 * t1):.3f}")
+PY
