@@ -46,21 +46,28 @@ void AdamW::step(double lr) {
     // The same update, elementwise, on this rank's pieces only.
     std::vector<Tensor> grads = shard_->piece_grads();
     const auto& pieces = shard_->pieces();
+    std::vector<ops::AdamWTensors> entries;
     for (size_t k = 0; k < pieces.size(); ++k) {
       const dist::GradReducer::Piece& piece = pieces[k];
       Tensor param =
           params_[piece.param].data().view({-1}).slice(0, piece.offset, piece.offset + piece.numel);
-      ops::AdamWHyper h{lr, beta1_, beta2_, eps_, decay_[piece.param] ? weight_decay_ : 0.0, step_};
-      ops::adamw_step(param, grads[k], exp_avg_[k], exp_avg_sq_[k], h);
+      entries.push_back({param, grads[k], exp_avg_[k], exp_avg_sq_[k], decay_[piece.param]});
     }
+    if (!entries.empty()) ops::adamw_step_multi(entries, hyper(lr));
     shard_->all_gather_params();
     return;
   }
+  // One multi-tensor update (a single kernel launch on the GPU) for every parameter.
+  std::vector<ops::AdamWTensors> entries;
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!params_[i].grad().defined()) continue;  // unused this step: no update, like PyTorch
-    ops::AdamWHyper h{lr, beta1_, beta2_, eps_, decay_[i] ? weight_decay_ : 0.0, step_};
-    ops::adamw_step(params_[i].data(), params_[i].grad(), exp_avg_[i], exp_avg_sq_[i], h);
+    entries.push_back({params_[i].data(), params_[i].grad(), exp_avg_[i], exp_avg_sq_[i], decay_[i]});
   }
+  if (!entries.empty()) ops::adamw_step_multi(entries, hyper(lr));
+}
+
+ops::AdamWHyper AdamW::hyper(double lr) const {
+  return ops::AdamWHyper{lr, beta1_, beta2_, eps_, weight_decay_, step_};
 }
 
 std::vector<Tensor> AdamW::exp_avg() const {

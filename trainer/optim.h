@@ -49,6 +49,7 @@ class AdamW {
   double weight_decay() const { return weight_decay_; }
 
  private:
+  ops::AdamWHyper hyper(double lr) const;  // weight decay applies where an entry's decay is set
   std::vector<ag::Variable> params_;
   std::vector<bool> decay_;
   dist::GradReducer* shard_;
