@@ -20,12 +20,19 @@ struct VariableImpl {
 namespace {
 thread_local bool g_grad_enabled = true;
 
+// A leaf's gradient is its own tensor, summed into in place across backward calls.
 void accumulate(Tensor& into, const Tensor& g) {
   if (!into.defined()) {
     into = g.clone();  // own the gradient: g may alias a tensor backward still uses
   } else {
     ops::add_inplace(into, g);
   }
+}
+
+// The gradient flowing into a node's output: the first one is taken as it is (no
+// copy; it may be shared with another edge), so a second one is added out of place.
+void accumulate_shared(Tensor& into, const Tensor& g) {
+  into = into.defined() ? ops::add_forward(into, g) : g;
 }
 }  // namespace
 
@@ -135,7 +142,7 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
     Node* n = v.grad_fn().get();
     auto& buf = buffers[n];
     if (buf.empty()) buf.resize(n->output_shapes.size());
-    accumulate(buf[v.output_nr()], g);
+    accumulate_shared(buf[v.output_nr()], g);
     if (--pending[n] == 0) ready.push_back(n);
   };
   for (size_t i = 0; i < roots.size(); ++i) send(roots[i], grad_outputs[i]);

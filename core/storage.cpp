@@ -10,6 +10,7 @@ namespace fg {
 
 std::atomic<int64_t> Storage::live_count_{0};
 std::atomic<int64_t> Storage::live_bytes_{0};
+std::atomic<int64_t> Storage::peak_bytes_{0};
 
 namespace {
 constexpr size_t kCpuAlignment = 64;
@@ -44,7 +45,10 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
 #endif
   }
   live_count_ += 1;
-  live_bytes_ += static_cast<int64_t>(nbytes);
+  const int64_t live = live_bytes_ += static_cast<int64_t>(nbytes);
+  int64_t peak = peak_bytes_.load();
+  while (live > peak && !peak_bytes_.compare_exchange_weak(peak, live)) {
+  }
 }
 
 Storage::~Storage() {

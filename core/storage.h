@@ -26,6 +26,10 @@ class Storage {
   // that activation recomputation keeps less alive.
   static int64_t live_count() { return live_count_.load(); }
   static int64_t live_bytes() { return live_bytes_.load(); }
+  // The most live bytes since the last reset_peak_bytes() (like PyTorch's
+  // max_memory_allocated), for memory summaries and benchmarks.
+  static int64_t peak_bytes() { return peak_bytes_.load(); }
+  static void reset_peak_bytes() { peak_bytes_ = live_bytes_.load(); }
 
  private:
   void* data_ = nullptr;
@@ -33,6 +37,7 @@ class Storage {
   Device device_;
   static std::atomic<int64_t> live_count_;
   static std::atomic<int64_t> live_bytes_;
+  static std::atomic<int64_t> peak_bytes_;
 };
 
 }  // namespace fg

@@ -1,5 +1,6 @@
 // The CUDA side of Tensor: one strided gather/scatter kernel serves contiguous(),
 // dtype conversion and copy_; plus fill, arange and the Philox draws.
+#include <cmath>
 #include <cuda_bf16.h>
 
 #include "core/cuda_utils.h"
@@ -51,6 +52,13 @@ __global__ void strided_copy_kernel(const void* src, DType src_t, void* dst, DTy
   store_elem(dst, dst_t, d_off, load_elem(src, src_t, so));
 }
 
+// Contiguous to contiguous with a dtype change (the weight and gradient casts of
+// mixed precision): the strided kernel's index arithmetic would dominate.
+__global__ void convert_kernel(const void* src, DType src_t, void* dst, DType dst_t, int64_t n) {
+  int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) store_elem(dst, dst_t, i, load_elem(src, src_t, i));
+}
+
 __global__ void fill_kernel(void* dst, DType t, StridedLayout layout, int64_t n, double value) {
   int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
@@ -99,6 +107,12 @@ void cuda_strided_copy(const Tensor& src, const Tensor& dst) {
                                   cudaMemcpyDeviceToDevice, cuda::stream()));
     return;
   }
+  if (src.is_contiguous() && dst.is_contiguous()) {
+    convert_kernel<<<cuda::grid_for(n, kBlock), kBlock, 0, cuda::stream()>>>(
+        src.raw_data(), src.dtype(), dst.raw_data(), dst.dtype(), n);
+    FG_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   strided_copy_kernel<<<cuda::grid_for(n, kBlock), kBlock, 0, cuda::stream()>>>(
       src.raw_data(), src.dtype(), dst.raw_data(), dst.dtype(), make_layout(dst, &src), n);
   FG_CUDA_CHECK(cudaGetLastError());
@@ -107,6 +121,10 @@ void cuda_strided_copy(const Tensor& src, const Tensor& dst) {
 void cuda_fill(const Tensor& dst, double value) {
   int64_t n = dst.numel();
   if (n == 0) return;
+  if (value == 0 && !std::signbit(value) && dst.is_contiguous()) {  // zeros are all-zero bits
+    FG_CUDA_CHECK(cudaMemsetAsync(dst.raw_data(), 0, dst.nbytes(), cuda::stream()));
+    return;
+  }
   fill_kernel<<<cuda::grid_for(n, kBlock), kBlock, 0, cuda::stream()>>>(
       dst.raw_data(), dst.dtype(), make_layout(dst, nullptr), n, value);
   FG_CUDA_CHECK(cudaGetLastError());

@@ -91,6 +91,9 @@ int main(int argc, char** argv) {
   app.add_option("--eval-batches", o.eval_batches, "val batches per evaluation")->capture_default_str();
   app.add_option("--recompute", recompute, "activation recomputation: none, attn or full")
       ->check(CLI::IsMember({"none", "attn", "full"}))->capture_default_str();
+  bool no_cuda_graph = false;
+  app.add_flag("--no-cuda-graph", no_cuda_graph,
+               "CUDA: launch each step's kernels one by one instead of replaying a captured graph");
   app.add_option("--seed", o.seed, "seed for weights, data order and the synthetic corpus")
       ->capture_default_str();
   app.add_option("--max-bad-steps", o.max_bad_steps, "abort after this many non-finite steps in a row")
@@ -166,6 +169,7 @@ int main(int argc, char** argv) {
     o.recompute = fg::trainer::parse_recompute(recompute);
     o.schedule.total_steps = total_steps > 0 ? total_steps : o.steps;
     o.progress = !quiet;
+    o.cuda_graph = !no_cuda_graph;
     if (!o.resume.empty()) {
       // The model's shape comes from the checkpoint unless a flag names it.
       fg::trainer::GPTConfig ck = fg::trainer::load_checkpoint_config(o.resume);

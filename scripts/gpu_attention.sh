@@ -15,14 +15,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 
 if [ ! -x "$BIN/fg_test_ops" ] || [ ! -x "$BIN/bench_attention" ]; then
   BIN=build-gpu/bin
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFG_CUDA=ON \
-    -DHDF5_ROOT=/usr/lib/x86_64-linux-gnu/hdf5/serial -DHDF5_C_INCLUDE_DIR="$PWD/.deps/hdf5" \
-    -DCLI11_INCLUDE_DIR="$PWD/.deps" -DNLOHMANN_JSON_INCLUDE_DIR="$PWD/.deps" \
-    > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-  SECONDS=0
-  ninja -C build-gpu fg_test_ops bench_attention > "$OUT/build.log" 2>&1 \
-    || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
-  echo "build: ${SECONDS}s"
+  bash scripts/gpu_build.sh fg_test_ops bench_attention || exit 1
 fi
 
 SECONDS=0

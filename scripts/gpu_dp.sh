@@ -6,11 +6,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/fg_out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFG_CUDA=ON -DFG_BUILD_TESTS=OFF \
-  -DHDF5_ROOT=/usr/lib/x86_64-linux-gnu/hdf5/serial -DHDF5_C_INCLUDE_DIR="$PWD/.deps/hdf5" \
-  -DCLI11_INCLUDE_DIR="$PWD/.deps" -DNLOHMANN_JSON_INCLUDE_DIR="$PWD/.deps" > "$OUT/configure.log" 2>&1 \
-  || { tail -20 "$OUT/configure.log"; exit 1; }
-ninja -C build-gpu train_gpt fgrun > "$OUT/build.log" 2>&1 || { grep error -A3 "$OUT/build.log" | head -30; exit 1; }
+CMAKE_ARGS=-DFG_BUILD_TESTS=OFF bash scripts/gpu_build.sh train_gpt fgrun || exit 1
 STEPS=${STEPS:-20}
 ARGS="--device cuda --data .deps/tinyshakespeare.txt --tokenizer byte --vocab-size 50304 --n-layer 12
   --n-head 12 --d-model 768 --max-seq-len 1024 --seq 1024 --steps $STEPS --warmup 5 --eval-every 0 --quiet"

@@ -9,10 +9,10 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "ops/grad_norm/grad_norm.h"
 #include "trainer/checkpoint.h"
 #include "trainer/loader.h"
 #include "trainer/markov.h"
+#include "trainer/step.h"
 #include "trainer/token_file.h"
 #include "trainer/tokenizer.h"
 
@@ -207,6 +207,25 @@ void share_resumed(dist::Communicator& comm, const GPT& model, Resumed* r) {
   }
 }
 
+std::string format_bytes(int64_t b) {
+  char buf[32];
+  if (b >= (int64_t{1} << 30))
+    std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(b) / (1 << 30));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1 << 20));
+  return buf;
+}
+
+void print_memory(const MemorySummary& m, bool graph) {
+  std::printf(
+      "memory: params %s, grads %s, AdamW states %s, activations %s (peak of a step), "
+      "workspace %s; peak %s%s\n",
+      format_bytes(m.params).c_str(), format_bytes(m.grads).c_str(),
+      format_bytes(m.optimizer).c_str(), format_bytes(m.activations).c_str(),
+      format_bytes(m.workspace).c_str(), format_bytes(m.peak + m.workspace).c_str(),
+      graph ? "; each step replays one CUDA graph" : "");
+}
+
 std::string format_eta(double s) {
   int t = static_cast<int>(s + 0.5);
   char buf[32];
@@ -341,48 +360,30 @@ TrainResult train(const TrainOptions& options) {
   const int64_t micro = o.batch / o.grad_accum / world;  // sequences per rank per micro-batch
   const int64_t tokens_per_step = o.batch * o.seq;
   int64_t bad_in_row = 0;
+  TrainStep runner(o, model, opt, reducer.get(), micro);
+  auto stage = [&](int64_t step) {
+    std::vector<Batch> batches;
+    for (int m = 0; m < o.grad_accum; ++m) batches.push_back(data.train(step, rank, world, micro, o.seq, m));
+    runner.stage(batches, lr_at(sched, step));
+  };
+  if (start_step < o.steps) {
+    stage(start_step);
+    result.memory = runner.dry_run();
+    result.cuda_graph = runner.uses_graph();
+    if (leader) print_memory(result.memory, runner.uses_graph());
+  }
   auto t_start = Clock::now();
   double train_seconds = 0;
 
   for (int64_t step = start_step; step < o.steps; ++step) {
     auto t0 = Clock::now();
     double lr = lr_at(sched, step);
-    model.zero_grad();
-    double loss = 0;
-    for (int m = 0; m < o.grad_accum; ++m) {
-      if (reducer && m == o.grad_accum - 1) reducer->arm();  // reduce during the last backward
-      Batch b = data.train(step, rank, world, micro, o.seq, m);
-      ag::Variable l = model.loss(b.inputs, b.targets, o.recompute);
-      loss += l.data().item() / static_cast<double>(o.grad_accum);
-      l.backward(Tensor::full({}, 1.0 / static_cast<double>(o.grad_accum), l.dtype(), l.device()));
-    }
-    if (reducer) reducer->finish();
-    std::vector<Tensor> grads = o.zero ? reducer->gradient_shards() : gradients(model.params());
-    if (o.gradient_hook) o.gradient_hook(grads);
-    double grad_norm = 0;
-    bool finite = true;
-    if (!o.comm) {
-      grad_norm = o.clip > 0 ? ops::clip_grad_norm(grads, o.clip) : ops::global_grad_norm(grads);
-      finite = std::isfinite(loss) && std::isfinite(grad_norm);
-    } else {
-      // Every rank decides from the same numbers: the mean loss, the norm of
-      // the whole gradient (under ZeRO-1 summed from the ranks' pieces) and
-      // how many ranks saw something non-finite, so no rank skips alone.
-      double local =
-          o.zero || o.clip <= 0 ? ops::global_grad_norm(grads) : ops::clip_grad_norm(grads, o.clip);
-      Tensor stats = Tensor::from_vector({loss, o.zero ? local * local : 0.0,
-                                          std::isfinite(loss) && std::isfinite(local) ? 0.0 : 1.0},
-                                         {3}, DType::F64, o.comm->device());
-      o.comm->all_reduce(stats, dist::ReduceOp::Sum);
-      std::vector<double> sum = stats.to_vector();
-      loss = sum[0] / static_cast<double>(world);
-      grad_norm = o.zero ? std::sqrt(sum[1]) : local;
-      finite = sum[2] == 0 && std::isfinite(loss) && std::isfinite(grad_norm);
-      if (o.zero && finite && o.clip > 0 && grad_norm > o.clip)
-        ops::scale_grads(grads, o.clip / (grad_norm + 1e-6));  // as clip_grad_norm does
-    }
+    runner.launch();
+    if (step + 1 < o.steps) stage(step + 1);  // the next batch is made while this step runs
+    StepStats st = runner.wait();
+    const double loss = st.loss, grad_norm = st.grad_norm;
+    const bool finite = st.finite;
     if (finite) {
-      opt.step(lr);
       bad_in_row = 0;
     } else {
       result.skipped_steps += 1;
@@ -394,6 +395,7 @@ TrainResult train(const TrainOptions& options) {
     double dt = seconds_since(t0);
     train_seconds += dt;
     result.losses.push_back(loss);
+    result.step_ms.push_back(dt * 1e3);
 
     bool last = step + 1 == o.steps;
     bool eval_now = o.eval_every > 0 && ((step + 1) % o.eval_every == 0 || last);

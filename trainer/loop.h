@@ -46,6 +46,9 @@ struct TrainOptions {
   std::string resume;      // checkpoint to continue from
   std::string log;         // JSONL metrics file
   bool progress = true;    // progress bar on a terminal, plain lines otherwise
+  // CUDA: capture one training step in a CUDA graph and replay it (shapes are
+  // static). Needs grad_accum == 1 and no communicator; falls back to eager otherwise.
+  bool cuda_graph = true;
 
   // Data parallel: this process's (or thread's) rank in a world of ranks; null
   // trains alone. Every rank reads its own slice of each global batch of
@@ -63,8 +66,19 @@ struct TrainOptions {
   std::function<void(const std::vector<Tensor>&)> gradient_hook;
 };
 
+// Bytes the run holds, as printed before step 0 (Storage's count of live bytes).
+struct MemorySummary {
+  int64_t params = 0, grads = 0, optimizer = 0;
+  int64_t activations = 0;  // peak during a step minus what lives between steps
+  int64_t workspace = 0;    // cuBLASLt workspace and other per-device buffers
+  int64_t peak = 0;         // the most live bytes at any point of a step
+};
+
 struct TrainResult {
-  std::vector<double> losses;  // per step (bitwise reproducible for the same options)
+  std::vector<double> losses;   // per step (bitwise reproducible for the same options)
+  std::vector<double> step_ms;  // wall time of each step (the first ones include warm-up and capture)
+  MemorySummary memory;
+  bool cuda_graph = false;  // the steps replayed one captured CUDA graph
   double final_val_loss = 0;
   double best_val_loss = 0;
   int64_t best_val_step = -1;

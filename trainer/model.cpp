@@ -46,19 +46,21 @@ GPT::GPT(const GPTConfig& cfg, uint64_t seed, Device device, DType dtype,
   cfg_.validate();
   Generator gen(seed);
   const double std_residual = 0.02 / std::sqrt(2.0 * static_cast<double>(cfg.n_layer));
+  // Drawn on the device itself (Philox is counter-based: the same numbers up to
+  // the last ulp of libm), so a billion-parameter model starts in a second.
   for (const ParamSpec& s : specs_) {
     Tensor t;
     switch (s.init) {
       case ParamSpec::Init::Normal:
-        t = Tensor::randn(s.shape, gen, DType::F32, Device::cpu(), 0.0, 0.02);
+        t = Tensor::randn(s.shape, gen, DType::F32, device, 0.0, 0.02);
         break;
       case ParamSpec::Init::ResidualNormal:
-        t = Tensor::randn(s.shape, gen, DType::F32, Device::cpu(), 0.0, std_residual);
+        t = Tensor::randn(s.shape, gen, DType::F32, device, 0.0, std_residual);
         break;
-      case ParamSpec::Init::Ones: t = Tensor::ones(s.shape); break;
-      case ParamSpec::Init::Zeros: t = Tensor::zeros(s.shape); break;
+      case ParamSpec::Init::Ones: t = Tensor::ones(s.shape, DType::F32, device); break;
+      case ParamSpec::Init::Zeros: t = Tensor::zeros(s.shape, DType::F32, device); break;
     }
-    params_.emplace_back(t.to(device, dtype), true);
+    params_.emplace_back(dtype == DType::F32 ? t : t.to(dtype), true);
   }
 }
 
@@ -87,7 +89,7 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
   const int64_t B = idx_in.size(0), T = idx_in.size(1), D = cfg_.d_model;
   FG_CHECK(T <= cfg_.max_seq_len, "GPT: sequence length ", T, " exceeds max_seq_len ",
            cfg_.max_seq_len);
-  Tensor idx = idx_in.to(device_);
+  Tensor idx = idx_in.device() == device_ ? idx_in : idx_in.to(device_);
   Tensor positions = Tensor::arange(T, DType::I32, device_);
 
   ops::QKVRoPEConfig qcfg;
@@ -160,7 +162,8 @@ Variable GPT::loss_with(const std::vector<Variable>& params, const Tensor& idx,
            " but idx is ", idx.shape_str());
   Hidden out = forward(params, idx, recompute);
   // Logits are produced and consumed chunk by chunk, never all at once.
-  return ag::lm_head_loss(out.y, out.head, targets.to(device_).reshape({idx.numel()}));
+  const Tensor t = targets.device() == device_ ? targets : targets.to(device_);
+  return ag::lm_head_loss(out.y, out.head, t.reshape({idx.numel()}));
 }
 
 Variable GPT::loss(const Tensor& idx, const Tensor& targets, Recompute recompute) const {

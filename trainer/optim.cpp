@@ -40,8 +40,7 @@ AdamW::AdamW(const std::vector<ag::Variable>& params, const std::vector<ParamSpe
   }
 }
 
-void AdamW::step(double lr) {
-  ++step_;
+void AdamW::step(const ops::AdamWStepInputs& inputs) {
   if (shard_) {
     // The same update, elementwise, on this rank's pieces only.
     std::vector<Tensor> grads = shard_->piece_grads();
@@ -53,7 +52,7 @@ void AdamW::step(double lr) {
           params_[piece.param].data().view({-1}).slice(0, piece.offset, piece.offset + piece.numel);
       entries.push_back({param, grads[k], exp_avg_[k], exp_avg_sq_[k], decay_[piece.param]});
     }
-    if (!entries.empty()) ops::adamw_step_multi(entries, hyper(lr));
+    if (!entries.empty()) ops::adamw_step_multi(entries, hyper(), inputs);
     shard_->all_gather_params();
     return;
   }
@@ -63,11 +62,18 @@ void AdamW::step(double lr) {
     if (!params_[i].grad().defined()) continue;  // unused this step: no update, like PyTorch
     entries.push_back({params_[i].data(), params_[i].grad(), exp_avg_[i], exp_avg_sq_[i], decay_[i]});
   }
-  if (!entries.empty()) ops::adamw_step_multi(entries, hyper(lr));
+  if (!entries.empty()) ops::adamw_step_multi(entries, hyper(), inputs);
 }
 
-ops::AdamWHyper AdamW::hyper(double lr) const {
-  return ops::AdamWHyper{lr, beta1_, beta2_, eps_, weight_decay_, step_};
+ops::AdamWHyper AdamW::hyper() const {
+  return ops::AdamWHyper{0.0, beta1_, beta2_, eps_, weight_decay_, step_ + 1};  // lr, t: from inputs
+}
+
+int64_t AdamW::state_bytes() const {
+  int64_t n = 0;
+  for (const auto* states : {&exp_avg_, &exp_avg_sq_})
+    for (const Tensor& t : *states) n += static_cast<int64_t>(t.nbytes());
+  return n;
 }
 
 std::vector<Tensor> AdamW::exp_avg() const {

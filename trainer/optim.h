@@ -30,10 +30,14 @@ class AdamW {
   AdamW(const std::vector<ag::Variable>& params, const std::vector<ParamSpec>& specs, double beta1,
         double beta2, double eps, double weight_decay, dist::GradReducer* shard = nullptr);
 
-  // One update with learning rate lr from the gradients currently in the
-  // parameters (sharded: in the reducer's pieces).
-  void step(double lr);
+  // One update from the gradients currently in the parameters (sharded: in the
+  // reducer's pieces). The learning rate, step count, clipping and the
+  // non-finite skip come from `inputs`, read on the device when the update runs,
+  // so a step captured in a CUDA graph replays with the current values. The
+  // caller counts the steps that were applied (set_step_count).
+  void step(const ops::AdamWStepInputs& inputs);
 
+  // Updates applied so far: the next one corrects its bias with step_count() + 1.
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t s) { step_ = s; }
   // The states of every parameter, in table order. Sharded, this gathers them
@@ -43,13 +47,15 @@ class AdamW {
   // Sets the states from full per-parameter tensors (table order, any device
   // and float dtype); sharded, each rank takes its pieces.
   void load_state(const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq);
+  // Bytes of this rank's states (for memory summaries; no collective).
+  int64_t state_bytes() const;
   double beta1() const { return beta1_; }
   double beta2() const { return beta2_; }
   double eps() const { return eps_; }
   double weight_decay() const { return weight_decay_; }
 
  private:
-  ops::AdamWHyper hyper(double lr) const;  // weight decay applies where an entry's decay is set
+  ops::AdamWHyper hyper() const;  // weight decay applies where an entry's decay is set
   std::vector<ag::Variable> params_;
   std::vector<bool> decay_;
   dist::GradReducer* shard_;

@@ -13,8 +13,8 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets) {
       "cross_entropy", {logits}, {r.loss},
       [logits = logits.data(), targets, lse = r.lse,
        count = r.count](const std::vector<Tensor>& g) {
-        double dloss = g[0].item();  // the incoming gradient of the scalar loss
-        return std::vector<Tensor>{ops::cross_entropy_backward(dloss, logits, targets, lse, count)};
+        // g[0]: the incoming gradient of the scalar loss, read on the device
+        return std::vector<Tensor>{ops::cross_entropy_backward(g[0], logits, targets, lse, count)};
       })[0];
 }
 

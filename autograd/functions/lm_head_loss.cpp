@@ -8,12 +8,13 @@ namespace fg::ag {
 
 Variable lm_head_loss(const Variable& y, const Variable& weight, const Tensor& targets,
                       int64_t chunk_rows) {
-  ops::LMHeadLossOut r = ops::lm_head_loss(y.data(), weight.data(), targets,
-                                           needs_grad({y, weight}), chunk_rows);
+  ops::LMHeadLossOut r =
+      ops::lm_head_loss(y.data(), weight.data(), targets, needs_grad({y, weight}), chunk_rows);
   return record("lm_head_loss", {y, weight}, {r.loss},
                 [dy = r.dy, dw = r.dweight](const std::vector<Tensor>& g) {
-                  double scale = g[0].item();  // 1, or 1 / micro-batches under accumulation
-                  if (scale != 1.0) ops::scale_grads({dy, dw}, scale);
+                  // g[0]: 1, or 1 / micro-batches under accumulation. Scaled on the
+                  // device without reading it back (the common 1 costs one launch).
+                  ops::scale_grads({dy, dw}, g[0]);
                   return std::vector<Tensor>{dy, dw};
                 })[0];
 }

@@ -1,4 +1,5 @@
 #include "autograd/functions/lm_head_loss.h"
+
 #include "autograd/op_checks.h"
 
 namespace fg::ag {
@@ -21,7 +22,11 @@ std::vector<OpCheck> lm_head_loss_checks() {
   return {lm_head_case("y (7, 5), weight (11, 5), chunks of 3, 2 ignored", 7, 5, 11, 3,
                        {0, 10, -1, 4, 4, -1, 7}),
           lm_head_case("y (13, 3), weight (5, 3), one chunk", 13, 3, 5, 0,
-                       {0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 2})};
+                       {0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 2}),
+          lm_head_case("y (8, 4), weight (6, 4), chunks of 3, one ignored", 8, 4, 6, 3,
+                       {5, 0, 3, -1, -1, -1, 2, 1}),
+          lm_head_case("y (5, 3), weight (4, 3), chunks of 2, all ignored", 5, 3, 4, 2,
+                       {-1, -1, -1, -1, -1})};
 }
 
 }  // namespace fg::ag

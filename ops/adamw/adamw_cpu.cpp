@@ -8,13 +8,37 @@ namespace fg::ops {
 
 namespace {
 
-void check_hyper(const AdamWHyper& h) {
-  FG_CHECK(h.step >= 1, "adamw: step is ", h.step, " but it is 1-based (the first step is 1)");
+// The constants of every step; lr and step only where they come from the host.
+void check_hyper(const AdamWHyper& h, bool host_values) {
+  FG_CHECK(!host_values || h.step >= 1, "adamw: step is ", h.step,
+           " but it is 1-based (the first step is 1)");
   FG_CHECK(h.beta1 >= 0 && h.beta1 < 1 && h.beta2 >= 0 && h.beta2 < 1, "adamw: betas (", h.beta1,
            ", ", h.beta2, ") must lie in [0, 1)");
-  FG_CHECK(std::isfinite(h.lr) && h.lr >= 0, "adamw: lr is ", h.lr, " but must be finite and >= 0");
+  FG_CHECK(!host_values || (std::isfinite(h.lr) && h.lr >= 0), "adamw: lr is ", h.lr,
+           " but must be finite and >= 0");
   FG_CHECK(h.eps >= 0, "adamw: eps is ", h.eps, " but must be >= 0");
   FG_CHECK(std::isfinite(h.weight_decay), "adamw: weight_decay is ", h.weight_decay);
+}
+
+// A one-element f32/f64 input on the params' device, when defined.
+void check_scalar_input(const char* name, const Tensor& t, const Tensor& param0) {
+  if (!t.defined()) return;
+  FG_CHECK(t.numel() == 1 && (t.dtype() == DType::F32 || t.dtype() == DType::F64), "adamw: ", name,
+           " is ", t.describe(), " but must be one f32 or f64 element");
+  check_same_device("adamw", name, t, "param 0", param0);
+}
+
+void check_inputs(const AdamWStepInputs& in, const Tensor& param0) {
+  check_defined("adamw", "lr_step", in.lr_step);
+  FG_CHECK(in.lr_step.shape() == Shape{2} && in.lr_step.dtype() == DType::F64, "adamw: lr_step is ",
+           in.lr_step.describe(), " but must be (2) f64: the learning rate and the 1-based step");
+  check_same_device("adamw", "lr_step", in.lr_step, "param 0", param0);
+  check_scalar_input("grad_norm", in.grad_norm, param0);
+  check_scalar_input("loss", in.loss, param0);
+  FG_CHECK(std::isfinite(in.max_norm) && in.max_norm >= 0, "adamw: max_norm is ", in.max_norm,
+           " but must be finite and >= 0 (0: no clipping)");
+  FG_CHECK(in.max_norm == 0 || in.grad_norm.defined(), "adamw: max_norm is ", in.max_norm,
+           " but grad_norm is undefined; clipping needs the norm");
 }
 
 // `who` names the entry in messages: "param" or "param 3".
@@ -41,45 +65,62 @@ void check_entry(const AdamWTensors& e, const std::string& who, const AdamWTenso
   check_same_device(op, who.c_str(), e.param, "param 0", first.param);
 }
 
-void run(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper) {
+void run(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper,
+         const AdamWStepInputs& inputs) {
 #ifdef FG_CUDA
-  if (params[0].param.is_cuda()) return detail::adamw_cuda(params, hyper);
+  if (params[0].param.is_cuda()) return detail::adamw_cuda(params, hyper, inputs);
 #endif
-  detail::adamw_cpu(params, hyper);
+  detail::adamw_cpu(params, hyper, inputs);
+}
+
+// The host's lr and step as the (2) f64 tensor the update reads: two fills, no
+// copy from the host (and no sync) on the GPU.
+void run_host_values(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper) {
+  AdamWStepInputs inputs;
+  inputs.lr_step = Tensor::empty({2}, DType::F64, params[0].param.device());
+  inputs.lr_step.slice(0, 0, 1).fill_(hyper.lr);
+  inputs.lr_step.slice(0, 1, 2).fill_(static_cast<double>(hyper.step));
+  run(params, hyper, inputs);
 }
 
 }  // namespace
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                 const Tensor& exp_avg_sq, const AdamWHyper& hyper) {
-  check_hyper(hyper);
+  check_hyper(hyper, true);
   std::vector<AdamWTensors> one{{param, grad, exp_avg, exp_avg_sq, true}};
   check_entry(one[0], "param", one[0]);
-  run(one, hyper);
+  run_host_values(one, hyper);
 }
 
 void adamw_step_multi(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper) {
-  check_hyper(hyper);
+  check_hyper(hyper, true);
   if (params.empty()) return;
   for (size_t i = 0; i < params.size(); ++i)
     check_entry(params[i], str_cat("param ", i), params[0]);
-  run(params, hyper);
+  run_host_values(params, hyper);
+}
+
+void adamw_step_multi(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper,
+                      const AdamWStepInputs& inputs) {
+  check_hyper(hyper, false);
+  if (params.empty()) return;
+  for (size_t i = 0; i < params.size(); ++i)
+    check_entry(params[i], str_cat("param ", i), params[0]);
+  check_inputs(inputs, params[0].param);
+  run(params, hyper, inputs);
 }
 
 namespace detail {
 
-AdamWCoeffs adamw_coeffs(const AdamWHyper& h) {
-  double t = static_cast<double>(h.step);
-  return {h.beta1,
-          h.beta2,
-          h.eps,
-          1.0 - h.lr * h.weight_decay,
-          h.lr / (1.0 - std::pow(h.beta1, t)),
-          std::sqrt(1.0 - std::pow(h.beta2, t))};
-}
-
-void adamw_cpu(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper) {
-  AdamWCoeffs c = adamw_coeffs(hyper);
+void adamw_cpu(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper,
+               const AdamWStepInputs& inputs) {
+  std::vector<double> lr_step = inputs.lr_step.to_vector();
+  auto value = [](const Tensor& t) { return t.defined() ? t.item() : 0.0; };
+  AdamWCoeffs c =
+      adamw_coeffs(hyper, {lr_step[0], lr_step[1], value(inputs.grad_norm), value(inputs.loss)},
+                   inputs.max_norm);
+  if (c.skip) return;
   for (const AdamWTensors& e : params) {
     dispatch_float("adamw", e.param.dtype(), [&]<class F>() {
       F* p = e.param.data<F>();
@@ -87,9 +128,10 @@ void adamw_cpu(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper)
       F* m = e.exp_avg.data<F>();
       F* v = e.exp_avg_sq.data<F>();
       F keep = static_cast<F>(e.decay ? c.decay_keep : 1.0);
+      F clip = static_cast<F>(c.clip);
       for (int64_t i = 0, n = e.param.numel(); i < n; ++i)
-        adamw_update<F>(p[i], g[i], m[i], v[i], F(c.beta1), F(c.beta2), F(c.eps), keep,
-                        F(c.step_size), F(c.sqrt_bc2));
+        adamw_update<F>(p[i], g[i] * clip, m[i], v[i], F(hyper.beta1), F(hyper.beta2), F(hyper.eps),
+                        keep, F(c.step_size), F(c.sqrt_bc2));
     });
   }
 }

@@ -1,6 +1,8 @@
 // Mean cross-entropy over the rows whose target is not kIgnoreIndex, with the
 // softmax fused in: forward keeps only the per-row log-sum-exp, backward
-// recomputes softmax from the logits.
+// recomputes softmax from the logits. The count the mean divides by and the
+// incoming gradient stay on the device: no host sync on the GPU, so a training
+// step that uses them can be captured in a CUDA graph.
 #pragma once
 
 #include "core/tensor.h"
@@ -10,28 +12,43 @@ namespace fg::ops {
 constexpr int32_t kIgnoreIndex = -1;
 
 struct CrossEntropyOut {
-  Tensor loss;    // () f32 (f64 for f64 logits); 0 when every target is ignored
-  Tensor lse;     // (N) log-sum-exp per row
-  int64_t count;  // rows that count
+  Tensor loss;   // () f32 (f64 for f64 logits): sum of the counted rows' losses / count;
+                 // 0 when count is 0
+  Tensor lse;    // (N) log-sum-exp per row, in the loss dtype
+  Tensor count;  // () i32 on the logits' device: the count the mean divided by
 };
-// logits (N, V); targets i32 (N) in [0, V) or kIgnoreIndex
-CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets);
-// dloss: the gradient of the (mean) loss -> dlogits (N, V) like logits
-Tensor cross_entropy_backward(double dloss, const Tensor& logits, const Tensor& targets,
-                              const Tensor& lse, int64_t count);
+
+// () i32 on the targets' device: the rows of targets (N) that are not kIgnoreIndex.
+Tensor count_targets(const Tensor& targets);
+
+// logits (N, V); targets i32 (N) in [0, V) or kIgnoreIndex; rows whose target is
+// kIgnoreIndex do not count. count: a () i32 tensor on the logits' device, the
+// number of counted rows to divide by (a chunk of a larger batch passes the whole
+// batch's count_targets); undefined: this call's own count_targets(targets).
+CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                      const Tensor& count = Tensor());
+// dloss: () float tensor on the logits' device, the gradient of the loss; count as
+// returned by (or given to) forward. -> dlogits (N, V) like logits:
+// dloss / count * (softmax - onehot); zeros on ignored rows, and everywhere when
+// count is 0.
+Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
+                              const Tensor& lse, const Tensor& count);
 
 namespace detail {
-// Checked, contiguous operands; outputs allocated by the caller (loss (), lse (N)
-// in the loss dtype); forward returns the count. The CPU versions check the
-// target range; on the GPU an out-of-range target makes its row's loss NaN.
-int64_t cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, const Tensor& loss,
-                                  const Tensor& lse);
-int64_t cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets, const Tensor& loss,
-                                   const Tensor& lse);
-void cross_entropy_backward_cpu(double dloss, const Tensor& logits, const Tensor& targets,
-                                const Tensor& lse, int64_t count, const Tensor& dlogits);
-void cross_entropy_backward_cuda(double dloss, const Tensor& logits, const Tensor& targets,
-                                 const Tensor& lse, int64_t count, const Tensor& dlogits);
+// Checked, contiguous operands; outputs allocated by the caller: loss (), lse (N)
+// in the loss dtype, count () i32, dloss () in the loss dtype. The CPU versions
+// read count and dloss and check the target range; the CUDA kernels read them
+// from device memory, and an out-of-range target makes its row's loss NaN.
+void count_targets_cpu(const Tensor& targets, const Tensor& count);
+void count_targets_cuda(const Tensor& targets, const Tensor& count);
+void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, const Tensor& count,
+                               const Tensor& loss, const Tensor& lse);
+void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets, const Tensor& count,
+                                const Tensor& loss, const Tensor& lse);
+void cross_entropy_backward_cpu(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
+                                const Tensor& lse, const Tensor& count, const Tensor& dlogits);
+void cross_entropy_backward_cuda(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
+                                 const Tensor& lse, const Tensor& count, const Tensor& dlogits);
 }  // namespace detail
 
 }  // namespace fg::ops

@@ -6,16 +6,27 @@
 namespace fg::ops {
 
 namespace {
+void check_targets(const char* op, const Tensor& targets) {
+  check_defined(op, "targets", targets);
+  check_dtype(op, "targets", targets, DType::I32);
+  FG_CHECK(targets.dim() == 1, op, ": targets must be (N), got ", targets.shape_str());
+}
+
 void check_logits_targets(const char* op, const Tensor& logits, const Tensor& targets) {
   check_defined(op, "logits", logits);
-  check_defined(op, "targets", targets);
+  check_targets(op, targets);
   FG_CHECK(logits.dim() == 2, op, ": logits must be (N, V), got ", logits.shape_str());
   FG_CHECK(logits.dtype() != DType::I32, op, ": logits must be a float tensor, got ",
            logits.describe());
-  check_dtype(op, "targets", targets, DType::I32);
-  FG_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0), op, ": logits is ",
-           logits.shape_str(), " but targets is ", targets.shape_str());
+  FG_CHECK(targets.size(0) == logits.size(0), op, ": logits is ", logits.shape_str(),
+           " but targets is ", targets.shape_str());
   check_same_device(op, "logits", logits, "targets", targets);
+}
+
+void check_count(const char* op, const Tensor& count, const Tensor& logits) {
+  check_shape(op, "count", count, {});
+  check_dtype(op, "count", count, DType::I32);
+  check_same_device(op, "logits", logits, "count", count);
 }
 
 // The loss and lse keep fp32 for f32 and bf16 logits, f64 for f64.
@@ -24,43 +35,72 @@ DType loss_dtype(DType logits) {
 }
 }  // namespace
 
-CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets) {
+Tensor count_targets(const Tensor& targets) {
+  check_targets("count_targets", targets);
+  FG_CHECK(targets.size(0) < (int64_t{1} << 31), "count_targets: ", targets.size(0),
+           " targets overflow the i32 count");
+  Tensor count = Tensor::empty({}, DType::I32, targets.device());
+#ifdef FG_CUDA
+  if (targets.is_cuda()) {
+    detail::count_targets_cuda(targets.contiguous(), count);
+    return count;
+  }
+#endif
+  detail::count_targets_cpu(targets.contiguous(), count);
+  return count;
+}
+
+CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                      const Tensor& count) {
   check_logits_targets("cross_entropy", logits, targets);
   FG_CHECK(logits.size(1) > 0, "cross_entropy: logits ", logits.shape_str(),
            " has an empty vocabulary");
   CrossEntropyOut r;
+  if (count.defined()) {
+    check_count("cross_entropy", count, logits);
+    r.count = count;
+  } else {
+    r.count = count_targets(targets);
+  }
   DType dt = loss_dtype(logits.dtype());
   r.loss = Tensor::empty({}, dt, logits.device());
   r.lse = Tensor::empty({logits.size(0)}, dt, logits.device());  // (N)
 #ifdef FG_CUDA
   if (logits.is_cuda()) {
-    r.count = detail::cross_entropy_forward_cuda(logits.contiguous(), targets.contiguous(), r.loss,
-                                                 r.lse);
+    detail::cross_entropy_forward_cuda(logits.contiguous(), targets.contiguous(), r.count, r.loss,
+                                       r.lse);
     return r;
   }
 #endif
-  r.count =
-      detail::cross_entropy_forward_cpu(logits.contiguous(), targets.contiguous(), r.loss, r.lse);
+  detail::cross_entropy_forward_cpu(logits.contiguous(), targets.contiguous(), r.count, r.loss,
+                                    r.lse);
   return r;
 }
 
-Tensor cross_entropy_backward(double dloss, const Tensor& logits, const Tensor& targets,
-                              const Tensor& lse, int64_t count) {
-  check_logits_targets("cross_entropy_backward", logits, targets);
-  check_shape("cross_entropy_backward", "lse", lse, {logits.size(0)});
-  check_dtype("cross_entropy_backward", "lse", lse, loss_dtype(logits.dtype()));
-  check_same_device("cross_entropy_backward", "logits", logits, "lse", lse);
-  FG_CHECK(count >= 0 && count <= logits.size(0), "cross_entropy_backward: count ", count,
-           " is outside [0, ", logits.size(0), "] for logits ", logits.shape_str());
+Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
+                              const Tensor& lse, const Tensor& count) {
+  const char* op = "cross_entropy_backward";
+  check_logits_targets(op, logits, targets);
+  DType dt = loss_dtype(logits.dtype());
+  check_shape(op, "lse", lse, {logits.size(0)});
+  check_dtype(op, "lse", lse, dt);
+  check_same_device(op, "logits", logits, "lse", lse);
+  check_count(op, count, logits);
+  check_shape(op, "dloss", dloss, {});
+  FG_CHECK(dloss.dtype() != DType::I32, op, ": dloss must be a float tensor, got ",
+           dloss.describe());
+  check_same_device(op, "logits", logits, "dloss", dloss);
+  // The kernels read dloss in the loss dtype; autograd already passes that one.
+  const Tensor dloss_c = dloss.dtype() == dt ? dloss : dloss.to(dt);
   Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());  // (N, V)
 #ifdef FG_CUDA
   if (logits.is_cuda()) {
-    detail::cross_entropy_backward_cuda(dloss, logits.contiguous(), targets.contiguous(),
+    detail::cross_entropy_backward_cuda(dloss_c, logits.contiguous(), targets.contiguous(),
                                         lse.contiguous(), count, dlogits);
     return dlogits;
   }
 #endif
-  detail::cross_entropy_backward_cpu(dloss, logits.contiguous(), targets.contiguous(),
+  detail::cross_entropy_backward_cpu(dloss_c, logits.contiguous(), targets.contiguous(),
                                      lse.contiguous(), count, dlogits);
   return dlogits;
 }
@@ -74,14 +114,27 @@ void check_target_range(const char* op, const int32_t* t, int64_t n, int64_t voc
              i, " is out of range for vocab size ", vocab, " (use ", kIgnoreIndex,
              " to ignore a row)");
 }
+
+int32_t read_count(const char* op, const Tensor& count) {
+  int32_t c = count.data<int32_t>()[0];
+  FG_CHECK(c >= 0, op, ": count ", c, " is negative");
+  return c;
+}
 }  // namespace
 
-int64_t cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, const Tensor& loss,
-                                  const Tensor& lse) {
+void count_targets_cpu(const Tensor& targets, const Tensor& count) {
+  const int32_t* pt = targets.data<int32_t>();
+  int32_t c = 0;
+  for (int64_t i = 0, n = targets.numel(); i < n; ++i) c += pt[i] != kIgnoreIndex ? 1 : 0;
+  count.data<int32_t>()[0] = c;
+}
+
+void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, const Tensor& count,
+                               const Tensor& loss, const Tensor& lse) {
   int64_t n = logits.size(0), v = logits.size(1);
   const int32_t* pt = targets.data<int32_t>();
   check_target_range("cross_entropy", pt, n, v);
-  int64_t count = 0;
+  int32_t c = read_count("cross_entropy", count);
   dispatch_float("cross_entropy", logits.dtype(), [&]<class T>() {
     const T* pl = logits.data<T>();
     T* plse = lse.data<T>();
@@ -93,28 +146,26 @@ int64_t cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, c
       T s = 0;
       for (int64_t j = 0; j < v; ++j) s += std::exp(row[j] - m);  // max-subtracted: no overflow
       plse[i] = m + std::log(s);
-      if (pt[i] == kIgnoreIndex) continue;
-      total += plse[i] - row[pt[i]];
-      ++count;
+      if (pt[i] != kIgnoreIndex) total += plse[i] - row[pt[i]];
     }
-    loss.data<T>()[0] = count ? total / static_cast<T>(count) : T(0);
+    loss.data<T>()[0] = c ? total / static_cast<T>(c) : T(0);
   });
-  return count;
 }
 
-void cross_entropy_backward_cpu(double dloss, const Tensor& logits, const Tensor& targets,
-                                const Tensor& lse, int64_t count, const Tensor& dlogits) {
+void cross_entropy_backward_cpu(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
+                                const Tensor& lse, const Tensor& count, const Tensor& dlogits) {
   int64_t n = logits.size(0), v = logits.size(1);
   const int32_t* pt = targets.data<int32_t>();
   check_target_range("cross_entropy_backward", pt, n, v);
+  int32_t c = read_count("cross_entropy_backward", count);
   dispatch_float("cross_entropy_backward", logits.dtype(), [&]<class T>() {
     const T* pl = logits.data<T>();
     const T* plse = lse.data<T>();
     T* pd = dlogits.data<T>();
-    T scale = count ? static_cast<T>(dloss / static_cast<double>(count)) : T(0);
+    T scale = c ? dloss.data<T>()[0] / static_cast<T>(c) : T(0);
     for (int64_t i = 0; i < n; ++i) {
       T* drow = pd + i * v;
-      if (pt[i] == kIgnoreIndex || count == 0) {
+      if (pt[i] == kIgnoreIndex || c == 0) {
         std::fill(drow, drow + v, T(0));
         continue;
       }

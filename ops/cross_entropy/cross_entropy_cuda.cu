@@ -1,8 +1,10 @@
 // Cross-entropy on the GPU with the softmax fused in. Forward: one block per
 // row makes one pass over the logits with an online max and rescaled sum, then
-// writes lse and the row's loss; a one-block kernel takes the mean over the
-// counted rows. Backward: one block per row recomputes softmax from the logits
-// and lse. Math in fp32 for f32 and bf16 (f64 for f64); no (N, V) buffer.
+// writes lse and the row's loss; a one-block kernel divides their sum by the
+// count. Backward: one block per row recomputes softmax from the logits and lse.
+// The count and dloss are read from device memory: no copy to or from the host
+// and no sync, so these launches can be captured in a CUDA graph. Math in fp32
+// for f32 and bf16 (f64 for f64); no (N, V) buffer.
 #include <cmath>
 #include <cub/block/block_reduce.cuh>
 
@@ -13,9 +15,9 @@
 namespace fg::ops::detail {
 namespace {
 
-constexpr int kRowBlock = 256;   // threads per row: a vocabulary row is long
-constexpr int kUnroll = 4;       // logits a thread loads before it computes on them
-constexpr int kMeanBlock = 256;  // threads of the one block that takes the mean
+constexpr int kRowBlock = 256;     // threads per row: a vocabulary row is long
+constexpr int kUnroll = 4;         // logits a thread loads before it computes on them
+constexpr int kReduceBlock = 256;  // threads of the one-block reductions (count, mean)
 
 // Sum of exp(x - max) over a set of logits, with that set's max.
 template <class C>
@@ -34,16 +36,23 @@ struct CombineMaxSum {
   }
 };
 
-struct SumCount {
-  double sum;
-  int64_t count;
-};
+// Sum of term(i) over i in [0, n) by one block of kReduceBlock threads; the
+// result is valid in thread 0. n is a batch's row count: one block is enough.
+template <class Acc, class Term>
+__device__ Acc block_sum(int64_t n, Term term) {
+  using BlockReduce = cub::BlockReduce<Acc, kReduceBlock>;
+  __shared__ typename BlockReduce::TempStorage temp;
+  Acc part = 0;
+  for (int64_t i = threadIdx.x; i < n; i += kReduceBlock) part += term(i);
+  return BlockReduce(temp).Sum(part);
+}
 
-struct CombineSumCount {
-  __device__ __forceinline__ SumCount operator()(const SumCount& a, const SumCount& b) const {
-    return {a.sum + b.sum, a.count + b.count};
-  }
-};
+// count = the targets that are not kIgnoreIndex.
+__global__ void count_targets_kernel(const int32_t* targets, int64_t n, int32_t* count) {
+  int32_t total =
+      block_sum<int32_t>(n, [&](int64_t i) { return targets[i] != kIgnoreIndex ? 1 : 0; });
+  if (threadIdx.x == 0) *count = total;
+}
 
 // lse[row] = log sum exp(logits[row]); row_loss[row] = lse - logits[row, target],
 // 0 for an ignored row, NaN for a target outside [0, V).
@@ -93,36 +102,36 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* tar
   }
 }
 
-// loss = mean of row_loss over the rows not ignored (0 when there are none).
+// loss = sum of row_loss (0 on ignored rows) / count, 0 when count is 0. The
+// count comes from device memory: it may be a whole batch's, of which these rows
+// are a chunk.
 template <class C>
-__global__ void cross_entropy_mean_kernel(const C* row_loss, const int32_t* targets, int64_t n,
-                                          C* loss, int32_t* count) {
-  using BlockReduce = cub::BlockReduce<SumCount, kMeanBlock>;
-  __shared__ typename BlockReduce::TempStorage temp;
-  SumCount part{0.0, 0};
-  for (int64_t i = threadIdx.x; i < n; i += kMeanBlock) {
-    if (targets[i] == kIgnoreIndex) continue;
-    part.sum += static_cast<double>(row_loss[i]);
-    part.count += 1;
-  }
-  SumCount total = BlockReduce(temp).Reduce(part, CombineSumCount());
+__global__ void cross_entropy_mean_kernel(const C* row_loss, int64_t n, const int32_t* count,
+                                          C* loss) {
+  // f64 accumulation: the sum of many fp32 row losses keeps its digits.
+  double total = block_sum<double>(n, [&](int64_t i) { return static_cast<double>(row_loss[i]); });
   if (threadIdx.x != 0) return;
-  *loss = total.count ? static_cast<C>(total.sum / static_cast<double>(total.count)) : C(0);
-  *count = static_cast<int32_t>(total.count);
+  int32_t c = *count;
+  *loss = c ? static_cast<C>(total / static_cast<double>(c)) : C(0);
 }
 
-// dlogits[row] = scale (softmax(logits[row]) - onehot(target)); 0 on ignored rows.
+// dlogits[row] = dloss / count (softmax(logits[row]) - onehot(target)); 0 on
+// ignored rows, and on every row when count is 0. dloss and count are read from
+// device memory by every block (two cached loads) so that nothing waits on the host.
 template <class T, class C>
 __global__ void cross_entropy_backward_kernel(const T* logits, const int32_t* targets, const C* lse,
-                                              T* dlogits, int64_t vocab, C scale) {
+                                              const C* dloss, const int32_t* count, T* dlogits,
+                                              int64_t vocab) {
   int64_t row = blockIdx.x;
   const T* x = logits + row * vocab;
   T* d = dlogits + row * vocab;
   int32_t t = targets[row];
-  if (t == kIgnoreIndex) {
+  int32_t c = *count;
+  if (t == kIgnoreIndex || c == 0) {
     for (int64_t j = threadIdx.x; j < vocab; j += kRowBlock) d[j] = from_compute<T>(C(0));
     return;
   }
+  C scale = *dloss / static_cast<C>(c);
   C l = lse[row];
   // kUnroll independent loads in flight per thread, as in forward.
   for (int64_t base = threadIdx.x; base < vocab; base += kRowBlock * kUnroll) {
@@ -141,61 +150,59 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const int32_t* ta
   }
 }
 
-// C: fp32 for f32 and bf16 logits, f64 for f64 (the dtype of loss and lse).
+// C: fp32 for f32 and bf16 logits, f64 for f64 (the dtype of loss, lse and dloss).
 template <class T, class C>
-int64_t launch_forward(const Tensor& logits, const Tensor& targets, const Tensor& loss,
-                       const Tensor& lse) {
+void launch_forward(const Tensor& logits, const Tensor& targets, const Tensor& count,
+                    const Tensor& loss, const Tensor& lse) {
   int64_t n = logits.size(0), vocab = logits.size(1);
   Tensor row_loss = Tensor::empty({n}, dtype_of<C>(), logits.device());  // (N)
-  Tensor count = Tensor::empty({1}, DType::I32, logits.device());
   if (n > 0) {
     cross_entropy_forward_kernel<T, C><<<static_cast<unsigned>(n), kRowBlock, 0, cuda::stream()>>>(
         logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(), vocab);
     FG_CUDA_CHECK(cudaGetLastError());
   }
-  cross_entropy_mean_kernel<C><<<1, kMeanBlock, 0, cuda::stream()>>>(
-      row_loss.data<C>(), targets.data<int32_t>(), n, loss.data<C>(), count.data<int32_t>());
+  cross_entropy_mean_kernel<C><<<1, kReduceBlock, 0, cuda::stream()>>>(
+      row_loss.data<C>(), n, count.data<int32_t>(), loss.data<C>());
   FG_CUDA_CHECK(cudaGetLastError());
-  // The count is part of the API's result: one small copy and a sync.
-  int32_t host_count = 0;
-  FG_CUDA_CHECK(cudaMemcpyAsync(&host_count, count.raw_data(), sizeof(host_count),
-                                cudaMemcpyDeviceToHost, cuda::stream()));
-  FG_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
-  return host_count;
 }
 
 template <class T, class C>
-void launch_backward(double dloss, const Tensor& logits, const Tensor& targets, const Tensor& lse,
-                     int64_t count, const Tensor& dlogits) {
+void launch_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
+                     const Tensor& lse, const Tensor& count, const Tensor& dlogits) {
   int64_t n = logits.size(0), vocab = logits.size(1);
   if (n == 0 || vocab == 0) return;
-  // count 0 means every row is ignored: the kernel writes zeros and never uses scale.
-  C scale = count ? static_cast<C>(dloss / static_cast<double>(count)) : C(0);
   cross_entropy_backward_kernel<T, C><<<static_cast<unsigned>(n), kRowBlock, 0, cuda::stream()>>>(
-      logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), dlogits.data<T>(), vocab, scale);
+      logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), dloss.data<C>(),
+      count.data<int32_t>(), dlogits.data<T>(), vocab);
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
 
-int64_t cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets, const Tensor& loss,
-                                   const Tensor& lse) {
+void count_targets_cuda(const Tensor& targets, const Tensor& count) {
+  count_targets_kernel<<<1, kReduceBlock, 0, cuda::stream()>>>(
+      targets.data<int32_t>(), targets.numel(), count.data<int32_t>());
+  FG_CUDA_CHECK(cudaGetLastError());
+}
+
+void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets, const Tensor& count,
+                                const Tensor& loss, const Tensor& lse) {
   FG_CHECK(logits.size(0) < (int64_t{1} << 31), "cross_entropy: ", logits.size(0),
            " rows exceed the GPU grid");
   switch (logits.dtype()) {
     case DType::F32:
-      return launch_forward<float, float>(logits, targets, loss, lse);
+      return launch_forward<float, float>(logits, targets, count, loss, lse);
     case DType::F64:
-      return launch_forward<double, double>(logits, targets, loss, lse);
+      return launch_forward<double, double>(logits, targets, count, loss, lse);
     case DType::BF16:
-      return launch_forward<bf16, float>(logits, targets, loss, lse);
+      return launch_forward<bf16, float>(logits, targets, count, loss, lse);
     default:
       FG_THROW("cross_entropy: dtype ", dtype_name(logits.dtype()), " is not supported");
   }
 }
 
-void cross_entropy_backward_cuda(double dloss, const Tensor& logits, const Tensor& targets,
-                                 const Tensor& lse, int64_t count, const Tensor& dlogits) {
+void cross_entropy_backward_cuda(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
+                                 const Tensor& lse, const Tensor& count, const Tensor& dlogits) {
   FG_CHECK(logits.size(0) < (int64_t{1} << 31), "cross_entropy_backward: ", logits.size(0),
            " rows exceed the GPU grid");
   switch (logits.dtype()) {

@@ -16,11 +16,16 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Te
 // Shorthand: returns op(A) @ op(B) in a new tensor.
 Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b);
 
+// Scratch memory gemm keeps on `device` for the life of the process (cuBLASLt's
+// workspace on CUDA; none on the CPU), for memory summaries.
+size_t gemm_workspace_bytes(Device device);
+
 namespace detail {
 void gemm_cpu(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
               double alpha, double beta, const Tensor& bias);
 void gemm_cuda(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                double alpha, double beta, const Tensor& bias);
+size_t gemm_cuda_workspace_bytes();
 }  // namespace detail
 
 }  // namespace fg::ops

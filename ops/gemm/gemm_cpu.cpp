@@ -37,6 +37,14 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Te
   detail::gemm_cpu(a, trans_a, b, trans_b, c, alpha, beta, bias);
 }
 
+size_t gemm_workspace_bytes(Device device) {
+#ifdef FG_CUDA
+  if (device.is_cuda()) return detail::gemm_cuda_workspace_bytes();
+#endif
+  (void)device;
+  return 0;
+}
+
 Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b) {
   FG_CHECK(a.dim() == 2 && b.dim() == 2, "matmul: a ", a.shape_str(), " and b ", b.shape_str(),
            " must be 2-D");

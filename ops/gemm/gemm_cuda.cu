@@ -260,6 +260,8 @@ int64_t leading_dim(const Tensor& t) {
 
 }  // namespace
 
+size_t gemm_cuda_workspace_bytes() { return kWorkspaceBytes; }
+
 void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_b, const Tensor& c,
                double alpha, double beta, const Tensor& bias_in) {
   int64_t m = c.size(0), n = c.size(1), k = trans_a ? a_in.size(0) : a_in.size(1);

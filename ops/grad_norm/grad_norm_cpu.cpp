@@ -46,14 +46,56 @@ double sum_squares(const F* p, int64_t n) {
   return s;
 }
 
+// The one device of a group, for the tensor forms.
+const std::vector<Tensor>* single_group(
+    const char* op, const std::map<std::pair<int, int>, std::vector<Tensor>>& groups) {
+  if (groups.empty()) return nullptr;
+  const Tensor& first = groups.begin()->second.front();
+  const Tensor& last = groups.rbegin()->second.front();
+  FG_CHECK(groups.size() == 1, op, ": gradients on ", first.device().str(), " and ",
+           last.device().str(), " but they must share one device (global_grad_norm takes several)");
+  return &groups.begin()->second;
+}
+
+void check_factor(const Tensor& factor) {
+  check_defined("scale_grads", "factor", factor);
+  FG_CHECK(factor.numel() == 1 && (factor.dtype() == DType::F32 || factor.dtype() == DType::F64),
+           "scale_grads: factor is ", factor.describe(), " but must be one f32 or f64 element");
+}
+
 }  // namespace
+
+Tensor grad_norm(const std::vector<Tensor>& grads) {
+  auto groups = by_device("grad_norm", grads, false);
+  const std::vector<Tensor>* group = single_group("grad_norm", groups);
+  if (!group) return Tensor::zeros({});
+  DType dtype = DType::F64;
+  for (const Tensor& g : *group)
+    if (g.dtype() != DType::F64) dtype = DType::F32;
+#ifdef FG_CUDA
+  if (group->front().is_cuda()) return detail::grad_norm_cuda(*group, dtype);
+#endif
+  return Tensor::full({}, std::sqrt(detail::sum_squares_cpu(*group)), dtype);
+}
+
+void scale_grads(const std::vector<Tensor>& grads, const Tensor& factor) {
+  check_factor(factor);
+  auto groups = by_device("scale_grads", grads, true);
+  const std::vector<Tensor>* group = single_group("scale_grads", groups);
+  if (!group) return;
+  check_same_device("scale_grads", "grad", group->front(), "factor", factor);
+#ifdef FG_CUDA
+  if (factor.is_cuda()) return detail::scale_cuda(*group, factor);
+#endif
+  detail::scale_cpu(*group, factor.item());
+}
 
 double global_grad_norm(const std::vector<Tensor>& grads) {
   double total = 0;
   for (const auto& [key, group] : by_device("global_grad_norm", grads, false)) {
 #ifdef FG_CUDA
     if (key.first == 1) {
-      total += detail::sum_squares_cuda(group);
+      total += detail::sum_squares_cuda(group).item();  // the host sync
       continue;
     }
 #endif
@@ -63,15 +105,10 @@ double global_grad_norm(const std::vector<Tensor>& grads) {
 }
 
 void scale_grads(const std::vector<Tensor>& grads, double factor) {
-  for (const auto& [key, group] : by_device("scale_grads", grads, true)) {
-#ifdef FG_CUDA
-    if (key.first == 1) {
-      detail::scale_cuda(group, factor);
-      continue;
-    }
-#endif
-    detail::scale_cpu(group, factor);
-  }
+  // One kernel serves both forms: on the GPU the factor goes through a () tensor
+  // written by a fill kernel (no copy from the host).
+  for (const auto& [key, group] : by_device("scale_grads", grads, true))
+    scale_grads(group, Tensor::full({}, factor, DType::F64, group.front().device()));
 }
 
 double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
@@ -106,6 +143,7 @@ double sum_squares_cpu(const std::vector<Tensor>& grads) {
 }
 
 void scale_cpu(const std::vector<Tensor>& grads, double factor) {
+  if (factor == 1.0) return;  // as the CUDA kernel: bits unchanged
   for (const Tensor& g : grads) {
     if (g.dtype() == DType::BF16) {
       bf16* p = g.data<bf16>();

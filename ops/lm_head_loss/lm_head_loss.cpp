@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "ops/add/add.h"
 #include "ops/cross_entropy/cross_entropy.h"
 #include "ops/gemm/gemm.h"
 
@@ -24,34 +25,33 @@ LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Te
   const Tensor y = y_in.contiguous(), weight = weight_in.contiguous(),
                targets = targets_in.contiguous();
   const int64_t N = y.size(0), D = y.size(1), V = weight.size(0);
-  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, kLMHeadChunkElements / std::max<int64_t>(V, 1));
+  if (chunk_rows <= 0)
+    chunk_rows = std::max<int64_t>(1, kLMHeadChunkElements / std::max<int64_t>(V, 1));
 
-  // The mean is over every counted row, so each chunk needs the global count first.
+  // The mean is over every counted row: each chunk divides by the whole batch's
+  // count, so its loss is its share of the mean. All of it stays on the device.
+  const DType loss_dtype = y.dtype() == DType::F64 ? DType::F64 : DType::F32;
   LMHeadLossOut r;
-  for (double t : targets.to_vector()) r.count += t >= 0 ? 1 : 0;
+  r.count = count_targets(targets);
+  r.loss = Tensor::zeros({}, loss_dtype, y.device());
+  Tensor one;  // () dloss of each chunk: the chunks' losses add up to the mean
   if (need_grads) {
     r.dy = Tensor::empty({N, D}, y.dtype(), y.device());
     r.dweight = Tensor::zeros({V, D}, weight.dtype(), weight.device());
+    one = Tensor::ones({}, loss_dtype, y.device());
   }
-  double loss = 0;
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
     const int64_t r1 = std::min(N, r0 + chunk_rows);
     const Tensor y_c = y.slice(0, r0, r1), t_c = targets.slice(0, r0, r1);
     Tensor logits = matmul(y_c, false, weight, true);  // (rows, V), the only logits alive
-    CrossEntropyOut ce = cross_entropy_forward(logits, t_c);
-    if (ce.count == 0) {
-      if (need_grads) r.dy.slice(0, r0, r1).zero_();
-      continue;
-    }
-    const double share = static_cast<double>(ce.count) / static_cast<double>(r.count);
-    loss += ce.loss.item() * share;
+    CrossEntropyOut ce = cross_entropy_forward(logits, t_c, r.count);
+    add_inplace(r.loss, ce.loss);
     if (!need_grads) continue;
-    // (softmax - onehot) / chunk count * share = (softmax - onehot) / global count
-    Tensor dlogits = cross_entropy_backward(share, logits, t_c, ce.lse, ce.count);
-    gemm(dlogits, false, weight, false, r.dy.slice(0, r0, r1));        // dy_c = dlogits @ W
-    gemm(dlogits, true, y_c, false, r.dweight, 1.0, 1.0);              // dW += dlogits^T @ y_c
+    // (softmax - onehot) / global count; zeros on ignored rows (a chunk may have only those)
+    Tensor dlogits = cross_entropy_backward(one, logits, t_c, ce.lse, r.count);
+    gemm(dlogits, false, weight, false, r.dy.slice(0, r0, r1));  // dy_c = dlogits @ W
+    gemm(dlogits, true, y_c, false, r.dweight, 1.0, 1.0);        // dW += dlogits^T @ y_c
   }
-  r.loss = Tensor::full({}, loss, y.dtype() == DType::F64 ? DType::F64 : DType::F32, y.device());
   return r;
 }
 

@@ -2,7 +2,8 @@
 // logits are produced (ops::gemm), turned into loss and dlogits (the fused
 // softmax of ops/cross_entropy) and consumed into dy and dweight at once, so
 // neither the (N, V) logits nor their gradient ever exist in full. The same code
-// runs on every device: it only composes ops.
+// runs on every device: it only composes ops, and reads nothing back to the host
+// (no sync on the GPU: it can be captured in a CUDA graph).
 #pragma once
 
 #include "core/tensor.h"
@@ -13,7 +14,7 @@ struct LMHeadLossOut {
   Tensor loss;     // () f32 (f64 for f64 inputs): mean over rows whose target is not -1
   Tensor dy;       // (N, D) gradient of the loss, when grads were asked for
   Tensor dweight;  // (V, D)
-  int64_t count = 0;
+  Tensor count;    // () i32 on the inputs' device: the rows whose target is not -1
 };
 
 // y (N, D), weight (V, D), targets i32 (N). chunk_rows 0 picks chunks of about

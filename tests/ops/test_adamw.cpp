@@ -1,12 +1,20 @@
 // AdamW: a two-step example worked by hand, a plain f64 re-derivation of the
-// header's formula, the multi-tensor entry, errors, and CUDA against the CPU.
+// header's formula, the multi-tensor entry, the step values read from tensors
+// (clipping inside the update, the non-finite skip), errors, CUDA against the
+// CPU, and a step captured in a CUDA graph.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "ops/adamw/adamw.h"
+#include "ops/grad_norm/grad_norm.h"
 #include "test_util.h"
+
+#ifdef FG_CUDA
+#include "core/cuda_utils.h"
+#endif
 
 using fg::Device;
 using fg::DType;
@@ -14,6 +22,7 @@ using fg::Generator;
 using fg::Shape;
 using fg::Tensor;
 using fg::ops::AdamWHyper;
+using fg::ops::AdamWStepInputs;
 using fg::ops::AdamWTensors;
 
 namespace {
@@ -173,6 +182,184 @@ TEST(AdamW, Errors) {
   fg::ops::adamw_step_multi({}, h);  // nothing to do
 }
 
+// ---- Step values read from tensors ----
+
+std::vector<AdamWTensors> clone_group(const std::vector<AdamWTensors>& group) {
+  std::vector<AdamWTensors> out;
+  for (const AdamWTensors& e : group)
+    out.push_back(
+        {e.param.clone(), e.grad.clone(), e.exp_avg.clone(), e.exp_avg_sq.clone(), e.decay});
+  return out;
+}
+
+std::vector<Tensor> grads_of(const std::vector<AdamWTensors>& group) {
+  std::vector<Tensor> g;
+  for (const AdamWTensors& e : group) g.push_back(e.grad);
+  return g;
+}
+
+// Parameters and both states equal bit for bit (to_vector is exact for f32 and f64).
+void expect_same(const std::vector<AdamWTensors>& a, const std::vector<AdamWTensors>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].param.to_vector(), b[i].param.to_vector()) << "param " << i;
+    EXPECT_EQ(a[i].exp_avg.to_vector(), b[i].exp_avg.to_vector()) << "exp_avg " << i;
+    EXPECT_EQ(a[i].exp_avg_sq.to_vector(), b[i].exp_avg_sq.to_vector()) << "exp_avg_sq " << i;
+  }
+}
+
+void expect_close(const std::vector<AdamWTensors>& a, const std::vector<AdamWTensors>& b,
+                  double tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(close_rel(a[i].param, b[i].param, tol)) << "param " << i;
+    EXPECT_TRUE(close_rel(a[i].exp_avg, b[i].exp_avg, tol)) << "exp_avg " << i;
+    EXPECT_TRUE(close_rel(a[i].exp_avg_sq, b[i].exp_avg_sq, tol)) << "exp_avg_sq " << i;
+  }
+}
+
+// A few parameters of odd sizes with random gradients and states (as after
+// earlier steps), decay on every other one.
+std::vector<AdamWTensors> make_stepped_group(DType dtype, Device device, uint64_t seed,
+                                             const std::vector<Shape>& shapes) {
+  std::vector<AdamWTensors> group;
+  Generator gen(seed);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const Shape& s = shapes[i];
+    group.push_back({Tensor::randn(s, gen, dtype, device),
+                     Tensor::randn(s, gen, dtype, device, 0.0, 0.3),
+                     Tensor::randn(s, gen, dtype, device, 0.0, 0.01),
+                     Tensor::uniform(s, gen, 0.0, 1e-3, dtype, device), i % 2 == 0});
+  }
+  return group;
+}
+
+const std::vector<Shape> kSmallShapes = {{1}, {7, 13}, {0}, {33, 65}, {3, 5, 7}, {4097}};
+
+Tensor lr_step_of(double lr, int64_t step, Device device = Device::cpu()) {
+  Tensor t = Tensor::empty({2}, DType::F64, device);
+  t.copy_(Tensor::from_vector({lr, static_cast<double>(step)}, {2}, DType::F64));
+  return t;
+}
+
+AdamWHyper test_hyper() {
+  AdamWHyper h;
+  h.lr = 3e-3;
+  h.step = 5;
+  h.weight_decay = 0.1;
+  return h;
+}
+
+TEST(AdamWStepInputs, LrAndStepAreReadFromTheTensor) {
+  for (DType dtype : {DType::F32, DType::F64}) {
+    std::vector<AdamWTensors> host = make_stepped_group(dtype, Device::cpu(), 1, kSmallShapes);
+    std::vector<AdamWTensors> dev = clone_group(host);
+    AdamWHyper h = test_hyper();
+    AdamWStepInputs in;
+    in.lr_step = lr_step_of(h.lr, h.step);
+    AdamWHyper ignored = h;  // lr and step of hyper play no part
+    ignored.lr = 99;
+    ignored.step = 0;
+    fg::ops::adamw_step_multi(host, h, in);
+    fg::ops::adamw_step_multi(dev, ignored, in);
+    fg::ops::adamw_step_multi(host, h);
+    fg::ops::adamw_step_multi(dev, ignored, in);
+    expect_same(host, dev);
+    // New values in the same tensor: the update follows them.
+    in.lr_step.copy_(Tensor::from_vector({1e-2, 9}, {2}, DType::F64));
+    h.lr = 1e-2;
+    h.step = 9;
+    fg::ops::adamw_step_multi(host, h);
+    fg::ops::adamw_step_multi(dev, ignored, in);
+    expect_same(host, dev);
+    // A finite norm and loss without max_norm, or a norm under max_norm, change nothing.
+    in.grad_norm = Tensor::full({}, 2.5);
+    in.loss = Tensor::full({}, 3.25, DType::F64);
+    fg::ops::adamw_step_multi(host, h);
+    fg::ops::adamw_step_multi(dev, ignored, in);
+    in.max_norm = 2.5;
+    fg::ops::adamw_step_multi(host, h);
+    fg::ops::adamw_step_multi(dev, ignored, in);
+    expect_same(host, dev);
+  }
+}
+
+// clip_grad_norm then the update, against the same clipping inside the update.
+void check_clip_in_update(Device device) {
+  for (DType dtype : {DType::F32, DType::F64}) {
+    std::vector<AdamWTensors> clipped = make_stepped_group(dtype, device, 2, kSmallShapes);
+    std::vector<AdamWTensors> exact = clone_group(clipped), from_op = clone_group(clipped);
+    std::vector<Tensor> grads_before = grads_of(clone_group(clipped));
+    AdamWHyper h = test_hyper();
+    double max_norm = 0.5;
+    double norm = fg::ops::clip_grad_norm(grads_of(clipped), max_norm);
+    ASSERT_GT(norm, 2 * max_norm);
+    fg::ops::adamw_step_multi(clipped, h);
+    AdamWStepInputs in{lr_step_of(h.lr, h.step, device), Tensor(), Tensor(), max_norm};
+    // The norm in f64, as clip_grad_norm has it: the same f32 scale, the same bits.
+    in.grad_norm = Tensor::full({}, norm, DType::F64, device);
+    fg::ops::adamw_step_multi(exact, h, in);
+    expect_same(clipped, exact);
+    // grad_norm's own () (f32 for f32 gradients): within its rounding.
+    in.grad_norm = fg::ops::grad_norm(grads_of(from_op));
+    fg::ops::adamw_step_multi(from_op, h, in);
+    expect_close(clipped, from_op, dtype == DType::F32 ? 1e-6 : 1e-12);
+    // The gradients themselves are left as they were.
+    for (size_t i = 0; i < exact.size(); ++i) {
+      EXPECT_EQ(exact[i].grad.to_vector(), grads_before[i].to_vector()) << i;
+      EXPECT_EQ(from_op[i].grad.to_vector(), grads_before[i].to_vector()) << i;
+    }
+  }
+}
+
+TEST(AdamWStepInputs, ClipInUpdateMatchesClipGradNorm) {
+  check_clip_in_update(Device::cpu());
+}
+
+// A NaN or inf norm or loss: params and states keep every bit.
+void check_non_finite_skips(Device device) {
+  for (double bad : {NAN, INFINITY, -INFINITY}) {
+    for (bool in_loss : {false, true}) {
+      std::vector<AdamWTensors> group = make_stepped_group(DType::F32, device, 3, kSmallShapes);
+      std::vector<AdamWTensors> before = clone_group(group);
+      AdamWStepInputs in{lr_step_of(1e-2, 3, device), Tensor::full({}, 1.5, DType::F32, device),
+                         Tensor::full({}, 2.0, DType::F32, device), in_loss ? 0.0 : 1.0};
+      (in_loss ? in.loss : in.grad_norm).fill_(bad);
+      fg::ops::adamw_step_multi(group, test_hyper(), in);
+      expect_same(group, before);
+      // The same call with finite values does update.
+      (in_loss ? in.loss : in.grad_norm).fill_(1.5);
+      fg::ops::adamw_step_multi(group, test_hyper(), in);
+      EXPECT_GT(fg::max_abs_diff(group[1].param, before[1].param), 0.0);
+    }
+  }
+}
+
+TEST(AdamWStepInputs, NonFiniteNormOrLossSkipsTheUpdate) {
+  check_non_finite_skips(Device::cpu());
+}
+
+TEST(AdamWStepInputs, Errors) {
+  std::vector<AdamWTensors> g = {make_state({3}, 1)};
+  AdamWHyper h;
+  auto step = [&](AdamWStepInputs in) { fg::ops::adamw_step_multi(g, h, in); };
+  EXPECT_FG_ERROR(step({}), "adamw: lr_step is undefined");
+  EXPECT_FG_ERROR(step({Tensor::zeros({3}, DType::F64)}),
+                  "adamw: lr_step is (3,) f64 cpu but must be (2) f64");
+  EXPECT_FG_ERROR(step({Tensor::zeros({2})}), "adamw: lr_step is (2,) f32 cpu but must be (2) f64");
+  Tensor lr_step = lr_step_of(1e-3, 1);
+  EXPECT_FG_ERROR(step({lr_step, Tensor::zeros({2})}),
+                  "adamw: grad_norm is (2,) f32 cpu but must be one f32 or f64 element");
+  EXPECT_FG_ERROR(step({lr_step, Tensor(), Tensor::zeros({}, DType::BF16)}),
+                  "adamw: loss is () bf16 cpu but must be one f32 or f64 element");
+  EXPECT_FG_ERROR(step({lr_step, Tensor(), Tensor(), 1.0}),
+                  "adamw: max_norm is 1 but grad_norm is undefined");
+  EXPECT_FG_ERROR(step({lr_step, Tensor::zeros({}), Tensor(), -1.0}), "adamw: max_norm is -1");
+  fg::ops::adamw_step_multi({}, h, {});  // nothing to do
+  h.beta1 = 1.0;
+  EXPECT_FG_ERROR(step({lr_step}), "must lie in [0, 1)");
+}
+
 // ---- CUDA against the CPU ----
 
 // Sizes that fill no block or chunk evenly, plus one empty tensor.
@@ -278,6 +465,145 @@ TEST(AdamWCuda, NonFiniteGradientReachesOnlyItsElement) {
   EXPECT_FALSE(fg::has_non_finite(g.param.slice(0, 0, 4)));
   EXPECT_FALSE(fg::has_non_finite(g.param.slice(0, 5, 10)));
 }
+
+TEST(AdamWStepInputsCuda, MatchCpuOverStepsWithClipping) {
+  FG_REQUIRE_GPU();
+  Device gpu = Device::cuda(0);
+  for (DType dtype : {DType::F32, DType::F64}) {
+    std::vector<AdamWTensors> cpu = make_stepped_group(dtype, Device::cpu(), 4, kCudaShapes);
+    std::vector<AdamWTensors> cuda = make_stepped_group(dtype, gpu, 4, kCudaShapes);
+    AdamWHyper h = test_hyper();
+    AdamWStepInputs in_cpu{lr_step_of(0, 1), Tensor(), Tensor::full({}, 2.0), 1.0};
+    AdamWStepInputs in_gpu{lr_step_of(0, 1, gpu), Tensor(), Tensor::full({}, 2.0, DType::F32, gpu),
+                           1.0};
+    for (int64_t step = 1; step <= 3; ++step) {
+      Tensor values =
+          Tensor::from_vector({1e-3 * step, static_cast<double>(step)}, {2}, DType::F64);
+      in_cpu.lr_step.copy_(values);
+      in_gpu.lr_step.copy_(values);
+      in_cpu.grad_norm = fg::ops::grad_norm(grads_of(cpu));
+      in_gpu.grad_norm = fg::ops::grad_norm(grads_of(cuda));
+      ASSERT_GT(in_cpu.grad_norm.item(), 1.0);  // clipping is on
+      fg::ops::adamw_step_multi(cpu, h, in_cpu);
+      fg::ops::adamw_step_multi(cuda, h, in_gpu);
+    }
+    expect_close(cuda, cpu, dtype == DType::F32 ? 1e-5 : 1e-12);
+  }
+}
+
+TEST(AdamWStepInputsCuda, ClipInUpdateMatchesClipGradNorm) {
+  FG_REQUIRE_GPU();
+  check_clip_in_update(Device::cuda(0));
+}
+
+TEST(AdamWStepInputsCuda, NonFiniteNormOrLossSkipsTheUpdate) {
+  FG_REQUIRE_GPU();
+  check_non_finite_skips(Device::cuda(0));
+}
+
+TEST(AdamWStepInputsCuda, MoreTensorsThanOnePack) {
+  FG_REQUIRE_GPU();
+  // 600 small tensors (one launch holds 256), some empty, some crossing a chunk.
+  std::vector<Shape> shapes;
+  for (int i = 0; i < 600; ++i) shapes.push_back({(i * 977) % 5000 + (i % 13 == 0 ? 0 : 1)});
+  std::vector<AdamWTensors> cpu = make_stepped_group(DType::F32, Device::cpu(), 5, shapes);
+  std::vector<AdamWTensors> cuda = make_stepped_group(DType::F32, Device::cuda(0), 5, shapes);
+  AdamWHyper h = test_hyper();
+  fg::ops::adamw_step_multi(
+      cpu, h, {lr_step_of(2e-3, 4), fg::ops::grad_norm(grads_of(cpu)), Tensor(), 1.0});
+  fg::ops::adamw_step_multi(
+      cuda, h,
+      {lr_step_of(2e-3, 4, Device::cuda(0)), fg::ops::grad_norm(grads_of(cuda)), Tensor(), 1.0});
+  expect_close(cuda, cpu, 1e-5);
+  // The host entry, unclipped, over the packs too.
+  fg::ops::adamw_step_multi(cpu, h);
+  fg::ops::adamw_step_multi(cuda, h);
+  expect_close(cuda, cpu, 1e-5);
+}
+
+TEST(AdamWStepInputsCuda, InputsOnAnotherDeviceAreAnError) {
+  FG_REQUIRE_GPU();
+  Device gpu = Device::cuda(0);
+  std::vector<AdamWTensors> g = {make_state({3}, 1, DType::F32, gpu)};
+  AdamWHyper h;
+  EXPECT_FG_ERROR(fg::ops::adamw_step_multi(g, h, {lr_step_of(1e-3, 1)}),
+                  "adamw: lr_step is on cpu but param 0 is on cuda:0");
+  EXPECT_FG_ERROR(fg::ops::adamw_step_multi(g, h, {lr_step_of(1e-3, 1, gpu), Tensor::ones({})}),
+                  "adamw: grad_norm is on cpu but param 0 is on cuda:0");
+}
+
+#ifdef FG_CUDA
+// A CUDA graph captured from fusegpt's stream; destroyed with the test.
+class CapturedGraph {
+ public:
+  explicit CapturedGraph(const std::function<void()>& work) {
+    cudaStream_t stream = fg::cuda::stream();
+    FG_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+    try {
+      work();
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph_);
+      throw;
+    }
+    FG_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
+    FG_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+  }
+  ~CapturedGraph() {
+    if (exec_) cudaGraphExecDestroy(exec_);
+    if (graph_) cudaGraphDestroy(graph_);
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+
+  void launch() { FG_CUDA_CHECK(cudaGraphLaunch(exec_, fg::cuda::stream())); }
+
+ private:
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+TEST(AdamWStepInputsCuda, CapturedStepReplaysLikeEagerCalls) {
+  FG_REQUIRE_GPU();
+  Device gpu = Device::cuda(0);
+  // Everything the graph reads or writes exists before the capture.
+  std::vector<AdamWTensors> graphed = make_stepped_group(DType::F32, gpu, 6, kCudaShapes);
+  std::vector<AdamWTensors> eager = clone_group(graphed);
+  std::vector<AdamWTensors> initial = clone_group(graphed);
+  AdamWHyper h = test_hyper();
+  const double max_norm = 1.0;
+  Tensor lr_step = lr_step_of(0, 1, gpu), eager_lr_step = lr_step_of(0, 1, gpu);
+  Tensor loss = Tensor::full({}, 2.0, DType::F32, gpu);
+  Tensor norm_out = Tensor::zeros({}, DType::F32, gpu);  // the step's norm, for the host to read
+  std::vector<Tensor> grads = grads_of(graphed);
+
+  CapturedGraph graph([&] {
+    // The norm is a graph allocation: it must die inside the capture.
+    Tensor norm = fg::ops::grad_norm(grads);
+    norm_out.copy_(norm);
+    fg::ops::adamw_step_multi(graphed, h, {lr_step, norm, loss, max_norm});
+  });
+  expect_same(graphed, initial);  // capturing ran nothing
+
+  for (int64_t step = 1; step <= 2; ++step) {
+    // New values for the replay, written outside the capture.
+    Tensor values = Tensor::from_vector({2e-3 / step, static_cast<double>(step)}, {2}, DType::F64);
+    lr_step.copy_(values);
+    eager_lr_step.copy_(values);
+    graph.launch();
+    Tensor norm = fg::ops::grad_norm(grads_of(eager));
+    fg::ops::adamw_step_multi(eager, h, {eager_lr_step, norm, loss, max_norm});
+    EXPECT_EQ(norm_out.item(), norm.item()) << step;
+    ASSERT_GT(norm.item(), max_norm);  // clipping is on
+    expect_same(graphed, eager);
+  }
+  EXPECT_GT(fg::max_abs_diff(graphed[1].param, initial[1].param), 0.0);
+  // A non-finite loss written before a replay skips that update.
+  std::vector<AdamWTensors> before = clone_group(graphed);
+  loss.fill_(NAN);
+  graph.launch();
+  expect_same(graphed, before);
+}
+#endif
 
 TEST(AdamWCuda, MixedDevicesAreAnError) {
   FG_REQUIRE_GPU();

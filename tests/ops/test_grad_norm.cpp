@@ -1,5 +1,6 @@
 // Global gradient norm and clipping: known values, f64 accumulation, PyTorch's
-// clip coefficient, non-finite norms, errors, and CUDA against the CPU.
+// clip coefficient, non-finite norms, the device-tensor forms (grad_norm,
+// scale_grads by a tensor), errors, and CUDA against the CPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,6 +16,7 @@ using fg::Shape;
 using fg::Tensor;
 using fg::ops::clip_grad_norm;
 using fg::ops::global_grad_norm;
+using fg::ops::grad_norm;
 using fg::ops::scale_grads;
 
 namespace {
@@ -91,6 +93,48 @@ TEST(GradNorm, ScaleGradsEveryDtype) {
   EXPECT_EQ(g[2].to_vector(), (std::vector<double>{0.25, 4}));
 }
 
+TEST(GradNorm, TensorNormMatchesHostNorm) {
+  // f32 (or mixed) gradients give an f32 (), f64 ones an f64 () holding the f64 result.
+  std::vector<Tensor> mixed = {Tensor::from_vector({1, 2}, {2}), Tensor(),
+                               Tensor::from_vector({-2, 4}, {1, 2}, DType::F64),
+                               Tensor::from_vector({2, -4, 2}, {3}, DType::BF16)};
+  Tensor n = grad_norm(mixed);
+  EXPECT_EQ(n.shape(), Shape{});
+  EXPECT_EQ(n.dtype(), DType::F32);
+  EXPECT_EQ(n.device(), Device::cpu());
+  EXPECT_EQ(n.item(), 7.0);
+  Generator gen(3);
+  std::vector<Tensor> f64 = {Tensor::randn({7, 13}, gen, DType::F64),
+                             Tensor::randn({5}, gen, DType::F64)};
+  Tensor n64 = grad_norm(f64);
+  EXPECT_EQ(n64.dtype(), DType::F64);
+  EXPECT_EQ(n64.item(), global_grad_norm(f64));
+  std::vector<Tensor> f32 = {Tensor::randn({7, 13}, gen), Tensor::randn({5}, gen)};
+  EXPECT_EQ(grad_norm(f32).item(), static_cast<double>(static_cast<float>(global_grad_norm(f32))));
+  EXPECT_EQ(grad_norm({}).item(), 0.0);
+  EXPECT_EQ(grad_norm({Tensor::zeros({0})}).item(), 0.0);
+}
+
+TEST(GradNorm, ScaleGradsByTensor) {
+  Generator gen(4);
+  std::vector<Tensor> g = {Tensor::randn({33}, gen), Tensor::randn({3, 5}, gen, DType::F64),
+                           Tensor::randn({9}, gen, DType::BF16), Tensor()};
+  std::vector<Tensor> by_double = clones(g), before = clones(g);
+  for (DType dtype : {DType::F32, DType::F64}) {
+    scale_grads(g, Tensor::full({}, 1.0, dtype));  // no change at all
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(g[i].to_vector(), before[i].to_vector()) << i;
+  }
+  // 0.5 as a tensor is 0.5 as a double, bit for bit.
+  scale_grads(g, Tensor::full({}, 0.5, DType::F64));
+  scale_grads(by_double, 0.5);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(g[i].to_vector(), by_double[i].to_vector()) << i;
+    EXPECT_NE(g[i].to_vector(), before[i].to_vector()) << i;
+  }
+  scale_grads(g, Tensor::full({1}, -2.0));  // any one-element tensor
+  EXPECT_NEAR(g[0].to_vector()[0], -before[0].to_vector()[0], 1e-6);
+}
+
 TEST(GradNorm, Errors) {
   EXPECT_FG_ERROR(global_grad_norm({Tensor::zeros({2}), Tensor::zeros({3}, DType::I32)}),
                   "global_grad_norm: grad 1 is i32");
@@ -98,6 +142,14 @@ TEST(GradNorm, Errors) {
   EXPECT_FG_ERROR(scale_grads({t.transpose(0, 1)}, 2.0),
                   "scale_grads: grad 0 (3, 2) is not contiguous");
   EXPECT_FG_ERROR(clip_grad_norm({t}, 0.0), "clip_grad_norm: max_norm is 0");
+  EXPECT_FG_ERROR(grad_norm({Tensor::zeros({2}), Tensor::zeros({3}, DType::I32)}),
+                  "grad_norm: grad 1 is i32");
+  EXPECT_FG_ERROR(scale_grads({t}, Tensor()), "scale_grads: factor is undefined");
+  EXPECT_FG_ERROR(scale_grads({t}, Tensor::ones({2})),
+                  "scale_grads: factor is (2,) f32 cpu but must be one f32 or f64 element");
+  EXPECT_FG_ERROR(scale_grads({t}, Tensor::zeros({}, DType::I32)), "scale_grads: factor is");
+  EXPECT_FG_ERROR(scale_grads({t.transpose(0, 1)}, Tensor::ones({})),
+                  "scale_grads: grad 0 (3, 2) is not contiguous");
 }
 
 // ---- CUDA against the CPU ----
@@ -185,6 +237,63 @@ TEST(GradNormCuda, NonFiniteNormLeavesGradientsAlone) {
       EXPECT_EQ(fg::max_abs_diff(gpu[i], before[i]), 0.0) << i;
     }
   }
+}
+
+TEST(GradNormCuda, TensorNormMatchesCpu) {
+  FG_REQUIRE_GPU();
+  std::vector<Tensor> cpu = make_grads(Device::cpu(), 6), gpu = make_grads(Device::cuda(0), 6);
+  Tensor n = grad_norm(gpu);
+  EXPECT_EQ(n.shape(), Shape{});
+  EXPECT_EQ(n.dtype(), DType::F32);
+  EXPECT_EQ(n.device(), Device::cuda(0));
+  double c = global_grad_norm(cpu);
+  EXPECT_NEAR(n.item(), c, 1e-6 * c);
+  // f64 gradients: an f64 norm, as exact as the host one.
+  std::vector<Tensor> c64 = {cpu[2], cpu[5]}, g64 = {gpu[2], gpu[5]};
+  Tensor n64 = grad_norm(g64);
+  EXPECT_EQ(n64.dtype(), DType::F64);
+  EXPECT_NEAR(n64.item(), global_grad_norm(c64), 1e-12 * global_grad_norm(c64));
+  EXPECT_EQ(n64.item(), global_grad_norm(g64));
+  EXPECT_EQ(grad_norm({Tensor::zeros({0}, DType::F32, Device::cuda(0))}).item(), 0.0);
+}
+
+TEST(GradNormCuda, ScaleByTensorMatchesCpu) {
+  FG_REQUIRE_GPU();
+  std::vector<Tensor> cpu = make_grads(Device::cpu(), 7), gpu;
+  for (const Tensor& g : cpu) gpu.push_back(g.to(Device::cuda(0)));  // the same bits
+  std::vector<Tensor> before = clones(gpu);
+  scale_grads(gpu, Tensor::full({}, 1.0, DType::F32, Device::cuda(0)));  // returns at once
+  for (size_t i = 0; i < gpu.size(); ++i) EXPECT_EQ(fg::max_abs_diff(gpu[i], before[i]), 0.0) << i;
+  scale_grads(cpu, Tensor::full({}, 0.5, DType::F64));
+  scale_grads(gpu, Tensor::full({}, 0.5, DType::F64, Device::cuda(0)));
+  for (size_t i = 0; i < cpu.size(); ++i) EXPECT_EQ(fg::max_abs_diff(gpu[i], cpu[i]), 0.0) << i;
+}
+
+TEST(GradNormCuda, MoreTensorsThanOnePack) {
+  FG_REQUIRE_GPU();
+  // 600 small tensors (one launch holds 256), some empty, mixed dtypes.
+  std::vector<Tensor> cpu, gpu;
+  Generator gen(9);
+  DType dtypes[] = {DType::F32, DType::BF16, DType::F64};
+  for (int i = 0; i < 600; ++i) {
+    Shape shape{(i * 131) % 700 + (i % 11 == 0 ? 0 : 1)};
+    cpu.push_back(Tensor::randn(shape, gen, dtypes[i % 3], Device::cpu(), 0.0, 1.0 + i % 5));
+    gpu.push_back(cpu.back().to(Device::cuda(0)));
+  }
+  double c = global_grad_norm(cpu);
+  EXPECT_NEAR(global_grad_norm(gpu), c, 1e-12 * c);
+  EXPECT_NEAR(grad_norm(gpu).item(), c, 1e-6 * c);
+  scale_grads(cpu, Tensor::full({}, -0.25, DType::F64));
+  scale_grads(gpu, Tensor::full({}, -0.25, DType::F64, Device::cuda(0)));
+  for (size_t i = 0; i < cpu.size(); ++i) EXPECT_EQ(fg::max_abs_diff(gpu[i], cpu[i]), 0.0) << i;
+}
+
+TEST(GradNormCuda, TensorFormsNeedOneDevice) {
+  FG_REQUIRE_GPU();
+  std::vector<Tensor> g = {Tensor::ones({2}), Tensor::ones({2}, DType::F32, Device::cuda(0))};
+  EXPECT_FG_ERROR(grad_norm(g), "grad_norm: gradients on cpu and cuda:0");
+  EXPECT_FG_ERROR(scale_grads({g[1]}, Tensor::ones({})),
+                  "scale_grads: grad is on cuda:0 but factor is on cpu");
 }
 
 TEST(GradNormCuda, CpuAndGpuTensorsInOneList) {

@@ -1,11 +1,21 @@
 // The chunked LM head + loss equals the unfused linear + cross-entropy, on the
-// CPU for any chunking and on the GPU against the CPU.
+// CPU for any chunking (a chunk of only ignored rows included) and on the GPU
+// against the CPU; on the GPU it also runs inside CUDA stream capture, which
+// proves it never syncs with the host.
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
 
 #include "ops/cross_entropy/cross_entropy.h"
 #include "ops/gemm/gemm.h"
 #include "ops/lm_head_loss/lm_head_loss.h"
 #include "test_util.h"
+
+#ifdef FG_CUDA
+#include "core/cuda_utils.h"
+#endif
 
 using namespace fg;
 
@@ -13,12 +23,33 @@ namespace {
 struct Problem {
   Tensor y, w, targets;
 };
-Problem make(int64_t n, int64_t d, int64_t v, DType dtype, Device device) {
+// Every fifth row ignored, unless targets are given.
+Problem make(int64_t n, int64_t d, int64_t v, DType dtype, Device device,
+             std::vector<int32_t> t = {}) {
   Generator g(8);
-  std::vector<int32_t> t;
-  for (int64_t i = 0; i < n; ++i) t.push_back(i % 5 == 2 ? -1 : static_cast<int32_t>((i * 7) % v));
-  return {Tensor::randn({n, d}, g, dtype).to(device), Tensor::randn({v, d}, g, dtype, Device::cpu(), 0, 0.3).to(device),
+  if (t.empty())
+    for (int64_t i = 0; i < n; ++i)
+      t.push_back(i % 5 == 2 ? -1 : static_cast<int32_t>((i * 7) % v));
+  return {Tensor::randn({n, d}, g, dtype).to(device),
+          Tensor::randn({v, d}, g, dtype, Device::cpu(), 0, 0.3).to(device),
           Tensor::from_ints(t, {n}, device)};
+}
+
+// Rows [lo, hi) ignored, the others aimed at (i * 7) % v.
+std::vector<int32_t> ignoring(int64_t n, int64_t v, int64_t lo, int64_t hi) {
+  std::vector<int32_t> t;
+  for (int64_t i = 0; i < n; ++i)
+    t.push_back(i >= lo && i < hi ? -1 : static_cast<int32_t>((i * 7) % v));
+  return t;
+}
+
+// Same loss, dy and dweight.
+void expect_same(const ops::LMHeadLossOut& got, const ops::LMHeadLossOut& want, double tol,
+                 const std::string& what) {
+  EXPECT_NEAR(got.loss.item(), want.loss.item(), tol * std::max(1.0, want.loss.item())) << what;
+  EXPECT_EQ(got.count.item(), want.count.item()) << what;
+  EXPECT_TRUE(close_rel(got.dy, want.dy, tol)) << what << ": dy";
+  EXPECT_TRUE(close_rel(got.dweight, want.dweight, tol)) << what << ": dweight";
 }
 }  // namespace
 
@@ -26,14 +57,40 @@ TEST(LMHeadLoss, EqualsLinearPlusCrossEntropyForAnyChunking) {
   Problem p = make(37, 11, 23, DType::F64, Device::cpu());
   Tensor logits = ops::matmul(p.y, false, p.w, true);
   ops::CrossEntropyOut ce = ops::cross_entropy_forward(logits, p.targets);
-  Tensor dlogits = ops::cross_entropy_backward(1.0, logits, p.targets, ce.lse, ce.count);
+  Tensor one = Tensor::ones({}, DType::F64);
+  Tensor dlogits = ops::cross_entropy_backward(one, logits, p.targets, ce.lse, ce.count);
   Tensor dy = ops::matmul(dlogits, false, p.w, false), dw = ops::matmul(dlogits, true, p.y, false);
   for (int64_t chunk : {1, 5, 36, 37, 0}) {
     ops::LMHeadLossOut r = ops::lm_head_loss(p.y, p.w, p.targets, true, chunk);
     EXPECT_NEAR(r.loss.item(), ce.loss.item(), 1e-12) << chunk;
-    EXPECT_EQ(r.count, ce.count);
+    EXPECT_EQ(r.count.item(), ce.count.item());
     EXPECT_LE(relative_error(r.dy, dy), 1e-12) << chunk;
     EXPECT_LE(relative_error(r.dweight, dw), 1e-12) << chunk;
+    ops::LMHeadLossOut no_grads = ops::lm_head_loss(p.y, p.w, p.targets, false, chunk);
+    EXPECT_EQ(no_grads.loss.item(), r.loss.item()) << chunk;
+    EXPECT_FALSE(no_grads.dy.defined());
+  }
+}
+
+TEST(LMHeadLoss, WholeIgnoredChunkEqualsUnchunked) {
+  // Chunks of 4 rows; rows 4-7, the second chunk, are all ignored.
+  Problem p = make(14, 5, 9, DType::F64, Device::cpu(), ignoring(14, 9, 4, 8));
+  ops::LMHeadLossOut whole = ops::lm_head_loss(p.y, p.w, p.targets, true, 0);
+  ops::LMHeadLossOut chunked = ops::lm_head_loss(p.y, p.w, p.targets, true, 4);
+  EXPECT_EQ(whole.count.item(), 10);
+  EXPECT_GT(whole.loss.item(), 0.0);
+  expect_same(chunked, whole, 1e-12, "chunks of 4");
+  EXPECT_EQ(max_abs_diff(chunked.dy.slice(0, 4, 8), Tensor::zeros({4, 5})), 0.0);
+}
+
+TEST(LMHeadLoss, AllIgnoredGivesZeroLossAndGrads) {
+  Problem p = make(10, 4, 7, DType::F32, Device::cpu(), std::vector<int32_t>(10, -1));
+  for (int64_t chunk : {3, 0}) {
+    ops::LMHeadLossOut r = ops::lm_head_loss(p.y, p.w, p.targets, true, chunk);
+    EXPECT_EQ(r.count.item(), 0);
+    EXPECT_EQ(r.loss.item(), 0.0);
+    EXPECT_EQ(max_abs_diff(r.dy, Tensor::zeros({10, 4})), 0.0) << chunk;
+    EXPECT_EQ(max_abs_diff(r.dweight, Tensor::zeros({7, 4})), 0.0) << chunk;
   }
 }
 
@@ -49,12 +106,113 @@ TEST(LMHeadLossCuda, MatchesCpu) {
   FG_REQUIRE_GPU();
   for (DType dt : {DType::F32, DType::BF16}) {
     Problem cpu = make(301, 64, 1003, DType::F32, Device::cpu());
-    Problem gpu{cpu.y.to(Device::cuda(), dt), cpu.w.to(Device::cuda(), dt), cpu.targets.to(Device::cuda())};
+    Problem gpu{cpu.y.to(Device::cuda(), dt), cpu.w.to(Device::cuda(), dt),
+                cpu.targets.to(Device::cuda())};
     ops::LMHeadLossOut c = ops::lm_head_loss(cpu.y, cpu.w, cpu.targets, true, 0);
     ops::LMHeadLossOut g = ops::lm_head_loss(gpu.y, gpu.w, gpu.targets, true, 97);
+    EXPECT_EQ(g.count.device(), Device::cuda());
+    EXPECT_EQ(g.loss.device(), Device::cuda());
     double tol = dt == DType::BF16 ? 1e-2 : 1e-5;
     EXPECT_NEAR(g.loss.item(), c.loss.item(), tol * c.loss.item());
+    EXPECT_EQ(g.count.item(), c.count.item());
     EXPECT_TRUE(close_rel(g.dy, c.dy, tol));
     EXPECT_TRUE(close_rel(g.dweight, c.dweight, tol));
   }
 }
+
+TEST(LMHeadLossCuda, IgnoredChunksMatchCpu) {
+  FG_REQUIRE_GPU();
+  // Chunks of 97 rows: the second is all ignored; then every row ignored.
+  Problem some = make(301, 64, 1003, DType::F32, Device::cpu(), ignoring(301, 1003, 97, 194));
+  Problem all = make(301, 64, 1003, DType::F32, Device::cpu(), ignoring(301, 1003, 0, 301));
+  for (const Problem& cpu : {some, all}) {
+    Problem gpu{cpu.y.to(Device::cuda()), cpu.w.to(Device::cuda()), cpu.targets.to(Device::cuda())};
+    ops::LMHeadLossOut c = ops::lm_head_loss(cpu.y, cpu.w, cpu.targets, true, 0);
+    ops::LMHeadLossOut g = ops::lm_head_loss(gpu.y, gpu.w, gpu.targets, true, 97);
+    if (c.count.item() == 0) {
+      EXPECT_EQ(g.count.item(), 0);
+      EXPECT_EQ(g.loss.item(), 0.0);
+      EXPECT_EQ(max_abs_diff(g.dy, Tensor::zeros({301, 64})), 0.0);
+      EXPECT_EQ(max_abs_diff(g.dweight, Tensor::zeros({1003, 64})), 0.0);
+      continue;
+    }
+    expect_same(g, c, 1e-5, "chunks of 97, the second ignored");
+    EXPECT_EQ(max_abs_diff(g.dy.slice(0, 97, 194), Tensor::zeros({97, 64})), 0.0);
+  }
+}
+
+#ifdef FG_CUDA  // drives CUDA graph capture directly
+namespace {
+// A captured graph and its executable, destroyed together.
+struct CapturedGraph {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CapturedGraph() = default;
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  ~CapturedGraph() {
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+  }
+};
+
+// Captures what f launches on fusegpt's stream and instantiates it. A host sync
+// or a copy to or from host memory inside f fails the capture; returns that
+// error (empty on success). The capture is ended on every path, so a failure
+// leaves the stream usable for the tests that follow.
+template <class F>
+std::string capture(CapturedGraph& g, F&& f) {
+  cudaStream_t stream = cuda::stream();
+  FG_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+  std::string error;
+  try {
+    f();
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  cudaError_t end = cudaStreamEndCapture(stream, &g.graph);
+  cudaGetLastError();  // a failed capture leaves its error behind
+  if (!error.empty()) return error;
+  if (end != cudaSuccess) return std::string("cudaStreamEndCapture: ") + cudaGetErrorString(end);
+  cudaError_t inst = cudaGraphInstantiateWithFlags(&g.exec, g.graph, 0);
+  if (inst != cudaSuccess) return std::string("cudaGraphInstantiate: ") + cudaGetErrorString(inst);
+  return "";
+}
+}  // namespace
+
+TEST(LMHeadLossCuda, RunsInsideStreamCapture) {
+  FG_REQUIRE_GPU();
+  const int64_t n = 301, d = 64, v = 1003, chunk = 97;
+  const Device gpu = Device::cuda();
+  // The second chunk is all ignored.
+  Problem p = make(n, d, v, DType::F32, gpu, ignoring(n, v, chunk, 2 * chunk));
+  // Eager first: it also sets up what is made once (cuBLASLt handle, workspace, plans).
+  ops::LMHeadLossOut eager = ops::lm_head_loss(p.y, p.w, p.targets, true, chunk);
+
+  // The graph's results land in tensors allocated before the capture; every
+  // tensor made inside it is freed inside it (graph-owned memory).
+  ops::LMHeadLossOut out{Tensor::empty({}, DType::F32, gpu), Tensor::empty({n, d}, DType::F32, gpu),
+                         Tensor::empty({v, d}, DType::F32, gpu),
+                         Tensor::empty({}, DType::I32, gpu)};
+  CapturedGraph graph;
+  std::string error = capture(graph, [&] {
+    ops::LMHeadLossOut r = ops::lm_head_loss(p.y, p.w, p.targets, true, chunk);
+    out.loss.copy_(r.loss);
+    out.dy.copy_(r.dy);
+    out.dweight.copy_(r.dweight);
+    out.count.copy_(r.count);
+  });
+  ASSERT_EQ(error, "") << "lm_head_loss cannot be captured: it syncs with the host";
+
+  FG_CUDA_CHECK(cudaGraphLaunch(graph.exec, cuda::stream()));
+  expect_same(out, eager, 1e-6, "captured");
+
+  // The graph reads the targets and the count on the device each launch: new
+  // targets (another count) give the new eager result, not the captured one.
+  p.targets.copy_(Tensor::from_ints(ignoring(n, v, 0, 150), {n}));
+  ops::LMHeadLossOut eager2 = ops::lm_head_loss(p.y, p.w, p.targets, true, chunk);
+  ASSERT_NE(eager2.count.item(), eager.count.item());
+  FG_CUDA_CHECK(cudaGraphLaunch(graph.exec, cuda::stream()));
+  expect_same(out, eager2, 1e-6, "captured, replayed on new targets");
+}
+#endif

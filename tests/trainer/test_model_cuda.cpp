@@ -86,32 +86,56 @@ TEST_P(ModelCuda, LossAndEveryGradientMatchTheCpu) {
 INSTANTIATE_TEST_SUITE_P(Dtypes, ModelCuda, ::testing::Values(DType::F32, DType::BF16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
-TEST(TrainCuda, SameSeedTwiceGivesTheSameLossCurve) {
-  FG_REQUIRE_GPU();
+namespace {
+// A few steps of the small model on the synthetic corpus, bf16 on the GPU.
+TrainOptions short_gpu_run(int64_t steps) {
   TrainOptions o;
   o.device = Device::cuda();
   o.dtype = DType::BF16;
   o.model = small_config();
   o.model.vocab_size = 0;
-  o.steps = 8;
+  o.steps = steps;
   o.batch = 4;
   o.seq = 48;
   o.eval_every = 0;
   o.progress = false;
+  return o;
+}
+}  // namespace
+
+TEST(TrainCuda, SameSeedTwiceGivesTheSameLossCurve) {
+  FG_REQUIRE_GPU();
+  TrainOptions o = short_gpu_run(8);
   std::vector<double> a = train(o).losses, b = train(o).losses;
   EXPECT_EQ(a, b);
 }
 
+// The captured step replays exactly what eager launches compute, with micro-batches,
+// clipping, recomputation and evaluations between the replays.
+TEST(TrainCuda, GraphReplayMatchesEagerLaunches) {
+  FG_REQUIRE_GPU();
+  TrainOptions o = short_gpu_run(8);
+  o.grad_accum = 2;
+  o.clip = 0.5;
+  o.recompute = Recompute::Full;
+  o.eval_every = 3;
+  o.eval_batches = 2;
+  o.cuda_graph = true;
+  TrainResult graph = train(o);
+  o.cuda_graph = false;
+  TrainResult eager = train(o);
+  EXPECT_TRUE(graph.cuda_graph);
+  EXPECT_FALSE(eager.cuda_graph);
+  EXPECT_EQ(graph.losses, eager.losses);
+  EXPECT_EQ(graph.final_val_loss, eager.final_val_loss);
+  EXPECT_GT(graph.memory.activations, 0);
+}
+
 TEST(TrainCuda, FirstStepsAgreeWithTheCpu) {
   FG_REQUIRE_GPU();
-  TrainOptions o;
-  o.model = small_config();
-  o.model.vocab_size = 0;
-  o.steps = 6;
-  o.batch = 4;
-  o.seq = 48;
-  o.eval_every = 0;
-  o.progress = false;
+  TrainOptions o = short_gpu_run(6);
+  o.device = Device::cpu();
+  o.dtype = DType::F32;
   std::vector<double> cpu = train(o).losses;
   o.device = Device::cuda();
   o.dtype = DType::F32;

@@ -99,10 +99,21 @@ TEST(Train, RecomputeChangesNothingButMemory) {
   o.model.n_kv_head = 2;
   o.model.qkv_bias = true;
   o.model.rotary_dim = 4;
-  std::vector<double> base = train(o).losses;
+  TrainResult base = train(o);
+  // The memory summary counts what lives: grads and the two AdamW states are
+  // the size of the parameters, and a step's activations come on top.
+  const MemorySummary& m = base.memory;
+  EXPECT_EQ(m.grads, m.params);
+  EXPECT_EQ(m.optimizer, 2 * m.params);
+  EXPECT_GT(m.activations, 0);
+  EXPECT_GE(m.peak, m.params + m.grads + m.optimizer + m.activations);
+  int64_t previous = m.activations;
   for (Recompute r : {Recompute::Attn, Recompute::Full}) {
     o.recompute = r;
-    EXPECT_EQ(train(o).losses, base);
+    TrainResult t = train(o);
+    EXPECT_EQ(t.losses, base.losses);
+    EXPECT_LT(t.memory.activations, previous) << "recompute " << static_cast<int>(r);
+    previous = t.memory.activations;
   }
 }
 
