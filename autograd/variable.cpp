@@ -11,6 +11,7 @@ namespace fg::ag {
 struct VariableImpl {
   Tensor data;
   Tensor grad;
+  bool grad_stale = false;  // zero_grad_in_place: grad's contents count as zero
   bool requires_grad = false;
   std::shared_ptr<Node> grad_fn;  // null for leaves
   int output_nr = 0;
@@ -63,8 +64,16 @@ const Tensor& Variable::grad() const {
   FG_CHECK(impl_, "use of an undefined Variable");
   return impl_->grad;
 }
-void Variable::set_grad(Tensor grad) { impl_->grad = std::move(grad); }
-void Variable::zero_grad() { impl_->grad = Tensor(); }
+void Variable::set_grad(Tensor grad) {
+  impl_->grad = std::move(grad);
+  impl_->grad_stale = false;
+}
+void Variable::zero_grad() {
+  impl_->grad = Tensor();
+  impl_->grad_stale = false;
+}
+void Variable::zero_grad_in_place() { impl_->grad_stale = impl_->grad.defined(); }
+bool Variable::grad_zeroed_in_place() const { return impl_->grad_stale; }
 bool Variable::requires_grad() const { return impl_ && impl_->requires_grad; }
 bool Variable::is_leaf() const { return !impl_->grad_fn; }
 const std::shared_ptr<Node>& Variable::grad_fn() const { return impl_->grad_fn; }
@@ -122,6 +131,10 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
   auto send = [&](const Variable& v, const Tensor& g) {
     if (!v.requires_grad() || !g.defined()) {
       if (v.requires_grad() && v.is_leaf() && --leaf_uses[v.impl()] == 0) {
+        if (v.impl()->grad_stale) {  // the hooks read it: make the zero real
+          v.impl()->grad.zero_();
+          v.impl()->grad_stale = false;
+        }
         Variable leaf = v;
         for (auto& hook : v.impl()->ready_hooks) hook(leaf);
       } else if (v.requires_grad() && !v.is_leaf() && --pending[v.grad_fn().get()] == 0) {
@@ -132,7 +145,12 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
     FG_CHECK(g.shape() == v.shape(), "backward: gradient ", g.shape_str(), " for a variable of shape ",
              v.data().shape_str());
     if (v.is_leaf()) {
-      accumulate(v.impl()->grad, g);
+      if (v.impl()->grad_stale) {
+        v.impl()->grad.copy_(g);
+        v.impl()->grad_stale = false;
+      } else {
+        accumulate(v.impl()->grad, g);
+      }
       if (--leaf_uses[v.impl()] == 0) {
         Variable leaf = v;
         for (auto& hook : v.impl()->ready_hooks) hook(leaf);

@@ -28,6 +28,11 @@ class Variable {
   const Tensor& grad() const;  // undefined until backward reached this leaf
   void set_grad(Tensor grad);
   void zero_grad();  // drops the gradient (the next backward allocates it)
+  // Keeps the gradient's buffer but treats it as zero: the next backward copies
+  // into it instead of adding (no memset, no read). Training loops whose
+  // gradient buffers must stay put (a CUDA graph) use it.
+  void zero_grad_in_place();
+  bool grad_zeroed_in_place() const;  // still zero: no backward has written it since
   bool requires_grad() const;
   bool is_leaf() const;
   const std::shared_ptr<Node>& grad_fn() const;

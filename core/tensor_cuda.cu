@@ -1,6 +1,8 @@
 // The CUDA side of Tensor: one strided gather/scatter kernel serves contiguous(),
 // dtype conversion and copy_; plus fill, arange and the Philox draws.
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <cuda_bf16.h>
 
 #include "core/cuda_utils.h"
@@ -59,6 +61,40 @@ __global__ void convert_kernel(const void* src, DType src_t, void* dst, DType ds
   if (i < n) store_elem(dst, dst_t, i, load_elem(src, src_t, i));
 }
 
+// The two casts of mixed precision (f32 master weights to bf16, bf16 gradients
+// to f32), 8 elements per thread in whole-pack loads and stores.
+template <class T>
+struct alignas(8 * sizeof(T)) Pack8 {
+  T v[8];
+};
+
+template <class S, class D>
+__global__ void cast_pack_kernel(const S* src, D* dst, int64_t packs) {
+  int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= packs) return;
+  const Pack8<S> in = reinterpret_cast<const Pack8<S>*>(src)[i];
+  Pack8<D> out;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if constexpr (std::is_same_v<D, bf16>)
+      out.v[k] = float_to_bf16(in.v[k]);
+    else
+      out.v[k] = bf16_to_float(in.v[k]);
+  }
+  reinterpret_cast<Pack8<D>*>(dst)[i] = out;
+}
+
+template <class S, class D>
+bool try_cast_pack(const Tensor& src, const Tensor& dst, int64_t n) {
+  auto aligned = [](const Tensor& t, size_t bytes) {
+    return reinterpret_cast<uintptr_t>(t.raw_data()) % bytes == 0;
+  };
+  if (n % 8 != 0 || !aligned(src, 8 * sizeof(S)) || !aligned(dst, 8 * sizeof(D))) return false;
+  cast_pack_kernel<S, D><<<cuda::grid_for(n / 8, kBlock), kBlock, 0, cuda::stream()>>>(
+      static_cast<const S*>(src.raw_data()), static_cast<D*>(dst.raw_data()), n / 8);
+  return true;
+}
+
 __global__ void fill_kernel(void* dst, DType t, StridedLayout layout, int64_t n, double value) {
   int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
@@ -108,6 +144,13 @@ void cuda_strided_copy(const Tensor& src, const Tensor& dst) {
     return;
   }
   if (src.is_contiguous() && dst.is_contiguous()) {
+    const bool packed =
+        (src.dtype() == DType::F32 && dst.dtype() == DType::BF16 && try_cast_pack<float, bf16>(src, dst, n)) ||
+        (src.dtype() == DType::BF16 && dst.dtype() == DType::F32 && try_cast_pack<bf16, float>(src, dst, n));
+    if (packed) {
+      FG_CUDA_CHECK(cudaGetLastError());
+      return;
+    }
     convert_kernel<<<cuda::grid_for(n, kBlock), kBlock, 0, cuda::stream()>>>(
         src.raw_data(), src.dtype(), dst.raw_data(), dst.dtype(), n);
     FG_CUDA_CHECK(cudaGetLastError());

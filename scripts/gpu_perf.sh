@@ -13,11 +13,12 @@ LOG_DIR="$LOGS" bash scripts/gpu_build.sh || exit 1
 
 if [ "$TESTS" = 1 ]; then
   SECONDS=0
-  build-gpu/bin/fg_test_ops --gtest_filter='*CrossEntropy*:*LMHead*:*LmHead*:*AdamW*:*Adamw*:*GradNorm*:*Capture*:*Graph*' \
+  build-gpu/bin/fg_test_ops --gtest_filter='*CrossEntropy*:*LMHead*:*AdamW*:*GradNorm*:*Swiglu*:*Capture*:*Graph*' \
     > "$LOGS/test_ops.log" 2>&1; echo "ops tests rc=$? ${SECONDS}s"
   build-gpu/bin/fg_test_trainer --gtest_filter='*Cuda*:Train.*:NonFinite*' > "$LOGS/test_trainer.log" 2>&1
   echo "trainer tests rc=$? ${SECONDS}s"
   build-gpu/bin/fg_test_autograd > "$LOGS/test_autograd.log" 2>&1; echo "autograd tests rc=$? ${SECONDS}s"
+  build-gpu/bin/fg_test_core > "$LOGS/test_core.log" 2>&1; echo "core tests rc=$? ${SECONDS}s"
   grep -hE "^\[  (PASSED|FAILED) |Failure|Which is|error" "$LOGS"/test_*.log | head -40
 fi
 

@@ -140,7 +140,7 @@ void TrainStep::upload() {
 }
 
 void TrainStep::run(bool update) {
-  for (const Tensor& g : grads_) g.zero_();
+  for (const ag::Variable& p : model_.params()) const_cast<ag::Variable&>(p).zero_grad_in_place();
   const int64_t accum = o_.grad_accum;
   for (int64_t m = 0; m < accum; ++m) {
     if (reducer_ && m == accum - 1) reducer_->arm();  // reduce during the last backward
@@ -152,6 +152,8 @@ void TrainStep::run(bool update) {
     l.backward(Tensor::full({}, 1.0 / static_cast<double>(accum), l.dtype(), l.device()));
   }
   if (accum > 1) ops::scale_grads({loss_}, 1.0 / static_cast<double>(accum));  // the mean
+  for (const ag::Variable& p : model_.params())
+    if (p.grad_zeroed_in_place()) p.grad().zero_();  // no gradient reached it this step
   if (reducer_) reducer_->finish();
   std::vector<Tensor> grads = o_.zero ? reducer_->gradient_shards() : grads_;
   if (!update) return;

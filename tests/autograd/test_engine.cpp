@@ -37,6 +37,27 @@ TEST(Engine, AccumulatesGradientsOfReusedInputs) {
   EXPECT_EQ(b.grad().to_vector(), (std::vector<double>{1, 1}));
 }
 
+// zero_grad_in_place keeps the buffer (a CUDA graph's pointers stay valid) and
+// the next backward overwrites it; a leaf no gradient reaches still reads zero.
+TEST(Engine, ZeroGradInPlaceKeepsTheBuffer) {
+  Variable a = leaf({1, 2}), b = leaf({5, 7}), unused = leaf({3, 3});
+  auto step = [&] {
+    Variable out = add(add(times3(a), a), b);
+    out.backward(Tensor::ones({2}, DType::F64));
+  };
+  step();
+  unused.set_grad(Tensor::from_vector({9, 9}, {2}, DType::F64));
+  const void* buffer = a.grad().raw_data();
+  for (Variable* v : {&a, &b, &unused}) v->zero_grad_in_place();
+  EXPECT_TRUE(a.grad_zeroed_in_place());
+  step();
+  EXPECT_EQ(a.grad().raw_data(), buffer);
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{4, 4}));  // not 8: overwritten
+  EXPECT_EQ(b.grad().to_vector(), (std::vector<double>{1, 1}));
+  EXPECT_FALSE(a.grad_zeroed_in_place());
+  EXPECT_TRUE(unused.grad_zeroed_in_place());  // the caller zeroes what backward never reached
+}
+
 TEST(Engine, DiamondRunsEachNodeOnce) {
   Variable a = leaf({1});
   Variable m = times3(a);
