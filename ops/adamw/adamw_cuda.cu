@@ -9,7 +9,7 @@
 
 #include "core/cuda_utils.h"
 #include "ops/adamw/adamw.h"
-#include "ops/grad_norm/multi_tensor.cuh"
+#include "core/multi_tensor.cuh"
 
 namespace fg::ops::detail {
 namespace {

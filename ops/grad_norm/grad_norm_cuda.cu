@@ -10,7 +10,7 @@
 
 #include "core/cuda_utils.h"
 #include "ops/grad_norm/grad_norm.h"
-#include "ops/grad_norm/multi_tensor.cuh"
+#include "core/multi_tensor.cuh"
 
 namespace fg::ops::detail {
 namespace {

@@ -12,7 +12,7 @@
 #include "core/cuda_utils.h"
 #include "core/tensor.h"
 
-namespace fg::ops::multi_tensor {
+namespace fg::multi_tensor {
 
 constexpr int kBlock = 256;
 constexpr int kPerThread = 16;
@@ -101,4 +101,4 @@ __device__ __forceinline__ double load(const DeviceScalar& s, double if_undefine
   return s.f64 ? *static_cast<const double*>(s.data) : *static_cast<const float*>(s.data);
 }
 
-}  // namespace fg::ops::multi_tensor
+}  // namespace fg::multi_tensor
