@@ -4,10 +4,11 @@
 # and carry the folder: `ninja -C BUILD fg_test_ops bench_fused_qkv fused_qkv_io`, copy
 # BUILD/bin/{fg_test_ops,bench_fused_qkv,fused_qkv_io} to build-carry/bin), or, with
 # BUILD=1, configured and built here like scripts/gpu_check.sh does (needs .deps/).
-# Logs and tables go to $OUT; the tables are printed last.
+# TORCH=0 skips the PyTorch comparison. Logs and tables go to $OUT; the tables are printed last.
 set -uo pipefail
 OUT=${OUT:-/tmp/fg_out}
 BIN=${BIN:-build-carry/bin}
+[ "${BUILD:-0}" = 1 ] && BIN=build-gpu/bin
 TORCH_BUDGET_S=${TORCH_BUDGET_S:-150}
 mkdir -p "$OUT"
 SECONDS=0
@@ -26,7 +27,7 @@ grep -E "Failure|relative error|alpha vector|separate pass" "$OUT/tests.log" | h
 "$BIN/bench_fused_qkv" --md "$OUT/bench.md" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$? (${SECONDS}s)"
 
-PYTHONUNBUFFERED=1 python3 bench/compare_torch.py --bin "$BIN" --ours-json "$OUT/bench.json" \
+[ "${TORCH:-1}" = 1 ] && PYTHONUNBUFFERED=1 python3 bench/compare_torch.py --bin "$BIN" --ours-json "$OUT/bench.json" \
   --md "$OUT/torch.md" --budget-s "$TORCH_BUDGET_S" > "$OUT/torch.log" 2>&1
 echo "compare_torch rc=$? (${SECONDS}s)"
 grep -E "Error|error|Traceback" "$OUT/torch.log" | head -20
