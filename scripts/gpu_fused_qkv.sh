@@ -27,11 +27,13 @@ grep -E "Failure|relative error|alpha vector|separate pass" "$OUT/tests.log" | h
 "$BIN/bench_fused_qkv" --md "$OUT/bench.md" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$? (${SECONDS}s)"
 
-[ "${TORCH:-1}" = 1 ] && PYTHONUNBUFFERED=1 python3 bench/compare_torch.py --bin "$BIN" --ours-json "$OUT/bench.json" \
-  --md "$OUT/torch.md" --budget-s "$TORCH_BUDGET_S" > "$OUT/torch.log" 2>&1
-echo "compare_torch rc=$? (${SECONDS}s)"
-grep -E "Error|error|Traceback" "$OUT/torch.log" | head -20
+if [ "${TORCH:-1}" = 1 ]; then
+  PYTHONUNBUFFERED=1 python3 bench/compare_torch.py --bin "$BIN" --ours-json "$OUT/bench.json" \
+    --md "$OUT/torch.md" --budget-s "$TORCH_BUDGET_S" > "$OUT/torch.log" 2>&1
+  echo "compare_torch rc=$? (${SECONDS}s)"
+  grep -E "Error|error|Traceback" "$OUT/torch.log" | head -20
+fi
 
 cat "$OUT/bench.md"
 echo
-cat "$OUT/torch.md" 2>/dev/null || tail -30 "$OUT/torch.log"
+if [ "${TORCH:-1}" = 1 ]; then cat "$OUT/torch.md" 2>/dev/null || tail -30 "$OUT/torch.log"; fi
