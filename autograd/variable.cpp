@@ -21,12 +21,14 @@ struct VariableImpl {
 namespace {
 thread_local bool g_grad_enabled = true;
 
-// A leaf's gradient is its own tensor, summed into in place across backward calls.
-void accumulate(Tensor& into, const Tensor& g) {
+// A leaf's gradient is its own tensor in the leaf's dtype, summed into in place
+// across backward calls. g may come in another dtype (a cast into the leaf
+// leaves the conversion to it).
+void accumulate(Tensor& into, const Tensor& g, DType dtype) {
   if (!into.defined()) {
-    into = g.clone();  // own the gradient: g may alias a tensor backward still uses
+    into = g.dtype() == dtype ? g.clone() : g.to(dtype);  // own it: g may alias a tensor backward still uses
   } else {
-    ops::add_inplace(into, g);
+    ops::add_inplace(into, g.dtype() == dtype ? g : g.to(dtype));
   }
 }
 
@@ -146,10 +148,10 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
              v.data().shape_str());
     if (v.is_leaf()) {
       if (v.impl()->grad_stale) {
-        v.impl()->grad.copy_(g);
+        v.impl()->grad.copy_(g);  // converts, when g comes in another dtype
         v.impl()->grad_stale = false;
       } else {
-        accumulate(v.impl()->grad, g);
+        accumulate(v.impl()->grad, g, v.dtype());
       }
       if (--leaf_uses[v.impl()] == 0) {
         Variable leaf = v;

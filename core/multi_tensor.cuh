@@ -17,7 +17,7 @@ namespace fg::multi_tensor {
 constexpr int kBlock = 256;
 constexpr int kPerThread = 16;
 constexpr int64_t kChunkElems = int64_t{kPerThread} * kBlock;  // elements per block
-// Slots per launch: a pack of 56-byte AdamW slots is 14 KB, well inside the
+// Slots per launch: a pack of 64-byte AdamW slots is 16 KB, well inside the
 // 32764 bytes of kernel parameters CUDA 12.1+ allows.
 constexpr int kPackSlots = 256;
 constexpr int64_t kMaxGrid = (int64_t{1} << 31) - 1;

@@ -68,7 +68,8 @@ struct TrainOptions {
 
 // Bytes the run holds, as printed before step 0 (Storage's count of live bytes).
 struct MemorySummary {
-  int64_t params = 0, grads = 0, optimizer = 0;
+  int64_t params = 0;  // master weights and their compute-dtype copies
+  int64_t grads = 0, optimizer = 0;
   int64_t activations = 0;  // peak during a step minus what lives between steps
   int64_t workspace = 0;    // cuBLASLt workspace and other per-device buffers
   int64_t peak = 0;         // the most live bytes at any point of a step

@@ -74,17 +74,32 @@ void GPT::zero_grad() const {
   for (const Variable& p : params_) const_cast<Variable&>(p).zero_grad();
 }
 
+std::vector<Tensor> GPT::make_compute_copies() const {
+  std::vector<Tensor> copies;
+  if (compute_dtype_ == dtype_) return copies;
+  for (const Variable& p : params_) copies.push_back(p.data().to(compute_dtype_));
+  return copies;
+}
+
 namespace {
+// A parameter and, when there is one, its value in the compute dtype.
+struct Param {
+  Variable master;
+  Tensor copy;
+};
+
 // The parameters of one layer, looked up by position in the table.
 struct LayerParams {
-  Variable attn_norm, wqkv, bias, wo, mlp_norm, w_gate_up, w_down;
+  Param attn_norm, wqkv, bias, wo, mlp_norm, w_gate_up, w_down;
 };
 }  // namespace
 
-GPT::Hidden GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
-                         Recompute recompute) const {
+GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tensor>& copies,
+                         const Tensor& idx_in, Recompute recompute) const {
   FG_CHECK(p.size() == specs_.size(), "GPT: ", p.size(), " parameters given, the table has ",
            specs_.size());
+  FG_CHECK(copies.empty() || copies.size() == p.size(), "GPT: ", copies.size(),
+           " compute copies for ", p.size(), " parameters");
   FG_CHECK(idx_in.dim() == 2, "GPT: idx must be (B, T), got ", idx_in.shape_str());
   const int64_t B = idx_in.size(0), T = idx_in.size(1), D = cfg_.d_model;
   FG_CHECK(T <= cfg_.max_seq_len, "GPT: sequence length ", T, " exceeds max_seq_len ",
@@ -104,22 +119,30 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
   // Weights are cast where they are used, inside any recomputed region, so a
   // region never captures a node of the outer graph.
   const DType cd = compute_dtype_;
-  auto use = [cd](const Variable& w) { return w.defined() ? ag::cast(w, cd) : w; };
+  auto use = [cd](const Param& w) {
+    if (!w.master.defined()) return w.master;
+    return w.copy.defined() ? ag::cast(w.master, w.copy) : ag::cast(w.master, cd);
+  };
 
   size_t at = 0;
-  const Variable tok = use(p[at++]);
+  auto next = [&]() {
+    Param w{p[at], copies.empty() ? Tensor() : copies[at]};
+    ++at;
+    return w;
+  };
+  const Variable tok = use(next());
   // The residual stream is carried as (h, delta): the next fused norm adds them.
   Variable h = ag::embedding(tok, idx);  // (B, T, D)
   Variable delta;
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     LayerParams lp;
-    lp.attn_norm = p[at++];
-    lp.wqkv = p[at++];
-    if (cfg_.qkv_bias) lp.bias = p[at++];
-    lp.wo = p[at++];
-    lp.mlp_norm = p[at++];
-    lp.w_gate_up = p[at++];
-    lp.w_down = p[at++];
+    lp.attn_norm = next();
+    lp.wqkv = next();
+    if (cfg_.qkv_bias) lp.bias = next();
+    lp.wo = next();
+    lp.mlp_norm = next();
+    lp.w_gate_up = next();
+    lp.w_down = next();
 
     // Captures by value: with --recompute full, backward runs this again after forward returned.
     auto layer = [=, this](const std::vector<Variable>& in) {
@@ -150,29 +173,35 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const Tensor& idx_in,
     delta = out[0];
     h = out[1];
   }
-  const Variable norm_w = use(p[at++]);
-  const Variable head = cfg_.tie_embeddings ? tok : use(p[at++]);
+  const Variable norm_w = use(next());
+  const Variable head = cfg_.tie_embeddings ? tok : use(next());
   Variable y = ag::add_rmsnorm(delta, h, norm_w, cfg_.norm_eps).y;
   return {ag::reshape(y, {B * T, D}), head};
 }
 
 Variable GPT::loss_with(const std::vector<Variable>& params, const Tensor& idx,
                         const Tensor& targets, Recompute recompute) const {
+  return loss_from(params, {}, idx, targets, recompute);
+}
+
+Variable GPT::loss_from(const std::vector<Variable>& params, const std::vector<Tensor>& copies,
+                        const Tensor& idx, const Tensor& targets, Recompute recompute) const {
   FG_CHECK(targets.shape() == idx.shape(), "GPT: targets are ", targets.shape_str(),
            " but idx is ", idx.shape_str());
-  Hidden out = forward(params, idx, recompute);
+  Hidden out = forward(params, copies, idx, recompute);
   // Logits are produced and consumed chunk by chunk, never all at once.
   const Tensor t = targets.device() == device_ ? targets : targets.to(device_);
   return ag::lm_head_loss(out.y, out.head, t.reshape({idx.numel()}));
 }
 
-Variable GPT::loss(const Tensor& idx, const Tensor& targets, Recompute recompute) const {
-  return loss_with(params_, idx, targets, recompute);
+Variable GPT::loss(const Tensor& idx, const Tensor& targets, Recompute recompute,
+                   const std::vector<Tensor>& compute_copies) const {
+  return loss_from(params_, compute_copies, idx, targets, recompute);
 }
 
 Tensor GPT::logits(const Tensor& idx) const {
   ag::NoGradGuard no_grad;
-  Hidden out = forward(params_, idx, Recompute::None);
+  Hidden out = forward(params_, {}, idx, Recompute::None);
   Tensor l = ag::linear(out.y, out.head).data();
   return l.view({idx.size(0), idx.size(1), cfg_.vocab_size});
 }

@@ -48,9 +48,15 @@ class GPT {
   int64_t num_params() const;
 
   // Mean next-token cross-entropy. idx, targets: (B, T) i32 on any device (moved
-  // to the model's); targets of -1 are ignored.
-  ag::Variable loss(const Tensor& idx, const Tensor& targets,
-                    Recompute recompute = Recompute::None) const;
+  // to the model's); targets of -1 are ignored. compute_copies: empty, or the
+  // parameters in compute_dtype() as make_compute_copies() returns them, kept
+  // equal to the cast masters by the caller (AdamW::keep_copies): the forward
+  // then reads them instead of casting every weight.
+  ag::Variable loss(const Tensor& idx, const Tensor& targets, Recompute recompute = Recompute::None,
+                    const std::vector<Tensor>& compute_copies = {}) const;
+  // Every parameter cast to compute_dtype(), in table order; empty when that is
+  // the parameters' own dtype.
+  std::vector<Tensor> make_compute_copies() const;
   // The same with explicit parameter variables in table order (gradcheck --model).
   ag::Variable loss_with(const std::vector<ag::Variable>& params, const Tensor& idx,
                          const Tensor& targets, Recompute recompute) const;
@@ -65,8 +71,10 @@ class GPT {
     ag::Variable y;
     ag::Variable head;
   };
-  Hidden forward(const std::vector<ag::Variable>& params, const Tensor& idx,
-                 Recompute recompute) const;
+  Hidden forward(const std::vector<ag::Variable>& params, const std::vector<Tensor>& copies,
+                 const Tensor& idx, Recompute recompute) const;
+  ag::Variable loss_from(const std::vector<ag::Variable>& params, const std::vector<Tensor>& copies,
+                         const Tensor& idx, const Tensor& targets, Recompute recompute) const;
 
   GPTConfig cfg_;
   Device device_;

@@ -54,15 +54,38 @@ void AdamW::step(const ops::AdamWStepInputs& inputs) {
     }
     if (!entries.empty()) ops::adamw_step_multi(entries, hyper(), inputs);
     shard_->all_gather_params();
+    cast_copies(true);
     return;
   }
   // One multi-tensor update (a single kernel launch on the GPU) for every parameter.
   std::vector<ops::AdamWTensors> entries;
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!params_[i].grad().defined()) continue;  // unused this step: no update, like PyTorch
-    entries.push_back({params_[i].data(), params_[i].grad(), exp_avg_[i], exp_avg_sq_[i], decay_[i]});
+    entries.push_back({params_[i].data(), params_[i].grad(), exp_avg_[i], exp_avg_sq_[i], decay_[i],
+                       update_writes(i) ? copies_[i] : Tensor()});
   }
   if (!entries.empty()) ops::adamw_step_multi(entries, hyper(), inputs);
+  cast_copies(false);
+}
+
+void AdamW::keep_copies(std::vector<Tensor> copies) {
+  FG_CHECK(copies.empty() || copies.size() == params_.size(), "AdamW: ", copies.size(),
+           " copies for ", params_.size(), " parameters");
+  for (size_t i = 0; i < copies.size(); ++i)
+    FG_CHECK(!copies[i].defined() || copies[i].shape() == params_[i].data().shape(),
+             "AdamW: copy ", i, " is ", copies[i].shape_str(), " but its parameter is ",
+             params_[i].data().shape_str());
+  copies_ = std::move(copies);
+}
+
+bool AdamW::update_writes(size_t i) const {
+  return !copies_.empty() && copies_[i].defined() && copies_[i].dtype() == DType::BF16 &&
+         params_[i].data().dtype() == DType::F32 && copies_[i].is_contiguous();
+}
+
+void AdamW::cast_copies(bool all) const {
+  for (size_t i = 0; i < copies_.size(); ++i)
+    if (copies_[i].defined() && (all || !update_writes(i))) copies_[i].copy_(params_[i].data());
 }
 
 ops::AdamWHyper AdamW::hyper() const {

@@ -37,6 +37,13 @@ class AdamW {
   // caller counts the steps that were applied (set_step_count).
   void step(const ops::AdamWStepInputs& inputs);
 
+  // Copies of the parameters in another dtype (table order; undefined entries
+  // have none), e.g. the model's compute copies, that every step keeps equal to
+  // the parameters cast: bf16 copies of f32 parameters are written by the
+  // update itself, the others (and all of them when sharded, after the
+  // gather) by a cast after it.
+  void keep_copies(std::vector<Tensor> copies);
+
   // Updates applied so far: the next one corrects its bias with step_count() + 1.
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t s) { step_ = s; }
@@ -61,6 +68,9 @@ class AdamW {
   dist::GradReducer* shard_;
   // One per parameter, or sharded one per piece (1-D).
   std::vector<Tensor> exp_avg_, exp_avg_sq_;
+  std::vector<Tensor> copies_;  // empty, or one per parameter (see keep_copies)
+  bool update_writes(size_t i) const;  // the update itself writes copies_[i]
+  void cast_copies(bool all) const;    // the copies the update did not write (all: every one)
   double beta1_, beta2_, eps_, weight_decay_;
   int64_t step_ = 0;
 };

@@ -85,6 +85,10 @@ TrainStep::TrainStep(const TrainOptions& o, const GPT& model, AdamW& opt,
   const Device device = o.device;
   use_graph_ = o.cuda_graph && device.is_cuda() && !o.comm && !o.gradient_hook;
   grads_ = gradients(model.params());
+  // The forward reads its weights from these instead of casting each one every
+  // step; AdamW writes them as it updates the masters.
+  copies_ = model.make_compute_copies();
+  opt.keep_copies(copies_);
   const Shape shape{o.grad_accum, micro, o.seq};
   inputs_ = Tensor::zeros(shape, DType::I32, device);
   targets_ = Tensor::zeros(shape, DType::I32, device);
@@ -144,7 +148,8 @@ void TrainStep::run(bool update) {
   const int64_t accum = o_.grad_accum;
   for (int64_t m = 0; m < accum; ++m) {
     if (reducer_ && m == accum - 1) reducer_->arm();  // reduce during the last backward
-    ag::Variable l = model_.loss(micro_batch(inputs_, m), micro_batch(targets_, m), o_.recompute);
+    ag::Variable l =
+        model_.loss(micro_batch(inputs_, m), micro_batch(targets_, m), o_.recompute, copies_);
     if (m == 0)
       loss_.copy_(l.data());
     else
@@ -256,6 +261,7 @@ StepStats TrainStep::wait() {
 MemorySummary TrainStep::dry_run() {
   MemorySummary m;
   for (const ag::Variable& p : model_.params()) m.params += static_cast<int64_t>(p.data().nbytes());
+  for (const Tensor& c : copies_) m.params += static_cast<int64_t>(c.nbytes());  // bf16 copies
   for (const Tensor& g : grads_) m.grads += static_cast<int64_t>(g.nbytes());
   m.optimizer = opt_.state_bytes();
   upload();

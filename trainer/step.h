@@ -62,6 +62,7 @@ class TrainStep {
   int64_t micro_;
   bool use_graph_;
   std::vector<Tensor> grads_;       // persistent: the first gradient of a step is copied in
+  std::vector<Tensor> copies_;      // the weights in the compute dtype, kept current by AdamW
   Tensor inputs_, targets_;         // (grad_accum, micro, seq) i32 on the device
   Tensor lr_step_;                  // (2) f64 on the device: lr, 1-based step
   Tensor loss_, grad_norm_;         // () results on the device

@@ -27,10 +27,13 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                 const Tensor& exp_avg_sq, const AdamWHyper& hyper);
 
 // One parameter of a multi-tensor step; `decay` false skips weight decay for it
-// (norm weights, biases).
+// (norm weights, biases). param_copy (optional, bf16 for an f32 param, same
+// shape): gets the updated param rounded to bf16, so that a mixed-precision
+// forward reads its weights without a cast pass of its own.
 struct AdamWTensors {
   Tensor param, grad, exp_avg, exp_avg_sq;
   bool decay = true;
+  Tensor param_copy{};
 };
 // The same update for every entry, all on one device and of one dtype; on the
 // GPU one kernel launch per 256 entries.

@@ -60,6 +60,16 @@ void check_entry(const AdamWTensors& e, const std::string& who, const AdamWTenso
     check_same_device(op, who.c_str(), e.param, names[i], s);
     FG_CHECK(s.is_contiguous(), op, ": ", names[i], " ", s.shape_str(), " is not contiguous");
   }
+  if (e.param_copy.defined()) {
+    const Tensor& c = e.param_copy;
+    FG_CHECK(c.dtype() == DType::BF16 && e.param.dtype() == DType::F32, op, ": ", who, " is ",
+             dtype_name(e.param.dtype()), " and its copy ", dtype_name(c.dtype()),
+             " but copies are bf16 of f32 parameters");
+    FG_CHECK(c.shape() == e.param.shape(), op, ": ", who, " is ", e.param.shape_str(),
+             " but its copy is ", c.shape_str());
+    check_same_device(op, who.c_str(), e.param, "param_copy", c);
+    FG_CHECK(c.is_contiguous(), op, ": param_copy ", c.shape_str(), " is not contiguous");
+  }
   FG_CHECK(e.param.dtype() == first.param.dtype(), op, ": ", who, " is ",
            dtype_name(e.param.dtype()), " but param 0 is ", dtype_name(first.param.dtype()));
   check_same_device(op, who.c_str(), e.param, "param 0", first.param);
@@ -129,9 +139,12 @@ void adamw_cpu(const std::vector<AdamWTensors>& params, const AdamWHyper& hyper,
       F* v = e.exp_avg_sq.data<F>();
       F keep = static_cast<F>(e.decay ? c.decay_keep : 1.0);
       F clip = static_cast<F>(c.clip);
-      for (int64_t i = 0, n = e.param.numel(); i < n; ++i)
+      bf16* copy = e.param_copy.defined() ? e.param_copy.data<bf16>() : nullptr;
+      for (int64_t i = 0, n = e.param.numel(); i < n; ++i) {
         adamw_update<F>(p[i], g[i] * clip, m[i], v[i], F(hyper.beta1), F(hyper.beta2), F(hyper.eps),
                         keep, F(c.step_size), F(c.sqrt_bc2));
+        if (copy) copy[i] = float_to_bf16(static_cast<float>(p[i]));
+      }
     });
   }
 }

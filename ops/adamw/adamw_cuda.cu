@@ -1,12 +1,13 @@
 // Fused multi-tensor AdamW on the GPU: up to 256 parameters per launch
-// (multi_tensor.cuh). Each tensor's slot (param, grad, exp_avg, exp_avg_sq
-// pointers, size, decay flag) travels in a kernel-parameter pack; each block
+// (multi_tensor.cuh). Each tensor's slot (param, grad, exp_avg, exp_avg_sq and
+// optional bf16 copy pointers, size, decay flag) travels in a kernel-parameter pack; each block
 // updates one fixed-size chunk. The step's values (lr, t, gradient norm, loss)
 // are read from device memory by every block, so the launch can be captured in
 // a CUDA graph and replayed with the current values. The element math is
 // detail::adamw_update, shared with the CPU reference.
 #include <vector>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/adamw/adamw.h"
 #include "core/multi_tensor.cuh"
@@ -25,6 +26,7 @@ struct AdamWSlot {
   const F* grad;
   F* exp_avg;
   F* exp_avg_sq;
+  bf16* copy;  // null: none (always for f64)
   int64_t numel;
   int64_t first_chunk;
   bool decay;
@@ -71,6 +73,7 @@ __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>
     F p = s.param[i], m = s.exp_avg[i], v = s.exp_avg_sq[i];
     adamw_update<F>(p, s.grad[i] * clip, m, v, beta1, beta2, eps, keep, step_size, sqrt_bc2);
     s.param[i] = p;
+    if (s.copy) s.copy[i] = from_compute<bf16>(p);
     s.exp_avg[i] = m;
     s.exp_avg_sq[i] = v;
   }
@@ -82,7 +85,9 @@ void launch_adamw(const std::vector<AdamWTensors>& params, const AdamWHyper& hyp
   std::vector<AdamWSlot<F>> slots;
   for (const AdamWTensors& e : params)
     slots.push_back({e.param.data<F>(), e.grad.data<F>(), e.exp_avg.data<F>(),
-                     e.exp_avg_sq.data<F>(), e.param.numel(), 0, e.decay});
+                     e.exp_avg_sq.data<F>(),
+                     e.param_copy.defined() ? e.param_copy.data<bf16>() : nullptr,
+                     e.param.numel(), 0, e.decay});
   AdamWStepRefs step{hyper, inputs.lr_step.data<double>(),
                      multi_tensor::device_scalar(inputs.grad_norm),
                      multi_tensor::device_scalar(inputs.loss), inputs.max_norm};

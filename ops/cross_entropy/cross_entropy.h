@@ -34,6 +34,14 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& target
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
                               const Tensor& lse, const Tensor& count);
 
+// Forward and backward in one call, for a loss whose gradient dloss is known
+// before the loss is (1 for a loss that is the root of backward): returns what
+// forward returns and overwrites logits (contiguous) with dlogits, as backward
+// computes them. On the GPU the logits cross device memory once each way
+// instead of being read twice and written once.
+CrossEntropyOut cross_entropy_with_grad(const Tensor& logits, const Tensor& targets,
+                                        const Tensor& count, const Tensor& dloss);
+
 namespace detail {
 // Checked, contiguous operands; outputs allocated by the caller: loss (), lse (N)
 // in the loss dtype, count () i32, dloss () in the loss dtype. The CPU versions
@@ -49,6 +57,9 @@ void cross_entropy_backward_cpu(const Tensor& dloss, const Tensor& logits, const
                                 const Tensor& lse, const Tensor& count, const Tensor& dlogits);
 void cross_entropy_backward_cuda(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
                                  const Tensor& lse, const Tensor& count, const Tensor& dlogits);
+// logits is overwritten with dlogits.
+void cross_entropy_fused_cuda(const Tensor& logits, const Tensor& targets, const Tensor& count,
+                              const Tensor& dloss, const Tensor& loss, const Tensor& lse);
 }  // namespace detail
 
 }  // namespace fg::ops

@@ -50,14 +50,15 @@ Tensor count_targets(const Tensor& targets) {
   return count;
 }
 
-CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets,
-                                      const Tensor& count) {
-  check_logits_targets("cross_entropy", logits, targets);
-  FG_CHECK(logits.size(1) > 0, "cross_entropy: logits ", logits.shape_str(),
-           " has an empty vocabulary");
+namespace {
+// The forward outputs for these logits, with count checked or counted.
+CrossEntropyOut forward_outputs(const char* op, const Tensor& logits, const Tensor& targets,
+                                const Tensor& count) {
+  check_logits_targets(op, logits, targets);
+  FG_CHECK(logits.size(1) > 0, op, ": logits ", logits.shape_str(), " has an empty vocabulary");
   CrossEntropyOut r;
   if (count.defined()) {
-    check_count("cross_entropy", count, logits);
+    check_count(op, count, logits);
     r.count = count;
   } else {
     r.count = count_targets(targets);
@@ -65,6 +66,23 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& target
   DType dt = loss_dtype(logits.dtype());
   r.loss = Tensor::empty({}, dt, logits.device());
   r.lse = Tensor::empty({logits.size(0)}, dt, logits.device());  // (N)
+  return r;
+}
+
+// dloss checked and in the loss dtype of these logits (the kernels read that one).
+Tensor checked_dloss(const char* op, const Tensor& dloss, const Tensor& logits) {
+  check_shape(op, "dloss", dloss, {});
+  FG_CHECK(dloss.dtype() != DType::I32, op, ": dloss must be a float tensor, got ",
+           dloss.describe());
+  check_same_device(op, "logits", logits, "dloss", dloss);
+  const DType dt = loss_dtype(logits.dtype());
+  return dloss.dtype() == dt ? dloss : dloss.to(dt);
+}
+}  // namespace
+
+CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                      const Tensor& count) {
+  CrossEntropyOut r = forward_outputs("cross_entropy", logits, targets, count);
 #ifdef FG_CUDA
   if (logits.is_cuda()) {
     detail::cross_entropy_forward_cuda(logits.contiguous(), targets.contiguous(), r.count, r.loss,
@@ -81,17 +99,11 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
                               const Tensor& lse, const Tensor& count) {
   const char* op = "cross_entropy_backward";
   check_logits_targets(op, logits, targets);
-  DType dt = loss_dtype(logits.dtype());
   check_shape(op, "lse", lse, {logits.size(0)});
-  check_dtype(op, "lse", lse, dt);
+  check_dtype(op, "lse", lse, loss_dtype(logits.dtype()));
   check_same_device(op, "logits", logits, "lse", lse);
   check_count(op, count, logits);
-  check_shape(op, "dloss", dloss, {});
-  FG_CHECK(dloss.dtype() != DType::I32, op, ": dloss must be a float tensor, got ",
-           dloss.describe());
-  check_same_device(op, "logits", logits, "dloss", dloss);
-  // The kernels read dloss in the loss dtype; autograd already passes that one.
-  const Tensor dloss_c = dloss.dtype() == dt ? dloss : dloss.to(dt);
+  const Tensor dloss_c = checked_dloss(op, dloss, logits);
   Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());  // (N, V)
 #ifdef FG_CUDA
   if (logits.is_cuda()) {
@@ -103,6 +115,27 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
   detail::cross_entropy_backward_cpu(dloss_c, logits.contiguous(), targets.contiguous(),
                                      lse.contiguous(), count, dlogits);
   return dlogits;
+}
+
+CrossEntropyOut cross_entropy_with_grad(const Tensor& logits, const Tensor& targets,
+                                        const Tensor& count, const Tensor& dloss) {
+  const char* op = "cross_entropy_with_grad";
+  CrossEntropyOut r = forward_outputs(op, logits, targets, count);
+  FG_CHECK(logits.is_contiguous(), op, ": logits ", logits.shape_str(),
+           " must be contiguous (dlogits are written over them)");
+  const Tensor dloss_c = checked_dloss(op, dloss, logits);
+  const Tensor t = targets.contiguous();
+#ifdef FG_CUDA
+  if (logits.is_cuda()) {
+    detail::cross_entropy_fused_cuda(logits, t, r.count, dloss_c, r.loss, r.lse);
+    return r;
+  }
+#endif
+  // The reference: forward, then backward in place (each element is read before
+  // it is written).
+  detail::cross_entropy_forward_cpu(logits, t, r.count, r.loss, r.lse);
+  detail::cross_entropy_backward_cpu(dloss_c, logits, t, r.lse, r.count, logits);
+  return r;
 }
 
 namespace detail {

@@ -2,6 +2,8 @@
 // row makes one pass over the logits with an online max and rescaled sum, then
 // writes lse and the row's loss; a one-block kernel divides their sum by the
 // count. Backward: one block per row recomputes softmax from the logits and lse.
+// With the gradient known up front (cross_entropy_with_grad), one kernel does
+// both and writes dlogits over the logits.
 // The count and dloss are read from device memory: no copy to or from the host
 // and no sync, so these launches can be captured in a CUDA graph. Math in fp32
 // for f32 and bf16 (f64 for f64); no (N, V) buffer.
@@ -16,6 +18,7 @@ namespace fg::ops::detail {
 namespace {
 
 constexpr int kRowBlock = 256;     // threads per row: a vocabulary row is long
+constexpr int kLargeRowBlock = 512;  // threads per row for large vocabularies (see with_row_tiling)
 constexpr int kUnroll = 4;         // logits a thread loads before it computes on them
 constexpr int kReduceBlock = 256;  // threads of the one-block reductions (count, mean)
 
@@ -54,52 +57,177 @@ __global__ void count_targets_kernel(const int32_t* targets, int64_t n, int32_t*
   if (threadIdx.x == 0) *count = total;
 }
 
-// lse[row] = log sum exp(logits[row]); row_loss[row] = lse - logits[row, target],
-// 0 for an ignored row, NaN for a target outside [0, V).
-template <class T, class C>
-__global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* targets, C* lse,
-                                             C* row_loss, int64_t vocab) {
-  using BlockReduce = cub::BlockReduce<MaxSum<C>, kRowBlock>;
-  __shared__ typename BlockReduce::TempStorage temp;
-  int64_t row = blockIdx.x;
-  const T* x = logits + row * vocab;
-  // Online softmax over kUnroll values at a time: their loads are independent
-  // (memory-level parallelism), then the running sum is rescaled once to the
-  // new max. -inf adds exp(-inf) = 0; NaN reaches the sum and propagates.
-  MaxSum<C> part{-INFINITY, 0};
-  for (int64_t base = threadIdx.x; base < vocab; base += kRowBlock * kUnroll) {
-    C v[kUnroll];
+// The row passes all three kernels are made of. A block of kBlock threads owns
+// one row; each thread takes kVec consecutive logits at a time (16-byte loads
+// when the rows are 16-byte aligned, kVec = 1 otherwise) and unroll_of(kVec)
+// such packs before it computes on them, so that their loads overlap.
+template <class T>
+struct alignas(16) Pack {
+  static constexpr int kVec = 16 / sizeof(T);
+  T v[kVec];
+};
+
+// Packs a thread loads at once: 4 single values, or 2 16-byte packs (more would
+// cost registers, not bandwidth).
+constexpr int unroll_of(int vec) { return vec == 1 ? kUnroll : 2; }
+
+template <class T, int kVec>
+__device__ __forceinline__ void load_pack(const T* p, T (&out)[kVec]) {
+  if constexpr (kVec == 1) {
+    out[0] = *p;
+  } else {
+    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      int64_t j = base + u * kRowBlock;
-      v[u] = j < vocab ? to_compute(x[j]) : C(-INFINITY);
+    for (int i = 0; i < kVec; ++i) out[i] = pk.v[i];
+  }
+}
+
+template <class T, int kVec>
+__device__ __forceinline__ void store_pack(T* p, const T (&in)[kVec]) {
+  if constexpr (kVec == 1) {
+    *p = in[0];
+  } else {
+    Pack<T> pk;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) pk.v[i] = in[i];
+    *reinterpret_cast<Pack<T>*>(p) = pk;
+  }
+}
+
+// log sum exp of the row x (vocab values): an online max and rescaled sum over
+// the thread's packs, then one block reduction. -inf adds exp(-inf) = 0; NaN
+// reaches the sum and propagates. Every thread gets the result.
+template <class T, class C, int kBlock, int kVec>
+__device__ C row_log_sum_exp(const T* x, int64_t vocab) {
+  using BlockReduce = cub::BlockReduce<MaxSum<C>, kBlock>;
+  __shared__ typename BlockReduce::TempStorage temp;
+  __shared__ C result;
+  constexpr int kPacks = unroll_of(kVec);
+  const int64_t packs = vocab / kVec;
+  MaxSum<C> part{-INFINITY, 0};
+  for (int64_t base = threadIdx.x; base < packs; base += kBlock * kPacks) {
+    C v[kPacks][kVec];
+#pragma unroll
+    for (int u = 0; u < kPacks; ++u) {
+      const int64_t p = base + u * kBlock;
+      T raw[kVec];
+      if (p < packs) load_pack<T, kVec>(x + p * kVec, raw);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) v[u][i] = p < packs ? to_compute(raw[i]) : C(-INFINITY);
     }
     C m = part.max;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) m = v[u] > m ? v[u] : m;
+    for (int u = 0; u < kPacks; ++u)
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) m = v[u][i] > m ? v[u][i] : m;
     if (m == -INFINITY) {  // nothing finite yet: exp(v - m) would be NaN for v = -inf
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (v[u] != v[u]) part.sum = v[u];
+      for (int u = 0; u < kPacks; ++u)
+#pragma unroll
+        for (int i = 0; i < kVec; ++i)
+          if (v[u][i] != v[u][i]) part.sum = v[u][i];
       continue;
     }
     part.sum *= exp(part.max - m);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) part.sum += exp(v[u] - m);
+    for (int u = 0; u < kPacks; ++u)
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) part.sum += exp(v[u][i] - m);
     part.max = m;
   }
   MaxSum<C> total = BlockReduce(temp).Reduce(part, CombineMaxSum<C>());
-  if (threadIdx.x != 0) return;
-  C l = total.max + log(total.sum);
-  lse[row] = l;
-  int32_t t = targets[row];
-  if (t == kIgnoreIndex) {
-    row_loss[row] = 0;
-  } else if (t < 0 || t >= vocab) {
-    row_loss[row] = NAN;  // no host-side range check here: make the bad target visible
-  } else {
-    row_loss[row] = l - to_compute(x[t]);
+  if (threadIdx.x == 0) result = total.max + log(total.sum);
+  __syncthreads();
+  return result;
+}
+
+// d = scale * (softmax(x) - onehot(target)) for the row x with log-sum-exp lse;
+// zeros when scale is 0 (an ignored row, or count 0). d may be x itself: each
+// thread reads its pack before it writes it.
+template <class T, class C, int kBlock, int kVec>
+__device__ void write_row_grad(const T* x, T* d, int64_t vocab, C lse, C scale, int32_t target) {
+  constexpr int kPacks = unroll_of(kVec);
+  const int64_t packs = vocab / kVec;
+  for (int64_t base = threadIdx.x; base < packs; base += kBlock * kPacks) {
+    T raw[kPacks][kVec];
+#pragma unroll
+    for (int u = 0; u < kPacks; ++u)
+      if (base + u * kBlock < packs) load_pack<T, kVec>(x + (base + u * kBlock) * kVec, raw[u]);
+#pragma unroll
+    for (int u = 0; u < kPacks; ++u) {
+      const int64_t p = base + u * kBlock;
+      if (p >= packs) break;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const C prob = scale == C(0) ? C(0) : exp(to_compute(raw[u][i]) - lse);
+        raw[u][i] = from_compute<T>(scale * (p * kVec + i == target ? prob - C(1) : prob));
+      }
+      store_pack<T, kVec>(d + p * kVec, raw[u]);
+    }
   }
+}
+
+// A counted row's loss is lse - x[target]; 0 for an ignored row, NaN for a
+// target outside [0, V) (no host-side range check here: the bad target shows).
+template <class T, class C>
+__device__ C row_loss_of(const T* x, int64_t vocab, C lse, int32_t target) {
+  if (target == kIgnoreIndex) return C(0);
+  if (target < 0 || target >= vocab) return C(NAN);
+  return lse - to_compute(x[target]);
+}
+
+// The scale of a row's gradient: dloss / count, 0 on ignored rows and when count
+// is 0. dloss and count are read from device memory by every block (two cached
+// loads) so that nothing waits on the host.
+template <class C>
+__device__ C row_grad_scale(const C* dloss, const int32_t* count, int32_t target) {
+  const int32_t c = *count;
+  return target == kIgnoreIndex || c == 0 ? C(0) : *dloss / static_cast<C>(c);
+}
+
+// lse[row] and row_loss[row].
+template <class T, class C, int kBlock, int kVec>
+__global__ void __launch_bounds__(kBlock)
+    cross_entropy_forward_kernel(const T* logits, const int32_t* targets, C* lse, C* row_loss,
+                                 int64_t vocab) {
+  const int64_t row = blockIdx.x;
+  const T* x = logits + row * vocab;
+  const C l = row_log_sum_exp<T, C, kBlock, kVec>(x, vocab);
+  if (threadIdx.x != 0) return;
+  lse[row] = l;
+  row_loss[row] = row_loss_of(x, vocab, l, targets[row]);
+}
+
+// dlogits[row] from the logits and the lse forward saved.
+template <class T, class C, int kBlock, int kVec>
+__global__ void __launch_bounds__(kBlock)
+    cross_entropy_backward_kernel(const T* logits, const int32_t* targets, const C* lse,
+                                  const C* dloss, const int32_t* count, T* dlogits,
+                                  int64_t vocab) {
+  const int64_t row = blockIdx.x;
+  const int32_t t = targets[row];
+  write_row_grad<T, C, kBlock, kVec>(logits + row * vocab, dlogits + row * vocab, vocab, lse[row],
+                                     row_grad_scale(dloss, count, t), t);
+}
+
+// Both in one pass over the row: lse and the row's loss, then dlogits written
+// over the logits. The second read of the row comes from L2 (a row is at most
+// a few hundred KB and only two blocks of kBlock threads share an SM), so the
+// logits cross DRAM once each way instead of read twice and written once.
+template <class T, class C, int kBlock, int kVec>
+__global__ void __launch_bounds__(kBlock)
+    cross_entropy_fused_kernel(T* logits, const int32_t* targets, C* lse, C* row_loss,
+                               const C* dloss, const int32_t* count, int64_t vocab) {
+  const int64_t row = blockIdx.x;
+  T* x = logits + row * vocab;
+  const int32_t t = targets[row];
+  const C l = row_log_sum_exp<T, C, kBlock, kVec>(x, vocab);
+  if (threadIdx.x == 0) {
+    lse[row] = l;
+    row_loss[row] = row_loss_of(x, vocab, l, t);  // read before any thread overwrites x[t]
+  }
+  __syncthreads();
+  write_row_grad<T, C, kBlock, kVec>(x, x, vocab, l, row_grad_scale(dloss, count, t), t);
 }
 
 // loss = sum of row_loss (0 on ignored rows) / count, 0 when count is 0. The
@@ -115,66 +243,91 @@ __global__ void cross_entropy_mean_kernel(const C* row_loss, int64_t n, const in
   *loss = c ? static_cast<C>(total / static_cast<double>(c)) : C(0);
 }
 
-// dlogits[row] = dloss / count (softmax(logits[row]) - onehot(target)); 0 on
-// ignored rows, and on every row when count is 0. dloss and count are read from
-// device memory by every block (two cached loads) so that nothing waits on the host.
-template <class T, class C>
-__global__ void cross_entropy_backward_kernel(const T* logits, const int32_t* targets, const C* lse,
-                                              const C* dloss, const int32_t* count, T* dlogits,
-                                              int64_t vocab) {
-  int64_t row = blockIdx.x;
-  const T* x = logits + row * vocab;
-  T* d = dlogits + row * vocab;
-  int32_t t = targets[row];
-  int32_t c = *count;
-  if (t == kIgnoreIndex || c == 0) {
-    for (int64_t j = threadIdx.x; j < vocab; j += kRowBlock) d[j] = from_compute<T>(C(0));
-    return;
-  }
-  C scale = *dloss / static_cast<C>(c);
-  C l = lse[row];
-  // kUnroll independent loads in flight per thread, as in forward.
-  for (int64_t base = threadIdx.x; base < vocab; base += kRowBlock * kUnroll) {
-    C v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      int64_t j = base + u * kRowBlock;
-      v[u] = j < vocab ? to_compute(x[j]) : C(0);
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      int64_t j = base + u * kRowBlock;
-      C p = exp(v[u] - l);
-      if (j < vocab) d[j] = from_compute<T>(scale * (j == t ? p - C(1) : p));
-    }
-  }
+// Calls launch.template operator()<kBlock, kVec>() with the row tiling for these
+// logits: 16-byte packs when every row starts 16-byte aligned; kLargeRowBlock
+// threads per row for large vocabularies (few blocks per SM, so the rows the
+// fused kernel reads twice stay in L2), kRowBlock for small ones.
+template <class T, class Launch>
+void with_row_tiling(const Tensor& logits, const Tensor& dlogits, Launch&& launch) {
+  constexpr int kVec = Pack<T>::kVec;
+  const int64_t vocab = logits.size(1);
+  auto aligned = [](const Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.raw_data()) % sizeof(Pack<T>) == 0;
+  };
+  const bool packed = vocab % kVec == 0 && aligned(logits) && aligned(dlogits);
+  const bool large = vocab >= 16 * 1024;
+  if (packed && large) return launch.template operator()<kLargeRowBlock, kVec>();
+  if (packed) return launch.template operator()<kRowBlock, kVec>();
+  if (large) return launch.template operator()<kLargeRowBlock, 1>();
+  launch.template operator()<kRowBlock, 1>();
 }
 
 // C: fp32 for f32 and bf16 logits, f64 for f64 (the dtype of loss, lse and dloss).
 template <class T, class C>
+void launch_mean(const Tensor& row_loss, const Tensor& count, const Tensor& loss) {
+  cross_entropy_mean_kernel<C><<<1, kReduceBlock, 0, cuda::stream()>>>(
+      row_loss.data<C>(), row_loss.numel(), count.data<int32_t>(), loss.data<C>());
+  FG_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T, class C>
 void launch_forward(const Tensor& logits, const Tensor& targets, const Tensor& count,
                     const Tensor& loss, const Tensor& lse) {
-  int64_t n = logits.size(0), vocab = logits.size(1);
+  const int64_t n = logits.size(0), vocab = logits.size(1);
   Tensor row_loss = Tensor::empty({n}, dtype_of<C>(), logits.device());  // (N)
   if (n > 0) {
-    cross_entropy_forward_kernel<T, C><<<static_cast<unsigned>(n), kRowBlock, 0, cuda::stream()>>>(
-        logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(), vocab);
+    with_row_tiling<T>(logits, logits, [&]<int kBlock, int kVec>() {
+      cross_entropy_forward_kernel<T, C, kBlock, kVec>
+          <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
+              logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(), vocab);
+    });
     FG_CUDA_CHECK(cudaGetLastError());
   }
-  cross_entropy_mean_kernel<C><<<1, kReduceBlock, 0, cuda::stream()>>>(
-      row_loss.data<C>(), n, count.data<int32_t>(), loss.data<C>());
-  FG_CUDA_CHECK(cudaGetLastError());
+  launch_mean<T, C>(row_loss, count, loss);
 }
 
 template <class T, class C>
 void launch_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
                      const Tensor& lse, const Tensor& count, const Tensor& dlogits) {
-  int64_t n = logits.size(0), vocab = logits.size(1);
+  const int64_t n = logits.size(0), vocab = logits.size(1);
   if (n == 0 || vocab == 0) return;
-  cross_entropy_backward_kernel<T, C><<<static_cast<unsigned>(n), kRowBlock, 0, cuda::stream()>>>(
-      logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), dloss.data<C>(),
-      count.data<int32_t>(), dlogits.data<T>(), vocab);
+  with_row_tiling<T>(logits, dlogits, [&]<int kBlock, int kVec>() {
+    cross_entropy_backward_kernel<T, C, kBlock, kVec>
+        <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
+            logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), dloss.data<C>(),
+            count.data<int32_t>(), dlogits.data<T>(), vocab);
+  });
   FG_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T, class C>
+void launch_fused(const Tensor& logits, const Tensor& targets, const Tensor& count,
+                  const Tensor& dloss, const Tensor& loss, const Tensor& lse) {
+  const int64_t n = logits.size(0), vocab = logits.size(1);
+  Tensor row_loss = Tensor::empty({n}, dtype_of<C>(), logits.device());  // (N)
+  if (n > 0) {
+    with_row_tiling<T>(logits, logits, [&]<int kBlock, int kVec>() {
+      cross_entropy_fused_kernel<T, C, kBlock, kVec>
+          <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
+              logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(),
+              dloss.data<C>(), count.data<int32_t>(), vocab);
+    });
+    FG_CUDA_CHECK(cudaGetLastError());
+  }
+  launch_mean<T, C>(row_loss, count, loss);
+}
+
+// Calls f.template operator()<T, C>() for the logits' dtype.
+template <class F>
+void dispatch_logits(const char* op, const Tensor& logits, F&& f) {
+  FG_CHECK(logits.size(0) < (int64_t{1} << 31), op, ": ", logits.size(0),
+           " rows exceed the GPU grid");
+  switch (logits.dtype()) {
+    case DType::F32: return f.template operator()<float, float>();
+    case DType::F64: return f.template operator()<double, double>();
+    case DType::BF16: return f.template operator()<bf16, float>();
+    default: FG_THROW(op, ": dtype ", dtype_name(logits.dtype()), " is not supported");
+  }
 }
 
 }  // namespace
@@ -187,34 +340,23 @@ void count_targets_cuda(const Tensor& targets, const Tensor& count) {
 
 void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets, const Tensor& count,
                                 const Tensor& loss, const Tensor& lse) {
-  FG_CHECK(logits.size(0) < (int64_t{1} << 31), "cross_entropy: ", logits.size(0),
-           " rows exceed the GPU grid");
-  switch (logits.dtype()) {
-    case DType::F32:
-      return launch_forward<float, float>(logits, targets, count, loss, lse);
-    case DType::F64:
-      return launch_forward<double, double>(logits, targets, count, loss, lse);
-    case DType::BF16:
-      return launch_forward<bf16, float>(logits, targets, count, loss, lse);
-    default:
-      FG_THROW("cross_entropy: dtype ", dtype_name(logits.dtype()), " is not supported");
-  }
+  dispatch_logits("cross_entropy", logits, [&]<class T, class C>() {
+    launch_forward<T, C>(logits, targets, count, loss, lse);
+  });
 }
 
 void cross_entropy_backward_cuda(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
                                  const Tensor& lse, const Tensor& count, const Tensor& dlogits) {
-  FG_CHECK(logits.size(0) < (int64_t{1} << 31), "cross_entropy_backward: ", logits.size(0),
-           " rows exceed the GPU grid");
-  switch (logits.dtype()) {
-    case DType::F32:
-      return launch_backward<float, float>(dloss, logits, targets, lse, count, dlogits);
-    case DType::F64:
-      return launch_backward<double, double>(dloss, logits, targets, lse, count, dlogits);
-    case DType::BF16:
-      return launch_backward<bf16, float>(dloss, logits, targets, lse, count, dlogits);
-    default:
-      FG_THROW("cross_entropy_backward: dtype ", dtype_name(logits.dtype()), " is not supported");
-  }
+  dispatch_logits("cross_entropy_backward", logits, [&]<class T, class C>() {
+    launch_backward<T, C>(dloss, logits, targets, lse, count, dlogits);
+  });
+}
+
+void cross_entropy_fused_cuda(const Tensor& logits, const Tensor& targets, const Tensor& count,
+                              const Tensor& dloss, const Tensor& loss, const Tensor& lse) {
+  dispatch_logits("cross_entropy_with_grad", logits, [&]<class T, class C>() {
+    launch_fused<T, C>(logits, targets, count, dloss, loss, lse);
+  });
 }
 
 }  // namespace fg::ops::detail

@@ -44,11 +44,14 @@ LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Te
     const int64_t r1 = std::min(N, r0 + chunk_rows);
     const Tensor y_c = y.slice(0, r0, r1), t_c = targets.slice(0, r0, r1);
     Tensor logits = matmul(y_c, false, weight, true);  // (rows, V), the only logits alive
-    CrossEntropyOut ce = cross_entropy_forward(logits, t_c, r.count);
-    add_inplace(r.loss, ce.loss);
-    if (!need_grads) continue;
-    // (softmax - onehot) / global count; zeros on ignored rows (a chunk may have only those)
-    Tensor dlogits = cross_entropy_backward(one, logits, t_c, ce.lse, r.count);
+    if (!need_grads) {
+      add_inplace(r.loss, cross_entropy_forward(logits, t_c, r.count).loss);
+      continue;
+    }
+    // The loss and, over the logits, (softmax - onehot) / global count; zeros on
+    // ignored rows (a chunk may have only those).
+    add_inplace(r.loss, cross_entropy_with_grad(logits, t_c, r.count, one).loss);
+    const Tensor& dlogits = logits;
     gemm(dlogits, false, weight, false, r.dy.slice(0, r0, r1));  // dy_c = dlogits @ W
     gemm(dlogits, true, y_c, false, r.dweight, 1.0, 1.0);        // dW += dlogits^T @ y_c
   }

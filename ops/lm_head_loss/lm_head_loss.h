@@ -1,6 +1,6 @@
 // The LM head fused with the mean cross-entropy, chunked over rows: each chunk's
-// logits are produced (ops::gemm), turned into loss and dlogits (the fused
-// softmax of ops/cross_entropy) and consumed into dy and dweight at once, so
+// logits are produced (ops::gemm), turned into the loss and, in place, dlogits
+// (ops::cross_entropy_with_grad: one pass over them) and consumed into dy and dweight at once, so
 // neither the (N, V) logits nor their gradient ever exist in full. The same code
 // runs on every device: it only composes ops, and reads nothing back to the host
 // (no sync on the GPU: it can be captured in a CUDA graph).

@@ -1,5 +1,5 @@
 // The backward engine: accumulation for reused inputs, multi-output nodes,
-// NoGradGuard, grad-ready hooks.
+// NoGradGuard, grad-ready hooks, gradients landing in a leaf of another dtype.
 #include <gtest/gtest.h>
 
 #include "autograd/function.h"
@@ -56,6 +56,39 @@ TEST(Engine, ZeroGradInPlaceKeepsTheBuffer) {
   EXPECT_EQ(b.grad().to_vector(), (std::vector<double>{1, 1}));
   EXPECT_FALSE(a.grad_zeroed_in_place());
   EXPECT_TRUE(unused.grad_zeroed_in_place());  // the caller zeroes what backward never reached
+}
+
+// A cast into a leaf hands its gradient over unconverted; the leaf converts it as
+// it lands (fresh, in place over a zeroed buffer, and added to an earlier one),
+// and a cast of a non-leaf converts in its own backward.
+TEST(Engine, CastGradientsLandInTheLeafsDtype) {
+  Variable a = leaf({1.5, -2});
+  auto step = [&] {
+    Variable h = cast(a, DType::F32);                                  // into the leaf
+    Variable h2 = cast(cast(times3(a), DType::F32), DType::F64);      // through a non-leaf
+    Variable out = add(cast(add(h, times3(h)), DType::F64), h2);       // d/da = 4 + 3
+    EXPECT_EQ(out.dtype(), DType::F64);
+    out.backward(Tensor::from_vector({1, 0.25}, {2}, DType::F64));
+  };
+  step();
+  EXPECT_EQ(a.grad().dtype(), DType::F64);
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{7, 1.75}));
+  step();  // added to the gradient already there
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{14, 3.5}));
+  const void* buffer = a.grad().raw_data();
+  a.zero_grad_in_place();
+  step();  // copied over the zeroed buffer
+  EXPECT_EQ(a.grad().raw_data(), buffer);
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{7, 1.75}));
+  // A given converted copy is the forward's value itself, with the same backward.
+  Tensor copy = a.data().to(DType::F32);
+  a.zero_grad();
+  Variable c = cast(a, copy);
+  EXPECT_EQ(c.data().raw_data(), copy.raw_data());
+  times3(c).backward(Tensor::ones({2}, DType::F32));
+  EXPECT_EQ(a.grad().dtype(), DType::F64);
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{3, 3}));
+  EXPECT_FG_ERROR(cast(a, Tensor::zeros({3})), "cast: the converted copy is (3,) f32 cpu");
 }
 
 TEST(Engine, DiamondRunsEachNodeOnce) {

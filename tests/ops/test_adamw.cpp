@@ -1,7 +1,7 @@
 // AdamW: a two-step example worked by hand, a plain f64 re-derivation of the
 // header's formula, the multi-tensor entry, the step values read from tensors
-// (clipping inside the update, the non-finite skip), errors, CUDA against the
-// CPU, and a step captured in a CUDA graph.
+// (clipping inside the update, the non-finite skip), the bf16 parameter copies,
+// errors, CUDA against the CPU, and a step captured in a CUDA graph.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -339,6 +339,44 @@ TEST(AdamWStepInputs, NonFiniteNormOrLossSkipsTheUpdate) {
   check_non_finite_skips(Device::cpu());
 }
 
+// Entries with a bf16 copy get the updated parameter rounded, bit for bit as
+// Tensor::to rounds it; a skipped update leaves the copies alone too.
+void check_param_copies(Device device) {
+  std::vector<AdamWTensors> group = make_stepped_group(DType::F32, device, 4, kSmallShapes);
+  for (size_t i = 0; i < group.size(); i += 2)
+    group[i].param_copy = Tensor::full(group[i].param.shape(), NAN, DType::BF16, device);
+  std::vector<AdamWTensors> plain = clone_group(group);
+  AdamWStepInputs in{lr_step_of(1e-2, 3, device), Tensor::full({}, 1.5, DType::F32, device),
+                     Tensor(), 1.0};
+  fg::ops::adamw_step_multi(group, test_hyper(), in);
+  fg::ops::adamw_step_multi(plain, test_hyper(), in);
+  expect_same(group, plain);  // the copies change nothing else
+  for (size_t i = 0; i < group.size(); i += 2) {
+    EXPECT_EQ(fg::max_abs_diff(group[i].param_copy, group[i].param.to(DType::BF16)), 0.0) << i;
+    EXPECT_EQ(fg::has_non_finite(group[i].param_copy), false) << i;
+  }
+  Tensor kept = group[2].param_copy.clone();
+  in.grad_norm.fill_(NAN);
+  fg::ops::adamw_step_multi(group, test_hyper(), in);
+  EXPECT_EQ(fg::max_abs_diff(group[2].param_copy, kept), 0.0);
+}
+
+TEST(AdamWStepInputs, ParamCopiesGetTheRoundedUpdate) { check_param_copies(Device::cpu()); }
+
+TEST(AdamW, ParamCopyErrors) {
+  AdamWHyper h;
+  AdamWTensors e = make_state({3, 4}, 1);
+  e.param_copy = Tensor::zeros({3, 4});
+  EXPECT_FG_ERROR(fg::ops::adamw_step_multi({e}, h),
+                  "adamw: param 0 is f32 and its copy f32 but copies are bf16 of f32 parameters");
+  e.param_copy = Tensor::zeros({12}, DType::BF16);
+  EXPECT_FG_ERROR(fg::ops::adamw_step_multi({e}, h),
+                  "adamw: param 0 is (3, 4) but its copy is (12,)");
+  AdamWTensors d = make_state({3, 4}, 1, DType::F64);
+  d.param_copy = Tensor::zeros({3, 4}, DType::BF16);
+  EXPECT_FG_ERROR(fg::ops::adamw_step_multi({d}, h), "adamw: param 0 is f64 and its copy bf16");
+}
+
 TEST(AdamWStepInputs, Errors) {
   std::vector<AdamWTensors> g = {make_state({3}, 1)};
   AdamWHyper h;
@@ -499,6 +537,11 @@ TEST(AdamWStepInputsCuda, ClipInUpdateMatchesClipGradNorm) {
 TEST(AdamWStepInputsCuda, NonFiniteNormOrLossSkipsTheUpdate) {
   FG_REQUIRE_GPU();
   check_non_finite_skips(Device::cuda(0));
+}
+
+TEST(AdamWStepInputsCuda, ParamCopiesGetTheRoundedUpdate) {
+  FG_REQUIRE_GPU();
+  check_param_copies(Device::cuda(0));
 }
 
 TEST(AdamWStepInputsCuda, MoreTensorsThanOnePack) {

@@ -1,6 +1,7 @@
 // cross_entropy: loss, lse and dlogits on hand-computed values, ignored rows,
 // large logits, the count (own or given) and dloss as tensors, error messages;
-// CUDA against the CPU in f64 (f32, bf16).
+// forward and backward in one call (with_grad, in place); CUDA against the CPU
+// in f64 (f32, bf16), with and without 16-byte packs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,6 +22,7 @@ using fg::Tensor;
 using fg::ops::count_targets;
 using fg::ops::cross_entropy_backward;
 using fg::ops::cross_entropy_forward;
+using fg::ops::cross_entropy_with_grad;
 using fg::ops::kIgnoreIndex;
 
 namespace {
@@ -71,6 +73,28 @@ TEST(CrossEntropy, BackwardHandComputed) {
   expect_near(d.to_vector(),
               {1.5 * (1.0 / 3 - 1), 1.5 / 3, 1.5 / 3, 1.5 * e1, 1.5 * e2, 1.5 * (e3 - 1), 0, 0, 0},
               1e-14);
+}
+
+TEST(CrossEntropy, WithGradIsForwardThenBackwardInPlace) {
+  Tensor targets = Tensor::from_ints({0, 2, kIgnoreIndex}, {3});
+  for (int32_t c : {2, 7, 0}) {  // its own count, a larger batch's, none
+    Tensor logits = Tensor::from_vector(kLogits, {3, 3});
+    fg::ops::CrossEntropyOut f = cross_entropy_forward(logits, targets, count_of(c));
+    Tensor d = cross_entropy_backward(scalar(0.5), logits, targets, f.lse, f.count);
+    const void* storage = logits.raw_data();
+    fg::ops::CrossEntropyOut r = cross_entropy_with_grad(logits, targets, count_of(c), scalar(0.5));
+    EXPECT_EQ(logits.raw_data(), storage);
+    EXPECT_EQ(r.loss.item(), f.loss.item()) << c;
+    EXPECT_EQ(fg::max_abs_diff(r.lse, f.lse), 0.0) << c;
+    EXPECT_EQ(fg::max_abs_diff(logits, d), 0.0) << c;  // dlogits, over the logits
+  }
+  Tensor logits = Tensor::from_vector(kLogits, {3, 3});
+  EXPECT_FG_ERROR(cross_entropy_with_grad(logits.transpose(0, 1), targets, Tensor(), scalar(1)),
+                  "cross_entropy_with_grad: logits (3, 3) must be contiguous");
+  EXPECT_FG_ERROR(cross_entropy_with_grad(logits, targets, Tensor(), Tensor::ones({1})),
+                  "cross_entropy_with_grad: dloss is (1,) but expected ()");
+  EXPECT_FG_ERROR(cross_entropy_with_grad(logits, Tensor::from_ints({0}, {1}), Tensor(), scalar(1)),
+                  "cross_entropy_with_grad: logits is (3, 3) but targets is (1,)");
 }
 
 TEST(CrossEntropy, AllIgnoredGivesZeroLossAndGrads) {
@@ -255,6 +279,14 @@ void check_cross_entropy(const CeCase& c, DType dtype, double tol) {
   EXPECT_EQ(d.dtype(), dtype);
   EXPECT_FALSE(fg::has_non_finite(d));
   EXPECT_TRUE(close_rel(d, dref, tol)) << "dlogits";
+
+  // Both in one kernel, dlogits over the logits: the same values as the two kernels.
+  Tensor inplace = logits.clone();
+  fg::ops::CrossEntropyOut w = cross_entropy_with_grad(inplace, targets.to(gpu), r.count,
+                                                       scalar(0.75, loss_dtype, gpu));
+  EXPECT_EQ(fg::max_abs_diff(w.lse, r.lse), 0.0) << "with_grad lse";
+  EXPECT_EQ(fg::max_abs_diff(w.loss, r.loss), 0.0) << "with_grad loss";
+  EXPECT_EQ(fg::max_abs_diff(inplace, d), 0.0) << "with_grad dlogits";
 }
 
 TEST_P(CrossEntropyCuda, F32MatchesCpu) {
@@ -271,7 +303,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CrossEntropyCuda,
                          ::testing::Values(CeCase{1, 1, 0}, CeCase{2, 3, 0}, CeCase{7, 11, 0},
                                            CeCase{37, 1001, 0}, CeCase{5, 4099, 0},
                                            CeCase{13, 257, 1000}, CeCase{67, 50257, 0},
-                                           CeCase{3, 100003, -500}),
+                                           CeCase{3, 100003, -500},
+                                           // rows of whole 16-byte packs
+                                           CeCase{4, 8, 0}, CeCase{6, 4096, 30},
+                                           CeCase{5, 32000, 0}, CeCase{33, 50304, 0}),
                          [](const auto& info) { return case_name(info.param); });
 
 TEST(CrossEntropyCudaEdge, F64MatchesCpu) {
@@ -360,27 +395,33 @@ TEST(CrossEntropyCudaEdge, OutOfRangeTargetGivesNanLoss) {
 TEST(CrossEntropyCudaEdge, MaskedAndNanLogits) {
   FG_REQUIRE_GPU();
   // -inf logits (a masked vocabulary) add nothing, also before any finite value
-  // is seen; a NaN logit makes its row's lse NaN.
+  // is seen; a NaN logit makes its row's lse NaN. Rows of single values and of
+  // 16-byte packs.
   Device gpu = Device::cuda(0);
-  int64_t v = 1031;
-  std::vector<double> x(3 * v);
-  for (int64_t j = 0; j < v; ++j) {
-    x[j] = j < 700 ? -INFINITY : 0.01 * (j % 17);  // row 0: leading -inf
-    x[v + j] = j % 2 ? -INFINITY : -0.02 * (j % 13);
-    x[2 * v + j] = j == 555 ? NAN : 1.0;
+  for (int64_t v : {1031, 1032}) {
+    std::vector<double> x(3 * v);
+    for (int64_t j = 0; j < v; ++j) {
+      x[j] = j < 700 ? -INFINITY : 0.01 * (j % 17);  // row 0: leading -inf
+      x[v + j] = j % 2 ? -INFINITY : -0.02 * (j % 13);
+      x[2 * v + j] = j == 555 ? NAN : 1.0;
+    }
+    Tensor logits = Tensor::from_vector(x, {3, v}, DType::F32);
+    Tensor targets = Tensor::from_ints({800, 4, kIgnoreIndex}, {3});
+    fg::ops::CrossEntropyOut ref = cross_entropy_forward(logits, targets);
+    fg::ops::CrossEntropyOut r = cross_entropy_forward(logits.to(gpu), targets.to(gpu));
+    EXPECT_TRUE(close_rel(r.lse.slice(0, 0, 2), ref.lse.slice(0, 0, 2), 1e-6)) << v;
+    EXPECT_TRUE(std::isnan(r.lse.to_vector()[2])) << v;
+    EXPECT_TRUE(close_rel(r.loss, ref.loss, 1e-6)) << v;  // the NaN row is ignored
+    Tensor dref = cross_entropy_backward(scalar(1.0, DType::F32), logits, targets, ref.lse, ref.count);
+    Tensor d = cross_entropy_backward(scalar(1.0, DType::F32, gpu), logits.to(gpu),
+                                      targets.to(gpu), r.lse, r.count);
+    EXPECT_TRUE(close_rel(d, dref, 1e-6)) << v;
+    Tensor inplace = logits.to(gpu);
+    fg::ops::CrossEntropyOut w = cross_entropy_with_grad(inplace, targets.to(gpu), Tensor(),
+                                                         scalar(1.0, DType::F32, gpu));
+    EXPECT_TRUE(close_rel(w.loss, ref.loss, 1e-6)) << v;
+    EXPECT_TRUE(close_rel(inplace, dref, 1e-6)) << v;
   }
-  Tensor logits = Tensor::from_vector(x, {3, v}, DType::F32);
-  Tensor targets = Tensor::from_ints({800, 4, kIgnoreIndex}, {3});
-  fg::ops::CrossEntropyOut ref = cross_entropy_forward(logits, targets);
-  fg::ops::CrossEntropyOut r = cross_entropy_forward(logits.to(gpu), targets.to(gpu));
-  EXPECT_TRUE(close_rel(r.lse.slice(0, 0, 2), ref.lse.slice(0, 0, 2), 1e-6));
-  EXPECT_TRUE(std::isnan(r.lse.to_vector()[2]));
-  EXPECT_TRUE(close_rel(r.loss, ref.loss, 1e-6));  // the NaN row is ignored
-  Tensor d = cross_entropy_backward(scalar(1.0, DType::F32, gpu), logits.to(gpu), targets.to(gpu),
-                                    r.lse, r.count);
-  EXPECT_TRUE(close_rel(
-      d, cross_entropy_backward(scalar(1.0, DType::F32), logits, targets, ref.lse, ref.count),
-      1e-6));
 }
 
 TEST(CrossEntropyCudaEdge, DeviceMismatchIsAnError) {

@@ -1,10 +1,12 @@
 // The whole model on the GPU against the CPU reference: loss and every
 // parameter gradient, in f32 and in bf16 mixed precision; and determinism.
+// Also (on the CPU too): the compute copies AdamW keeps change nothing.
 #include <gtest/gtest.h>
 
 #include "test_util.h"
 #include "trainer/loop.h"
 #include "trainer/model.h"
+#include "trainer/optim.h"
 
 using namespace fg;
 using namespace fg::trainer;
@@ -85,6 +87,53 @@ TEST_P(ModelCuda, LossAndEveryGradientMatchTheCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, ModelCuda, ::testing::Values(DType::F32, DType::BF16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+namespace {
+// The forward reading the compute copies gives the loss and gradients of the
+// forward that casts each weight, bit for bit; AdamW then keeps the copies
+// equal to the cast masters (written by the update for bf16, cast after it
+// otherwise), and a stale copy would show.
+void check_compute_copies(Device device, DType master, DType compute) {
+  GPTConfig cfg = small_config();
+  Tensor idx, targets;
+  batch(&idx, &targets, 2, 19, cfg.vocab_size);
+  GPT model(cfg, 3, device, master, compute);
+  std::vector<Tensor> copies = model.make_compute_copies();
+  ASSERT_EQ(copies.size(), model.params().size());
+  for (Recompute r : {Recompute::None, Recompute::Full}) {
+    Grads cast = loss_and_grads(model, idx, targets, r);
+    model.zero_grad();
+    ag::Variable loss = model.loss(idx, targets, r, copies);
+    loss.backward();
+    EXPECT_EQ(loss.data().item(), cast.loss);
+    for (size_t i = 0; i < copies.size(); ++i) {
+      EXPECT_EQ(model.params()[i].grad().dtype(), master);
+      EXPECT_EQ(max_abs_diff(model.params()[i].grad(), cast.grads[i]), 0.0)
+          << model.specs()[i].name;
+    }
+  }
+  AdamW opt(model.params(), model.specs(), 0.9, 0.95, 1e-8, 0.1);
+  opt.keep_copies(copies);
+  std::vector<Tensor> before;
+  for (const Tensor& c : copies) before.push_back(c.clone());
+  Tensor lr_step = Tensor::from_vector({1e-2, 1.0}, {2}, DType::F64, device);
+  opt.step({lr_step, Tensor(), Tensor(), 0.0});
+  for (size_t i = 0; i < copies.size(); ++i) {
+    const std::string& name = model.specs()[i].name;
+    EXPECT_GT(max_abs_diff(copies[i], before[i]), 0.0) << name;  // Adam moves each by ~lr
+    EXPECT_EQ(max_abs_diff(copies[i], model.params()[i].data().to(compute)), 0.0) << name;
+  }
+}
+}  // namespace
+
+TEST(ModelCopies, CpuF64MastersF32Compute) {
+  check_compute_copies(Device::cpu(), DType::F64, DType::F32);
+}
+
+TEST(ModelCopies, CudaF32MastersBf16Compute) {
+  FG_REQUIRE_GPU();
+  check_compute_copies(Device::cuda(), DType::F32, DType::BF16);
+}
 
 namespace {
 // A few steps of the small model on the synthetic corpus, bf16 on the GPU.
