@@ -17,6 +17,7 @@ namespace {
 
 using multi_tensor::DeviceScalar;
 using multi_tensor::kBlock;
+using multi_tensor::kChunkElems;
 using multi_tensor::kPerThread;
 using multi_tensor::SlotPack;
 
@@ -42,6 +43,42 @@ struct AdamWStepRefs {
 };
 
 template <class F>
+struct alignas(16) Pack {
+  F v[16 / sizeof(F)];
+};
+
+template <class F>
+__device__ __forceinline__ Pack<F> load_pack(const F* p) {
+  return *reinterpret_cast<const Pack<F>*>(p);
+}
+
+template <class F>
+__device__ __forceinline__ void store_pack(F* p, const Pack<F>& x) {
+  *reinterpret_cast<Pack<F>*>(p) = x;
+}
+
+// The pack rounded to bf16, stored at once (8 bytes for 4 floats).
+template <class F>
+__device__ __forceinline__ void store_rounded(bf16* p, const Pack<F>& x) {
+  constexpr int kVec = 16 / sizeof(F);
+  struct alignas(2 * kVec) Rounded {
+    bf16 v[kVec];
+  } r;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) r.v[k] = from_compute<bf16>(x.v[k]);
+  *reinterpret_cast<Rounded*>(p) = r;
+}
+
+// Whether the slot's tensors start on 16-byte boundaries (the copy on its pack's
+// size), so that whole chunks can move in 16-byte packs.
+template <class F>
+__device__ __forceinline__ bool aligned(const AdamWSlot<F>& s) {
+  const auto a = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
+  return a(s.param, 16) && a(s.grad, 16) && a(s.exp_avg, 16) && a(s.exp_avg_sq, 16) &&
+         a(s.copy, 2 * 16 / sizeof(F));
+}
+
+template <class F>
 __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>> pack,
                                    const __grid_constant__ AdamWStepRefs step) {
   // Thread 0 turns the step's values into coefficients once per block, in f64
@@ -65,17 +102,59 @@ __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>
   const F eps = static_cast<F>(step.hyper.eps), clip = static_cast<F>(c.clip);
   const F keep = static_cast<F>(s.decay ? c.decay_keep : 1.0);
   const F step_size = static_cast<F>(c.step_size), sqrt_bc2 = static_cast<F>(c.sqrt_bc2);
-  // kPerThread elements a block apart, unrolled so that their loads overlap.
+  auto update = [&](F& p, F g, F& m, F& v) {
+    adamw_update<F>(p, g * clip, m, v, beta1, beta2, eps, keep, step_size, sqrt_bc2);
+  };
+  // Every load of the thread is issued before the first store (the pointers may
+  // alias as far as the compiler knows, so it would not hoist them itself):
+  // kPerThread elements in flight per thread is what keeps HBM busy.
+  constexpr int kVec = 16 / sizeof(F);  // elements per 16-byte load
+  constexpr int kVecs = kPerThread / kVec;
+  if (end - begin == kChunkElems && aligned(s)) {
+    // A whole chunk of 16-byte-aligned tensors: kVecs 16-byte packs per tensor
+    // per thread, a block apart.
+    Pack<F> p[kVecs], g[kVecs], m[kVecs], v[kVecs];
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      const int64_t i = begin + (threadIdx.x + u * kBlock) * kVec;
+      p[u] = load_pack(s.param + i);
+      g[u] = load_pack(s.grad + i);
+      m[u] = load_pack(s.exp_avg + i);
+      v[u] = load_pack(s.exp_avg_sq + i);
+    }
+#pragma unroll
+    for (int u = 0; u < kVecs; ++u) {
+      const int64_t i = begin + (threadIdx.x + u * kBlock) * kVec;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) update(p[u].v[k], g[u].v[k], m[u].v[k], v[u].v[k]);
+      store_pack(s.param + i, p[u]);
+      store_pack(s.exp_avg + i, m[u]);
+      store_pack(s.exp_avg_sq + i, v[u]);
+      if (s.copy) store_rounded(s.copy + i, p[u]);
+    }
+    return;
+  }
+  // Otherwise (a chunk's tail, an unaligned ZeRO piece) element by element,
+  // kPerThread elements a block apart.
+  F p[kPerThread], g[kPerThread], m[kPerThread], v[kPerThread];
 #pragma unroll
   for (int u = 0; u < kPerThread; ++u) {
-    int64_t i = begin + threadIdx.x + u * kBlock;
+    const int64_t i = begin + threadIdx.x + u * kBlock;
     if (i >= end) break;
-    F p = s.param[i], m = s.exp_avg[i], v = s.exp_avg_sq[i];
-    adamw_update<F>(p, s.grad[i] * clip, m, v, beta1, beta2, eps, keep, step_size, sqrt_bc2);
-    s.param[i] = p;
-    if (s.copy) s.copy[i] = from_compute<bf16>(p);
-    s.exp_avg[i] = m;
-    s.exp_avg_sq[i] = v;
+    p[u] = s.param[i];
+    g[u] = s.grad[i];
+    m[u] = s.exp_avg[i];
+    v[u] = s.exp_avg_sq[i];
+  }
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u) {
+    const int64_t i = begin + threadIdx.x + u * kBlock;
+    if (i >= end) break;
+    update(p[u], g[u], m[u], v[u]);
+    s.param[i] = p[u];
+    s.exp_avg[i] = m[u];
+    s.exp_avg_sq[i] = v[u];
+    if (s.copy) s.copy[i] = from_compute<bf16>(p[u]);
   }
 }
 
