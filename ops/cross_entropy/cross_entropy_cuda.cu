@@ -96,10 +96,9 @@ __device__ __forceinline__ void store_pack(T* p, const T (&in)[kVec]) {
 
 // log sum exp of the row x (vocab values): an online max and rescaled sum over
 // the thread's packs, then one block reduction. -inf adds exp(-inf) = 0; NaN
-// reaches the sum and propagates. Every thread gets the result. With `stage`,
-// each pack is also copied there, where the same thread reads it back later.
+// reaches the sum and propagates. Every thread gets the result.
 template <class T, class C, int kBlock, int kVec>
-__device__ C row_log_sum_exp(const T* x, int64_t vocab, T* stage = nullptr) {
+__device__ C row_log_sum_exp(const T* x, int64_t vocab) {
   using BlockReduce = cub::BlockReduce<MaxSum<C>, kBlock>;
   __shared__ typename BlockReduce::TempStorage temp;
   __shared__ C result;
@@ -112,10 +111,7 @@ __device__ C row_log_sum_exp(const T* x, int64_t vocab, T* stage = nullptr) {
     for (int u = 0; u < kPacks; ++u) {
       const int64_t p = base + u * kBlock;
       T raw[kVec];
-      if (p < packs) {
-        load_pack<T, kVec>(x + p * kVec, raw);
-        if (stage) store_pack<T, kVec>(stage + p * kVec, raw);
-      }
+      if (p < packs) load_pack<T, kVec>(x + p * kVec, raw);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) v[u][i] = p < packs ? to_compute(raw[i]) : C(-INFINITY);
     }
@@ -215,27 +211,23 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 // Both in one pass over the row: lse and the row's loss, then dlogits written
-// over the logits. With kStaged the row is kept in shared memory between the
-// two (vocab * sizeof(T) bytes of it), otherwise read again, from L2 when it is
-// still there; either way the logits cross DRAM once each way instead of being
-// read twice and written once.
-template <class T, class C, int kBlock, int kVec, bool kStaged>
+// over the logits. The second read of the row comes from L2 (a row is at most
+// a few hundred KB and only two blocks of kBlock threads share an SM), so the
+// logits cross DRAM once each way instead of read twice and written once.
+template <class T, class C, int kBlock, int kVec>
 __global__ void __launch_bounds__(kBlock)
     cross_entropy_fused_kernel(T* logits, const int32_t* targets, C* lse, C* row_loss,
                                const C* dloss, const int32_t* count, int64_t vocab) {
-  extern __shared__ __align__(16) unsigned char staged[];
-  T* stage = kStaged ? reinterpret_cast<T*>(staged) : nullptr;
   const int64_t row = blockIdx.x;
   T* x = logits + row * vocab;
   const int32_t t = targets[row];
-  const C l = row_log_sum_exp<T, C, kBlock, kVec>(x, vocab, stage);
+  const C l = row_log_sum_exp<T, C, kBlock, kVec>(x, vocab);
   if (threadIdx.x == 0) {
     lse[row] = l;
     row_loss[row] = row_loss_of(x, vocab, l, t);  // read before any thread overwrites x[t]
   }
   __syncthreads();
-  write_row_grad<T, C, kBlock, kVec>(kStaged ? stage : x, x, vocab, l,
-                                     row_grad_scale(dloss, count, t), t);
+  write_row_grad<T, C, kBlock, kVec>(x, x, vocab, l, row_grad_scale(dloss, count, t), t);
 }
 
 // loss = sum of row_loss (0 on ignored rows) / count, 0 when count is 0. The
@@ -308,38 +300,17 @@ void launch_backward(const Tensor& dloss, const Tensor& logits, const Tensor& ta
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
-// The shared memory a fused block may stage its row in: up to what lets two
-// blocks share an SM (so one's reduction overlaps the other's loads).
-size_t stage_limit(int device) {
-  int max_shared = 0;
-  FG_CUDA_CHECK(
-      cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return static_cast<size_t>(max_shared) / 2 - 1024;
-}
-
 template <class T, class C>
 void launch_fused(const Tensor& logits, const Tensor& targets, const Tensor& count,
                   const Tensor& dloss, const Tensor& loss, const Tensor& lse) {
   const int64_t n = logits.size(0), vocab = logits.size(1);
   Tensor row_loss = Tensor::empty({n}, dtype_of<C>(), logits.device());  // (N)
   if (n > 0) {
-    const size_t row_bytes = static_cast<size_t>(vocab) * sizeof(T);
-    const bool staged = row_bytes <= stage_limit(logits.device().index);
     with_row_tiling<T>(logits, logits, [&]<int kBlock, int kVec>() {
-      auto launch = [&]<bool kStaged>() {
-        auto kernel = cross_entropy_fused_kernel<T, C, kBlock, kVec, kStaged>;
-        const size_t shared = kStaged ? row_bytes : 0;
-        if (shared > 48 * 1024)
-          FG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(shared)));
-        kernel<<<static_cast<unsigned>(n), kBlock, shared, cuda::stream()>>>(
-            logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(),
-            dloss.data<C>(), count.data<int32_t>(), vocab);
-      };
-      if (staged)
-        launch.template operator()<true>();
-      else
-        launch.template operator()<false>();
+      cross_entropy_fused_kernel<T, C, kBlock, kVec>
+          <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
+              logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(),
+              dloss.data<C>(), count.data<int32_t>(), vocab);
     });
     FG_CUDA_CHECK(cudaGetLastError());
   }
