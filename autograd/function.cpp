@@ -11,6 +11,18 @@ bool needs_grad(const std::vector<Variable>& inputs) {
   return false;
 }
 
+Variable cast_source(const Variable& w) {
+  if (!w.defined() || w.is_leaf()) return Variable();
+  const Node& n = *w.grad_fn();
+  if (n.name != "cast" || !n.inputs[0].is_leaf() || !n.inputs[0].requires_grad()) return Variable();
+  return n.inputs[0];
+}
+
+GradBuffer leaf_grad_buffer(const Variable& leaf) {
+  if (!leaf.defined() || !leaf.is_leaf() || !leaf.grad().defined()) return {};
+  return {leaf.grad(), !leaf.grad_zeroed_in_place()};
+}
+
 std::vector<Variable> record(const std::string& name, const std::vector<Variable>& inputs,
                              std::vector<Tensor> outputs, BackwardFn backward) {
   std::vector<Variable> result;

@@ -34,4 +34,18 @@ std::vector<Variable> record(const std::string& name, const std::vector<Variable
 // function skip saving tensors for backward when nothing will use them.
 bool needs_grad(const std::vector<Variable>& inputs);
 
+// Weight gradients written straight into a parameter's buffer (what Megatron
+// calls gradient-accumulation fusion). A function whose weight w is a cast of a
+// parameter p (cast_source(w) is p) may record p as its input in w's place;
+// its backward then asks leaf_grad_buffer(p) where p's gradient lives, writes
+// the GEMM's fp32 sums there (added when `add`), and returns that same tensor
+// as p's gradient, which the engine takes as already landed. No bf16 gradient,
+// no conversion pass. With no buffer yet it returns a gradient as usual.
+Variable cast_source(const Variable& w);  // undefined when w is not a cast of a leaf
+struct GradBuffer {
+  Tensor buffer;     // undefined: the leaf has none (or is not a leaf)
+  bool add = false;  // what the buffer holds counts: add to it; else overwrite it
+};
+GradBuffer leaf_grad_buffer(const Variable& leaf);
+
 }  // namespace fg::ag

@@ -147,7 +147,10 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
     FG_CHECK(g.shape() == v.shape(), "backward: gradient ", g.shape_str(), " for a variable of shape ",
              v.data().shape_str());
     if (v.is_leaf()) {
-      if (v.impl()->grad_stale) {
+      Tensor& buffer = v.impl()->grad;
+      if (buffer.defined() && g.raw_data() == buffer.raw_data() && g.dtype() == buffer.dtype()) {
+        v.impl()->grad_stale = false;  // written in place by the backward (leaf_grad_buffer)
+      } else if (v.impl()->grad_stale) {
         v.impl()->grad.copy_(g);  // converts, when g comes in another dtype
         v.impl()->grad_stale = false;
       } else {

@@ -1,6 +1,7 @@
 #include "autograd/functions/linear.h"
 
 #include "autograd/function.h"
+#include "ops/gemm/gemm.h"
 #include "ops/linear/linear.h"
 
 namespace fg::ag {
@@ -8,12 +9,21 @@ namespace fg::ag {
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
   bool has_bias = bias.defined();
   Tensor y = ops::linear_forward(x.data(), weight.data(), has_bias ? bias.data() : Tensor());
+  // A weight cast from a parameter: its gradient goes straight into the
+  // parameter's buffer (autograd/function.h), so the parameter is the input.
+  const Variable master = cast_source(weight);
+  const Variable& w_in = master.defined() ? master : weight;
   // dx = dy @ W, dW = dy^T @ x, db = column sums of dy: saves x and W, never y.
-  bool x_grad = x.requires_grad(), w_grad = weight.requires_grad(), b_grad = bias.requires_grad();
-  return record("linear", {x, weight, bias}, {y},
-                [xd = x.data(), wd = weight.data(), has_bias, x_grad, w_grad,
+  bool x_grad = x.requires_grad(), w_grad = w_in.requires_grad(), b_grad = bias.requires_grad();
+  return record("linear", {x, w_in, bias}, {y},
+                [xd = x.data(), wd = weight.data(), master, has_bias, x_grad, w_grad,
                  b_grad](const std::vector<Tensor>& g) {
-                  ops::LinearGrads d = ops::linear_backward(g[0], xd, wd, has_bias && b_grad);
+                  GradBuffer into = w_grad ? leaf_grad_buffer(master) : GradBuffer{};
+                  if (into.buffer.defined() &&
+                      !ops::gemm_accepts(xd.dtype(), into.buffer.dtype(), xd.device()))
+                    into = {};
+                  ops::LinearGrads d = ops::linear_backward(g[0], xd, wd, has_bias && b_grad,
+                                                            into.buffer, into.add);
                   return std::vector<Tensor>{x_grad ? d.dx : Tensor(),
                                              w_grad ? d.dweight : Tensor(), d.dbias};
                 })[0];

@@ -1,6 +1,7 @@
 #include "autograd/functions/rmsnorm_qkv_rope.h"
 
 #include "autograd/function.h"
+#include "ops/gemm/gemm.h"
 
 namespace fg::ag {
 
@@ -11,14 +12,21 @@ QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
   auto data = [](const Variable& v) { return v.defined() ? v.data() : Tensor(); };
   ops::QKVRoPEOut out = ops::rmsnorm_qkv_rope_forward(cfg, x.data(), positions, data(residual),
                                                       norm_weight.data(), wqkv.data(), data(bias));
+  // A projection cast from a parameter: its gradient goes straight into the
+  // parameter's buffer (autograd/function.h), so the parameter is the input.
+  const Variable master = cast_source(wqkv);
+  const Variable& w_in = master.defined() ? master : wqkv;
   // Saved for backward: h (an output anyway) and rstd, besides the parameters and
   // positions. The normalized rows and qkv are recomputed, never kept.
   std::vector<Variable> r = record(
-      "rmsnorm_qkv_rope", {x, residual, norm_weight, wqkv, bias}, {out.q, out.k, out.v, out.h},
-      [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(),
-       w = wqkv.data()](const std::vector<Tensor>& g) {
-        ops::QKVRoPEGrads d =
-            ops::rmsnorm_qkv_rope_backward(cfg, g[0], g[1], g[2], g[3], h, rstd, positions, wn, w);
+      "rmsnorm_qkv_rope", {x, residual, norm_weight, w_in, bias}, {out.q, out.k, out.v, out.h},
+      [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(), w = wqkv.data(),
+       master](const std::vector<Tensor>& g) {
+        GradBuffer into = leaf_grad_buffer(master);
+        if (into.buffer.defined() && !ops::gemm_accepts(h.dtype(), into.buffer.dtype(), h.device()))
+          into = {};
+        ops::QKVRoPEGrads d = ops::rmsnorm_qkv_rope_backward(
+            cfg, g[0], g[1], g[2], g[3], h, rstd, positions, wn, w, into.buffer, into.add);
         return std::vector<Tensor>{d.dx, cfg.add_residual ? d.dx : Tensor(), d.dnorm_weight,
                                    d.dwqkv, d.dbias};
       });

@@ -9,9 +9,16 @@
 namespace fg::ops {
 
 // a: (m, k), or (k, m) with trans_a; b: (k, n), or (n, k) with trans_b; c: (m, n);
-// bias: (n) or undefined. All the same dtype and device.
+// bias: (n) or undefined. All on one device; a and b of one dtype, c and bias of
+// that dtype too, or c of a wider one where gemm_accepts says so (the fp32 sums
+// written unrounded: weight gradients straight into f32 master gradients).
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
           double alpha = 1.0, double beta = 0.0, const Tensor& bias = Tensor());
+
+// Whether gemm takes operands of dtype `ab` with c of dtype `c` on `device`: the
+// same dtype everywhere; bf16 operands with an f32 c; on the CPU any c wider than
+// the operands.
+bool gemm_accepts(DType ab, DType c, Device device);
 
 // Shorthand: returns op(A) @ op(B) in a new tensor.
 Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b);

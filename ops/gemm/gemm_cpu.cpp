@@ -23,18 +23,30 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Te
   FG_CHECK(k == kb, "gemm: op(a) is (", m, ", ", k, ") but op(b) is (", kb, ", ", n, ")");
   FG_CHECK(c.size(0) == m && c.size(1) == n, "gemm: c is ", c.shape_str(), " but op(a) @ op(b) is (",
            m, ", ", n, ")");
-  FG_CHECK(a.dtype() == b.dtype() && a.dtype() == c.dtype(), "gemm: dtypes differ: a ",
-           dtype_name(a.dtype()), ", b ", dtype_name(b.dtype()), ", c ", dtype_name(c.dtype()));
   check_same_device("gemm", "a", a, "b", b);
   check_same_device("gemm", "a", a, "c", c);
+  FG_CHECK(a.dtype() == b.dtype() && gemm_accepts(a.dtype(), c.dtype(), c.device()),
+           "gemm: dtypes differ: a ", dtype_name(a.dtype()), ", b ", dtype_name(b.dtype()), ", c ",
+           dtype_name(c.dtype()));
   if (bias.defined()) {
     check_shape("gemm", "bias", bias, {n});
     check_same_device("gemm", "a", a, "bias", bias);
+    check_dtype("gemm", "bias", bias, c.dtype());
   }
 #ifdef FG_CUDA
   if (c.is_cuda()) return detail::gemm_cuda(a, trans_a, b, trans_b, c, alpha, beta, bias);
 #endif
+  // The reference computes in c's dtype: wider operands are converted first.
+  if (a.dtype() != c.dtype())
+    return detail::gemm_cpu(a.to(c.dtype()), trans_a, b.to(c.dtype()), trans_b, c, alpha, beta,
+                            bias);
   detail::gemm_cpu(a, trans_a, b, trans_b, c, alpha, beta, bias);
+}
+
+bool gemm_accepts(DType ab, DType c, Device device) {
+  if (ab == c) return true;
+  if (ab == DType::BF16 && c == DType::F32) return true;
+  return device.is_cpu() && ab == DType::F32 && c == DType::F64;
 }
 
 size_t gemm_workspace_bytes(Device device) {

@@ -80,7 +80,8 @@ struct DeviceContext {
 // (slices of a fused projection, say) can start anywhere.
 struct PlanKey {
   int device;
-  DType dtype;
+  DType dtype;    // of a and b
+  DType c_dtype;  // dtype, or f32 for bf16 operands
   int64_t m, n, k, lda, ldb, ldc;
   bool trans_a, trans_b, bias_epilogue;
   uint32_t align_a, align_b, align_c, align_bias;
@@ -178,7 +179,7 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, con
                         : make_layout(key.dtype, key.n, key.k, key.ldb);
   plan->b = key.trans_a ? make_layout(key.dtype, key.m, key.k, key.lda)
                         : make_layout(key.dtype, key.k, key.m, key.lda);
-  plan->c = make_layout(key.dtype, key.n, key.m, key.ldc);
+  plan->c = make_layout(key.c_dtype, key.n, key.m, key.ldc);
 
   cublasLtMatmulPreference_t p = nullptr;
   FG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p));
@@ -279,7 +280,8 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
   Tensor b = leading_dim(b_in) >= b_in.size(1) ? b_in : b_in.contiguous();
 
   PlanKey key{.device = c.device().index,
-              .dtype = c.dtype(),
+              .dtype = a.dtype(),
+              .c_dtype = c.dtype(),
               .m = m,
               .n = n,
               .k = k,

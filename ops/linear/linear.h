@@ -13,7 +13,12 @@ struct LinearGrads {
   Tensor dweight;  // (out, in)
   Tensor dbias;    // (out), undefined when has_bias is false
 };
-LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, bool has_bias);
+// dweight_into (optional, weight's shape, contiguous, a dtype gemm_accepts for
+// c): dweight is written there, or added to what it holds with dweight_add, and
+// returned as g.dweight; a mixed-precision weight's f32 master gradient takes
+// the GEMM's fp32 sums without a bf16 gradient and a conversion pass between.
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, bool has_bias,
+                            const Tensor& dweight_into = Tensor(), bool dweight_add = false);
 
 namespace detail {
 // Column sums of a contiguous dy (rows, out) into db (out): the bias gradient.

@@ -39,8 +39,8 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias)
   return y;
 }
 
-LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                            bool has_bias) {
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, bool has_bias,
+                            const Tensor& dweight_into, bool dweight_add) {
   int64_t rows = check_linear("linear_backward", x, weight);
   check_defined("linear_backward", "dy", dy);
   Shape y_shape = x.shape();
@@ -54,7 +54,15 @@ LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& wei
   Tensor x2 = x.contiguous().view({rows, weight.size(1)});    // (rows, in)
   LinearGrads g;
   g.dx = matmul(dy2, false, weight.contiguous(), false).view(x.shape());  // dy @ W
-  g.dweight = matmul(dy2, true, x2, false);                               // dy^T @ x
+  if (dweight_into.defined()) {  // dy^T @ x, into (or added to) the given buffer
+    check_shape("linear_backward", "dweight_into", dweight_into, weight.shape());
+    FG_CHECK(dweight_into.is_contiguous(), "linear_backward: dweight_into ",
+             dweight_into.shape_str(), " is not contiguous");
+    gemm(dy2, true, x2, false, dweight_into, 1.0, dweight_add ? 1.0 : 0.0);
+    g.dweight = dweight_into;
+  } else {
+    g.dweight = matmul(dy2, true, x2, false);  // dy^T @ x
+  }
   if (has_bias) {
     g.dbias = Tensor::empty({weight.size(0)}, dy.dtype(), dy.device());
 #ifdef FG_CUDA

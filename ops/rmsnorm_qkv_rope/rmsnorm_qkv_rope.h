@@ -44,10 +44,12 @@ struct QKVRoPEGrads {
   Tensor dbias;         // (qkv_dim), undefined without bias
 };
 // dh (gradient reaching h from the residual stream) may be undefined.
+// dwqkv_into, dwqkv_add: as linear_backward's dweight_into (ops/linear).
 QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& dq,
                                        const Tensor& dk, const Tensor& dv, const Tensor& dh,
                                        const Tensor& h, const Tensor& rstd,
                                        const Tensor& positions, const Tensor& norm_weight,
-                                       const Tensor& wqkv);
+                                       const Tensor& wqkv, const Tensor& dwqkv_into = Tensor(),
+                                       bool dwqkv_add = false);
 
 }  // namespace fg::ops

@@ -126,7 +126,8 @@ QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
 QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& dq, const Tensor& dk,
                                        const Tensor& dv, const Tensor& dh, const Tensor& h,
                                        const Tensor& rstd, const Tensor& positions,
-                                       const Tensor& norm_weight, const Tensor& wqkv) {
+                                       const Tensor& norm_weight, const Tensor& wqkv,
+                                       const Tensor& dwqkv_into, bool dwqkv_add) {
   cfg.validate();
   check_common(kBackwardOp, cfg, "h", h, positions, norm_weight, wqkv);
   const int64_t B = h.size(0), T = h.size(1), D = cfg.hidden_dim, rows = B * T;
@@ -166,8 +167,15 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
   grads.dnorm_weight = Tensor::empty({D}, dt, dev);
   detail::rmsnorm_rows_backward(dn, dh.defined() ? dh.contiguous() : Tensor(), hc, wn, rstdc,
                                 grads.dx, grads.dnorm_weight, n);
-  grads.dwqkv = Tensor::empty({cfg.qkv_dim(), D}, dt, dev);
-  gemm(dqkv, true, n, false, grads.dwqkv);
+  if (dwqkv_into.defined()) {
+    check_shape(kBackwardOp, "dwqkv_into", dwqkv_into, wqkv.shape());
+    FG_CHECK(dwqkv_into.is_contiguous(), kBackwardOp, ": dwqkv_into ", dwqkv_into.shape_str(),
+             " is not contiguous");
+    grads.dwqkv = dwqkv_into;
+  } else {
+    grads.dwqkv = Tensor::empty({cfg.qkv_dim(), D}, dt, dev);
+  }
+  gemm(dqkv, true, n, false, grads.dwqkv, 1.0, dwqkv_into.defined() && dwqkv_add ? 1.0 : 0.0);
   return grads;
 }
 

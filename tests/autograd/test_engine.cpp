@@ -1,9 +1,12 @@
 // The backward engine: accumulation for reused inputs, multi-output nodes,
-// NoGradGuard, grad-ready hooks, gradients landing in a leaf of another dtype.
+// NoGradGuard, grad-ready hooks, gradients landing in a leaf of another dtype
+// or written into its buffer by the backward itself.
 #include <gtest/gtest.h>
 
 #include "autograd/function.h"
 #include "autograd/functions.h"
+#include "ops/add/add.h"
+#include "ops/grad_norm/grad_norm.h"
 #include "test_util.h"
 
 using namespace fg;
@@ -89,6 +92,51 @@ TEST(Engine, CastGradientsLandInTheLeafsDtype) {
   EXPECT_EQ(a.grad().dtype(), DType::F64);
   EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{3, 3}));
   EXPECT_FG_ERROR(cast(a, Tensor::zeros({3})), "cast: the converted copy is (3,) f32 cpu");
+}
+
+// y = 2 * cast(a) whose backward writes 2 * dy into a's f64 buffer itself when
+// a has one (adding when it counts), as weight GEMMs do; else returns it.
+Variable twice_of_cast(const Variable& w) {
+  Variable master = cast_source(w);
+  EXPECT_TRUE(master.defined());
+  Tensor y = Tensor::from_vector(w.data().to_vector(), w.shape(), w.dtype());
+  ops::scale_grads({y}, 2.0);
+  return record("twice", {master}, {y}, [master](const std::vector<Tensor>& g) {
+    GradBuffer into = leaf_grad_buffer(master);
+    Tensor d = g[0].to(DType::F64);
+    ops::scale_grads({d}, 2.0);
+    if (!into.buffer.defined()) return std::vector<Tensor>{d};
+    if (into.add)
+      ops::add_inplace(into.buffer, d);
+    else
+      into.buffer.copy_(d);
+    return std::vector<Tensor>{into.buffer};
+  })[0];
+}
+
+TEST(Engine, BackwardWritesIntoTheLeafsBuffer) {
+  Variable a = leaf({1.5, -2});
+  EXPECT_FALSE(cast_source(a).defined());                    // a leaf
+  EXPECT_FALSE(cast_source(cast(times3(a), DType::F32)).defined());  // a cast of a non-leaf
+  EXPECT_FALSE(leaf_grad_buffer(a).buffer.defined());        // no buffer yet
+  auto step = [&] {
+    Variable y = add(twice_of_cast(cast(a, DType::F32)), cast(a, DType::F32));  // d/da = 3
+    y.backward(Tensor::from_vector({1, 0.5}, {2}, DType::F32));
+  };
+  step();  // returned as usual: no buffer yet
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{3, 1.5}));
+  const void* buffer = a.grad().raw_data();
+  step();  // the buffer counts: added to in place
+  EXPECT_EQ(a.grad().raw_data(), buffer);
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{6, 3}));
+  a.zero_grad_in_place();
+  GradBuffer stale = leaf_grad_buffer(a);
+  EXPECT_EQ(stale.buffer.raw_data(), buffer);
+  EXPECT_FALSE(stale.add);
+  step();  // overwritten in place, and no longer counted as zero
+  EXPECT_EQ(a.grad().raw_data(), buffer);
+  EXPECT_FALSE(a.grad_zeroed_in_place());
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{3, 1.5}));
 }
 
 TEST(Engine, DiamondRunsEachNodeOnce) {

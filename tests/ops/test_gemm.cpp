@@ -53,6 +53,23 @@ TEST(Gemm, ErrorsNameTheShapes) {
   EXPECT_FG_ERROR(fg::ops::matmul(Tensor::zeros({2, 3, 4}), false, b, false), "must be 2-D");
 }
 
+// A wider c takes the sums of narrower operands unrounded: f32 operands into f64 on
+// the CPU (computed in f64), bf16 into f32 on the GPU; other mixes are errors.
+TEST(Gemm, WiderC) {
+  EXPECT_TRUE(fg::ops::gemm_accepts(DType::BF16, DType::F32, Device::cpu()));
+  EXPECT_TRUE(fg::ops::gemm_accepts(DType::F32, DType::F64, Device::cpu()));
+  EXPECT_FALSE(fg::ops::gemm_accepts(DType::F32, DType::F64, Device::cuda(0)));
+  EXPECT_FALSE(fg::ops::gemm_accepts(DType::F64, DType::F32, Device::cpu()));
+  Generator gen(3);
+  Tensor a = Tensor::randn({5, 7}, gen, DType::F32), b = Tensor::randn({6, 7}, gen, DType::F32);
+  Tensor c = Tensor::randn({5, 6}, gen, DType::F64), want = c.clone();
+  fg::ops::gemm(f64(a), false, f64(b), true, want, 0.5, 1.0);
+  fg::ops::gemm(a, false, b, true, c, 0.5, 1.0);
+  EXPECT_EQ(fg::max_abs_diff(c, want), 0.0);
+  EXPECT_FG_ERROR(fg::ops::gemm(f64(a), false, f64(b), true, Tensor::zeros({5, 6})),
+                  "gemm: dtypes differ: a f64, b f64, c f32");
+}
+
 // ---------------------------------------------------------------------------
 // CUDA: cuBLASLt against the CPU reference in f64.
 
@@ -138,6 +155,23 @@ TEST_P(GemmCuda, Bf16MatchesCpu) {
   check_gemm(GetParam(), DType::BF16, 1.0, 0.0, false, false);
   check_gemm(GetParam(), DType::BF16, 1.0, 0.0, true, true);
   check_gemm(GetParam(), DType::BF16, 0.5, 1.0, true, false);
+}
+
+// bf16 operands into an f32 c (weight gradients into f32 master gradients),
+// overwritten and accumulated: the fp32 sums, not their bf16 rounding.
+TEST_P(GemmCuda, Bf16IntoF32MatchesCpu) {
+  FG_REQUIRE_GPU();
+  const GemmCase& g = GetParam();
+  Operands o = make_operands(g, DType::BF16, 7 + g.m + g.n);
+  for (double beta : {0.0, 1.0}) {
+    Generator gen(g.k);
+    Tensor c = Tensor::randn({g.m, g.n}, gen, DType::F32, Device::cuda(0));
+    Tensor c_ref = f64(c);
+    fg::ops::gemm(f64(o.a), g.trans_a, f64(o.b), g.trans_b, c_ref, 1.0, beta);
+    fg::ops::gemm(o.a, g.trans_a, o.b, g.trans_b, c, 1.0, beta);
+    EXPECT_EQ(c.dtype(), DType::F32);
+    EXPECT_TRUE(close_rel(c, c_ref, 1e-5)) << "beta " << beta;  // bf16 output would miss 1e-5
+  }
 }
 
 TEST_P(GemmCuda, F64MatchesCpu) {

@@ -44,6 +44,21 @@ TEST(Linear, BackwardHandComputed) {
   EXPECT_FALSE(linear_backward(dy, x, w, false).dbias.defined());
 }
 
+TEST(Linear, BackwardIntoAGivenBuffer) {
+  // dW written into (then added to) a buffer of a wider dtype, and returned.
+  Tensor x = Tensor::from_vector({1, 2, 3, -1, 0, 2}, {2, 3}, DType::F32);
+  Tensor w = Tensor::from_vector({1, 0, 1, 0.5, -1, 2}, {2, 3}, DType::F32);
+  Tensor dy = Tensor::from_vector({1, 2, -1, 0.5}, {2, 2}, DType::F32);
+  Tensor into = Tensor::full({2, 3}, NAN, DType::F64);
+  fg::ops::LinearGrads g = linear_backward(dy, x, w, false, into);
+  EXPECT_EQ(g.dweight.raw_data(), into.raw_data());
+  EXPECT_EQ(into.to_vector(), (std::vector<double>{2, 2, 1, 1.5, 4, 7}));
+  linear_backward(dy, x, w, false, into, true);
+  EXPECT_EQ(into.to_vector(), (std::vector<double>{4, 4, 2, 3, 8, 14}));
+  EXPECT_FG_ERROR(linear_backward(dy, x, w, false, Tensor::zeros({3, 2}, DType::F64)),
+                  "linear_backward: dweight_into is (3, 2) but expected (2, 3)");
+}
+
 TEST(Linear, LeadingDimsAreRows) {
   Generator gen(1);
   Tensor x = Tensor::randn({3, 5, 7}, gen, DType::F64);
