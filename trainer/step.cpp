@@ -176,8 +176,16 @@ void TrainStep::run(bool update) {
   // and how many ranks saw something non-finite, so no rank skips alone.
   const int world = o_.comm->world_size();
   double loss = loss_.item();
-  double local = o_.zero || o_.clip <= 0 ? ops::global_grad_norm(grads)
-                                         : ops::clip_grad_norm(grads, o_.clip);
+  // Replicated, every rank holds the whole mean gradient: its norm, rounded as
+  // the single-device step rounds it, and AdamW clips with it the same way, so
+  // a world of one updates bit for bit as the step without a communicator.
+  double local;
+  if (o_.zero) {
+    local = ops::global_grad_norm(grads);
+  } else {
+    grad_norm_.copy_(ops::grad_norm(grads));
+    local = grad_norm_.item();
+  }
   Tensor stats = Tensor::from_vector(
       {loss, o_.zero ? local * local : 0.0, std::isfinite(loss) && std::isfinite(local) ? 0.0 : 1.0},
       {3}, DType::F64, o_.comm->device());
@@ -188,7 +196,11 @@ void TrainStep::run(bool update) {
   r.grad_norm = o_.zero ? std::sqrt(sum[1]) : local;
   r.finite = sum[2] == 0 && std::isfinite(r.loss) && std::isfinite(r.grad_norm);
   if (!r.finite) return;
-  if (o_.zero && o_.clip > 0 && r.grad_norm > o_.clip)
+  if (!o_.zero) {
+    opt_.step({lr_step_, grad_norm_, Tensor(), o_.clip});
+    return;
+  }
+  if (o_.clip > 0 && r.grad_norm > o_.clip)
     ops::scale_grads(grads, o_.clip / (r.grad_norm + 1e-6));  // as clip_grad_norm does
   opt_.step({lr_step_, Tensor(), Tensor(), 0.0});
 }
