@@ -25,8 +25,11 @@ LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Te
   const Tensor y = y_in.contiguous(), weight = weight_in.contiguous(),
                targets = targets_in.contiguous();
   const int64_t N = y.size(0), D = y.size(1), V = weight.size(0);
-  if (chunk_rows <= 0)
-    chunk_rows = std::max<int64_t>(1, kLMHeadChunkElements / std::max<int64_t>(V, 1));
+  if (chunk_rows <= 0) {
+    const int64_t most = std::max<int64_t>(1, kLMHeadChunkElements / std::max<int64_t>(V, 1));
+    const int64_t chunks = std::max<int64_t>({1, std::min<int64_t>(N, 2), (N + most - 1) / most});
+    chunk_rows = std::max<int64_t>(1, (N + chunks - 1) / chunks);
+  }
 
   // The mean is over every counted row: each chunk divides by the whole batch's
   // count, so its loss is its share of the mean. All of it stays on the device.

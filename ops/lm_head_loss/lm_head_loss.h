@@ -17,9 +17,12 @@ struct LMHeadLossOut {
   Tensor count;    // () i32 on the inputs' device: the rows whose target is not -1
 };
 
-// y (N, D), weight (V, D), targets i32 (N). chunk_rows 0 picks chunks of about
-// kLMHeadChunkElements logits.
-constexpr int64_t kLMHeadChunkElements = int64_t{1} << 26;
+// y (N, D), weight (V, D), targets i32 (N). chunk_rows 0 picks the fewest
+// chunks of at most kLMHeadChunkElements logits, but at least two (the whole
+// batch's logits never exist at once), all of one size (each chunk's three GEMMs
+// run faster with more rows: 4 chunks of 4096 rows instead of 13 of 1334 take
+// 0.7 ms less per GPT-2-small step on an H200).
+constexpr int64_t kLMHeadChunkElements = int64_t{1} << 28;
 LMHeadLossOut lm_head_loss(const Tensor& y, const Tensor& weight, const Tensor& targets,
                            bool need_grads, int64_t chunk_rows = 0);
 

@@ -72,10 +72,18 @@ TEST(LMHeadLoss, EqualsLinearPlusCrossEntropyForAnyChunking) {
   }
 }
 
+TEST(LMHeadLoss, DefaultChunksAreEvenAndNeverTheWholeBatch) {
+  // The default splits 14 rows into two chunks of 7 (never one of 14); the
+  // result is the same as any other chunking.
+  Problem p = make(14, 5, 9, DType::F64, Device::cpu(), ignoring(14, 9, 4, 8));
+  ops::LMHeadLossOut by_default = ops::lm_head_loss(p.y, p.w, p.targets, true, 0);
+  expect_same(by_default, ops::lm_head_loss(p.y, p.w, p.targets, true, 7), 0.0, "chunks of 7");
+}
+
 TEST(LMHeadLoss, WholeIgnoredChunkEqualsUnchunked) {
   // Chunks of 4 rows; rows 4-7, the second chunk, are all ignored.
   Problem p = make(14, 5, 9, DType::F64, Device::cpu(), ignoring(14, 9, 4, 8));
-  ops::LMHeadLossOut whole = ops::lm_head_loss(p.y, p.w, p.targets, true, 0);
+  ops::LMHeadLossOut whole = ops::lm_head_loss(p.y, p.w, p.targets, true, 14);
   ops::LMHeadLossOut chunked = ops::lm_head_loss(p.y, p.w, p.targets, true, 4);
   EXPECT_EQ(whole.count.item(), 10);
   EXPECT_GT(whole.loss.item(), 0.0);
