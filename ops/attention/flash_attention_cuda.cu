@@ -5,7 +5,8 @@
 //
 // Forward: a block owns kBlockM query rows of one (b, h), each warp 16 * kMTiles
 // of them; it walks the key tiles up to the causal diagonal with an online
-// softmax and writes out and lse. Backward: D = rowsum(dO * O) first; then a
+// softmax and writes out and lse. On Hopper (sm_90a) the default forward does
+// the same with warpgroup MMAs (wgmma) instead. Backward: D = rowsum(dO * O) first; then a
 // block owns kBlockN = 16 * kWarps key rows of one kv head (a warp 16 of them)
 // and walks the query tiles at or after the diagonal of every query head of
 // the group, so dK and dV are summed over the group in registers (no atomics);
@@ -15,6 +16,8 @@
 #include <cmath>
 #include <cstdint>
 #include <iterator>
+#include <mutex>
+#include <vector>
 
 #include "core/cuda_utils.h"
 #include "ops/attention/attention.h"
@@ -645,6 +648,316 @@ __global__ void __launch_bounds__(Tr::kThreads)
   }
 }
 
+// ---- forward on Hopper (sm_90a): warpgroup MMAs ----
+//
+// The same walk with the products on wgmma: a block of two warpgroups owns 128
+// query rows of one (b, h), 64 per warpgroup (a warp 16 of them, as above). Q,
+// and K and V tiles of kBlockN keys (double-buffered, cp.async), sit in shared
+// memory in the layout wgmma reads with 128-byte swizzling: column chunks of 64
+// elements, each a stack of 128-byte rows in 1024-byte atoms of 8 rows, the
+// 16-byte piece j of row r stored at piece j ^ (r % 8). S = Q K^T takes A (Q)
+// and B (K) from there, K-major; O += P V takes A (P) from registers, since the
+// accumulator layout of S is the A-fragment layout of P, and B (V, [key][dim])
+// from there, N-major. The softmax is the one above, on the same fragments.
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the helpers only the sm_90a kernel body uses
+
+// Rows [row0, row0 + kRows) of a (T, kHd) strided view into a wgmma tile (see
+// above); rows at or past `rows` become zeros.
+template <int kRows, int kHd, int kThreads>
+__device__ __forceinline__ void load_wgmma_tile_async(uint32_t dst, const bf16* src,
+                                                      int64_t row_stride, int row0, int rows) {
+  constexpr int kPieces = kHd / 8;  // 16-byte pieces per row
+  static_assert(kRows * kPieces % kThreads == 0, "tile does not split evenly over the block");
+#pragma unroll
+  for (int i = 0; i < kRows * kPieces / kThreads; ++i) {
+    const int idx = static_cast<int>(threadIdx.x) + i * kThreads;
+    const int r = idx / kPieces, j = idx % kPieces;
+    const bool valid = row0 + r < rows;
+    const bf16* p = src + (valid ? static_cast<int64_t>(row0 + r) * row_stride : 0) + j * 8;
+    cp_async_16(dst + (j / 8) * (kRows * 128) + r * 128 + (((j % 8) ^ (r & 7)) << 4), p, valid);
+  }
+}
+
+// A wgmma shared-memory matrix descriptor with 128-byte swizzling. K-major: rows
+// 128 bytes apart, `stride` (1024) between 8-row atoms, `leading` unused (16).
+// N-major: `leading` between 64-column chunks, `stride` (1024) between 8-row atoms.
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr, uint32_t leading, uint32_t stride) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>((leading & 0x3FFFF) >> 4) << 16) |
+         (static_cast<uint64_t>((stride & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// The accumulators an asynchronous wgmma wrote are read only after it is done:
+// these empty statements keep the compiler from moving their uses above the wait.
+template <int N>
+__device__ __forceinline__ void pin(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// D (64 x 64, fp32) += A (64 x 16 bf16, registers) B (16 x 64, shared memory, N-major).
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4],
+                                              uint64_t desc_b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+// D (64 x 128, fp32) += A (64 x 16, shared memory, K-major) B (16 x 128, shared memory, K-major).
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, 1, 1, 1, 0, 0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b));
+}
+
+// D (64 x 128, fp32) += A (64 x 16 bf16, registers) B (16 x 128, shared memory, N-major).
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a)[4],
+                                              uint64_t desc_b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4],
+                                         uint64_t desc_b) {
+  if constexpr (N == 64) wgmma_rs_n64(d, a, desc_b);
+  else wgmma_rs_n128(d, a, desc_b);
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <int kHeadDim_, int kBlockN_>
+struct HopperFwdTraits {
+  static constexpr int kHeadDim = kHeadDim_, kBlockN = kBlockN_;
+  static constexpr int kThreads = 256, kBlockM = 128;  // two warpgroups of 64 rows
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
+  static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes + 1024;  // + room to align to 1024
+  static_assert(kBlockN == 128, "S = Q K^T is one m64n128 product per k16 step");
+};
+
+// Grid (ceil(T / 128), H, B), the diagonal-heavy (last) query blocks first.
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1)
+    flash_attention_forward_hopper_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                          const bf16* __restrict__ v, bf16* __restrict__ out,
+                                          float* __restrict__ lse, FlashDims d) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
+  constexpr int kNt = kBn / 8;  // score n8 tiles per warp row block
+  constexpr int kDt = kHd / 8;  // output n8 tiles
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t s_q = (smem_addr(smem) + 1023) & ~1023u;  // swizzle atoms start at 1024
+  const uint32_t s_k = s_q + Tr::kQBytes, s_v = s_k + 2 * Tr::kKVBytes;
+  const int wg = threadIdx.x / 128, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
+  const int quad_row = lane / 4, quad_col = lane % 4 * 2;  // accumulator element (row, col)
+  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, g = h / d.group;
+  const int m0 = m_block * kBm, warp_row0 = m0 + wg * 64 + warp * 16;
+  const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
+  const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
+  const int n_tiles = (min(m0 + kBm, d.seq) + kBn - 1) / kBn;  // key tiles up to the diagonal
+
+  auto load_kv = [&](int n, int stage) {
+    load_wgmma_tile_async<kBn, kHd, Tr::kThreads>(s_k + stage * Tr::kKVBytes, k + kv_off,
+                                                  d.kv_row, n * kBn, d.seq);
+    load_wgmma_tile_async<kBn, kHd, Tr::kThreads>(s_v + stage * Tr::kKVBytes, v + kv_off,
+                                                  d.kv_row, n * kBn, d.seq);
+  };
+  load_wgmma_tile_async<kBm, kHd, Tr::kThreads>(s_q, q + q_off, d.q_row, m0, d.seq);
+  load_kv(0, 0);
+  cp_async_commit();
+
+  float o[kHd / 2];  // n8 tile dt, element e at o[4 dt + e]
+  float m_run[2], l_run[2];
+#pragma unroll
+  for (int i = 0; i < kHd / 2; ++i) o[i] = 0.f;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    m_run[hf] = -INFINITY;
+    l_run[hf] = 0.f;
+  }
+
+  for (int n = 0; n < n_tiles; ++n) {
+    const int stage = n & 1;
+    const uint32_t s_kn = s_k + stage * Tr::kKVBytes, s_vn = s_v + stage * Tr::kKVBytes;
+    cp_async_wait<0>();   // K(n), V(n) (and Q) landed
+    fence_proxy_async();  // ... and are visible to the tensor cores' (async) reads
+    __syncthreads();      // ... for every thread's copies; everyone is past tile n - 1
+    if (n + 1 < n_tiles) load_kv(n + 1, stage ^ 1);
+    cp_async_commit();
+
+    // S = Q K^T: (64, kBn) per warpgroup, (16, kBn) per warp.
+    float s[kBn / 2];
+#pragma unroll
+    for (int i = 0; i < kBn / 2; ++i) s[i] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kHd / 16; ++ks) {
+      const uint32_t chunk = (ks / 4) * 128, col = (ks % 4) * 32;  // 64-column chunk, k16 step
+      wgmma_ss_n128(s, wgmma_desc(s_q + chunk * kBm + wg * 64 * 128 + col, 16, 1024),
+                    wgmma_desc(s_kn + chunk * kBn + col, 16, 1024));
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    pin(s);
+
+    // Causal mask where this tile reaches past the warp's first row.
+    if ((n + 1) * kBn - 1 > warp_row0) {
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = warp_row0 + quad_row + (e >> 1) * 8;
+          const int col = n * kBn + nt * 8 + quad_col + (e & 1);
+          if (col > row) s[4 * nt + e] = -INFINITY;
+        }
+    }
+
+    // Online softmax: the row max over the quad of lanes that shares a row.
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = m_run[hf];
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+      const float m_scaled = mx == -INFINITY ? 0.f : mx * d.scale_log2;
+      const float alpha = fast_exp2(m_run[hf] * d.scale_log2 - m_scaled);
+      m_run[hf] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float p = fast_exp2(fmaf(s[4 * nt + 2 * hf + e], d.scale_log2, -m_scaled));
+          s[4 * nt + 2 * hf + e] = p;
+          sum += p;
+        }
+      l_run[hf] = l_run[hf] * alpha + sum;
+#pragma unroll
+      for (int dt = 0; dt < kDt; ++dt) {
+        o[4 * dt + 2 * hf] *= alpha;
+        o[4 * dt + 2 * hf + 1] *= alpha;
+      }
+    }
+
+    // O += P V, P as bf16 A fragments (n8 tiles 2kk, 2kk+1 of S are k16 step kk of P),
+    // all made before the first product reads them; V's k16 step kk is 16 key rows,
+    // 2048 bytes on.
+    uint32_t p[kBn / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBn / 16; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBn / 16; ++kk)
+      wgmma_rs<kHd>(o, p[kk], wgmma_desc(s_vn + kk * 2048, kBn * 128, 1024));
+    wgmma_commit();
+    wgmma_wait_all();
+    pin(o);
+  }
+
+  // out = O / l; lse = log(l) + max * scale (natural log).
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float l = l_run[hf];
+    l += __shfl_xor_sync(kFullMask, l, 1);
+    l += __shfl_xor_sync(kFullMask, l, 2);
+    const int row = warp_row0 + quad_row + hf * 8;
+    if (row >= d.seq) continue;
+    const float inv = 1.f / l;
+    bf16* dst = out + q_off + static_cast<int64_t>(row) * d.q_row + quad_col;
+#pragma unroll
+    for (int dt = 0; dt < kDt; ++dt)
+      store_bf16x2(dst + dt * 8, pack_bf16(o[4 * dt + 2 * hf] * inv, o[4 * dt + 2 * hf + 1] * inv));
+    if (lane % 4 == 0)
+      lse[(static_cast<int64_t>(b) * d.heads + h) * d.seq + row] =
+          (m_run[hf] * d.scale_log2 + log2f(l)) * kLn2;
+  }
+#else
+  __trap();  // not an sm_90a build: hopper_kernels_run() keeps callers away
+#endif
+}
+
+// 1 in the sm_90a image, 0 in any other: read once per device to learn which one runs.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ int g_hopper_kernels_built = 1;
+#else
+__device__ int g_hopper_kernels_built = 0;
+#endif
+
+// Whether the current device runs the sm_90a kernels of this file.
+bool hopper_kernels_run() {
+  static std::mutex mu;
+  static std::vector<int> known;  // per device: -1 unknown, 0 no, 1 yes
+  int device = 0;
+  FG_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  if (static_cast<int>(known.size()) <= device) known.resize(device + 1, -1);
+  if (known[device] < 0) {
+    int major = 0, built = 0;
+    FG_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major == 9)
+      FG_CUDA_CHECK(cudaMemcpyFromSymbol(&built, g_hopper_kernels_built, sizeof(int)));
+    known[device] = major == 9 && built == 1;
+  }
+  return known[device] == 1;
+}
+
 // ---- launchers ----
 
 FlashDims flash_dims(const Tensor& q, const Tensor& k) {
@@ -672,6 +985,18 @@ void launch_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
                           const Tensor& lse) {
   const FlashDims d = flash_dims(q, k);
   auto kernel = flash_attention_forward_kernel<Tr>;
+  allow_smem(kernel, Tr::kSmemBytes);
+  dim3 grid(cuda::grid_for(d.seq, Tr::kBlockM), d.heads, static_cast<unsigned>(q.size(0)));
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda::stream()>>>(
+      q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), out.data<bf16>(), lse.data<float>(), d);
+  FG_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class Tr>
+void launch_flash_forward_hopper(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& out, const Tensor& lse) {
+  const FlashDims d = flash_dims(q, k);
+  auto kernel = flash_attention_forward_hopper_kernel<Tr>;
   allow_smem(kernel, Tr::kSmemBytes);
   dim3 grid(cuda::grid_for(d.seq, Tr::kBlockM), d.heads, static_cast<unsigned>(q.size(0)));
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda::stream()>>>(
@@ -713,8 +1038,9 @@ void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
 }
 
 // Tilings, the default first: the fastest (or within noise of it) in
-// bench_attention on an H100 (bench/results_attention.md); the others stay
-// for the benchmark and the tests. Names read "bm<query rows>_bn<key rows>_w<warps>".
+// bench_attention on an H100 (bench/results_attention.md) and, for the wgmma
+// forward, an H200; the others stay for the benchmark and the tests. Names read
+// "bm<query rows>_bn<key rows>_w<warps>" ("wgmma_..." for the Hopper kernel).
 using ForwardLauncher = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                  const Tensor&);
 using BackwardLauncher = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -723,13 +1049,20 @@ template <class Launcher>
 struct Variant {
   const char* name;
   Launcher launch;
+  bool hopper = false;  // the wgmma kernel: only an sm_90a build on a Hopper GPU runs it
 };
 
+// On an H200 (bench_attention, 2026-11-29) the wgmma forward runs 1.33-1.36x the
+// mma.sync one at head_dim 128 (387 vs 291 TFLOP/s at T = 4096) but 0.9-1.0x at
+// 64, where the 64-wide products are too small to hide the softmax between them:
+// it is the default at 128 only.
 constexpr Variant<ForwardLauncher> kForward64[] = {
     {"bm128_bn64_w4", launch_flash_forward<FwdTraits<64, 4, 2, 64>>},
     {"bm64_bn64_w4", launch_flash_forward<FwdTraits<64, 4, 1, 64>>},
+    {"wgmma_bm128_bn128", launch_flash_forward_hopper<HopperFwdTraits<64, 128>>, true},
 };
 constexpr Variant<ForwardLauncher> kForward128[] = {
+    {"wgmma_bm128_bn128", launch_flash_forward_hopper<HopperFwdTraits<128, 128>>, true},
     {"bm64_bn64_w4", launch_flash_forward<FwdTraits<128, 4, 1, 64>>},
     {"bm128_bn32_w4", launch_flash_forward<FwdTraits<128, 4, 2, 32>>},
 };
@@ -742,14 +1075,32 @@ constexpr Variant<BackwardLauncher> kBackward128[] = {
     {"bm64_bn64_w4", launch_flash_backward<BwdTraits<128, 4, 64>>},
 };
 
+// The variants this device runs, in list order: variant i of a call is the
+// i-th of them (so 0, the default, is the first runnable one).
+template <class Launcher, size_t N>
+std::vector<const Variant<Launcher>*> runnable(const Variant<Launcher> (&list)[N]) {
+  std::vector<const Variant<Launcher>*> r;
+  for (const Variant<Launcher>& v : list)
+    if (!v.hopper || hopper_kernels_run()) r.push_back(&v);
+  return r;
+}
+
+template <class Launcher, size_t N64, size_t N128>
+std::vector<const Variant<Launcher>*> runnable(const Variant<Launcher> (&v64)[N64],
+                                               const Variant<Launcher> (&v128)[N128],
+                                               int head_dim) {
+  return head_dim == 64 ? runnable(v64) : runnable(v128);
+}
+
 template <class Launcher, size_t N64, size_t N128>
 const Variant<Launcher>& pick(const Variant<Launcher> (&v64)[N64],
                               const Variant<Launcher> (&v128)[N128], int head_dim, int variant) {
-  const int n = head_dim == 64 ? static_cast<int>(N64) : static_cast<int>(N128);
   FG_CHECK(head_dim == 64 || head_dim == 128, "flash attention: head_dim ", head_dim,
            " is not 64 or 128");
+  const auto list = runnable(v64, v128, head_dim);
+  const int n = static_cast<int>(list.size());
   FG_CHECK(variant >= 0 && variant < n, "flash attention: variant ", variant, " of ", n);
-  return head_dim == 64 ? v64[variant] : v128[variant];
+  return *list[variant];
 }
 
 }  // namespace
@@ -766,8 +1117,8 @@ bool flash_attention_aligned(std::initializer_list<const Tensor*> operands) {
 
 int flash_attention_variant_count(int head_dim, bool backward) {
   if (head_dim != 64 && head_dim != 128) return 0;
-  if (backward) return head_dim == 64 ? std::size(kBackward64) : std::size(kBackward128);
-  return head_dim == 64 ? std::size(kForward64) : std::size(kForward128);
+  return static_cast<int>(backward ? runnable(kBackward64, kBackward128, head_dim).size()
+                                   : runnable(kForward64, kForward128, head_dim).size());
 }
 
 const char* flash_attention_variant_name(int head_dim, bool backward, int variant) {
