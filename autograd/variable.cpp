@@ -26,7 +26,8 @@ thread_local bool g_grad_enabled = true;
 // leaves the conversion to it).
 void accumulate(Tensor& into, const Tensor& g, DType dtype) {
   if (!into.defined()) {
-    into = g.dtype() == dtype ? g.clone() : g.to(dtype);  // own it: g may alias a tensor backward still uses
+    // Own it: g may alias a tensor backward still uses.
+    into = g.dtype() == dtype ? g.clone() : g.to(dtype);
   } else {
     ops::add_inplace(into, g.dtype() == dtype ? g : g.to(dtype));
   }

@@ -871,7 +871,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     for (int hf = 0; hf < 2; ++hf) {
       float mx = m_run[hf];
 #pragma unroll
-      for (int nt = 0; nt < kNt; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
+      for (int nt = 0; nt < kNt; ++nt)
+        mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
       const float m_scaled = mx == -INFINITY ? 0.f : mx * d.scale_log2;

@@ -412,7 +412,8 @@ TEST(CrossEntropyCudaEdge, MaskedAndNanLogits) {
     EXPECT_TRUE(close_rel(r.lse.slice(0, 0, 2), ref.lse.slice(0, 0, 2), 1e-6)) << v;
     EXPECT_TRUE(std::isnan(r.lse.to_vector()[2])) << v;
     EXPECT_TRUE(close_rel(r.loss, ref.loss, 1e-6)) << v;  // the NaN row is ignored
-    Tensor dref = cross_entropy_backward(scalar(1.0, DType::F32), logits, targets, ref.lse, ref.count);
+    Tensor dref =
+        cross_entropy_backward(scalar(1.0, DType::F32), logits, targets, ref.lse, ref.count);
     Tensor d = cross_entropy_backward(scalar(1.0, DType::F32, gpu), logits.to(gpu),
                                       targets.to(gpu), r.lse, r.count);
     EXPECT_TRUE(close_rel(d, dref, 1e-6)) << v;
