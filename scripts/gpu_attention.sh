@@ -29,7 +29,9 @@ timeout 90 "$BIN/bench_attention" --out "$OUT/results_attention.md" --commit "$C
   > "$OUT/bench.log" 2>&1
 echo "bench rc=$? ${SECONDS}s"
 
-# PyTorch SDPA (its flash backend is FlashAttention-2; cuDNN where present), MHA shapes.
+# PyTorch SDPA (its flash backend is FlashAttention-2; cuDNN where present), MHA shapes;
+# TORCH=0 skips it.
+[ "${TORCH:-1}" = 1 ] || { cat "$OUT/results_attention.md"; exit 0; }
 SECONDS=0
 timeout 60 python3 - > "$OUT/torch_attention.md" 2> "$OUT/torch.log" <<'EOF'
 import torch
