@@ -1015,8 +1015,9 @@ struct HopperBwdTraits {
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // Q, dO (two stages each)
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dS^T
   static constexpr int kStatBytes = kBlockM * 4;           // lse, D (two stages each)
+  static constexpr int kSwapBytes = kThreads * kHeadDim;   // half of each thread's dQ, f32
   static constexpr int kSmemBytes =
-      2 * kKVBytes + 4 * kQBytes + kDsBytes + 4 * kStatBytes + 1024;  // + room to align
+      2 * kKVBytes + 4 * kQBytes + kDsBytes + 4 * kStatBytes + kSwapBytes + 1024;  // + align
 };
 
 // Grid (ceil(T / 128), Hkv, B); the first key blocks (the most query tiles) first.
@@ -1038,9 +1039,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   const uint32_t s_v = s_k + Tr::kKVBytes, s_q = s_v + Tr::kKVBytes;
   const uint32_t s_do = s_q + 2 * Tr::kQBytes, s_ds = s_do + 2 * Tr::kQBytes;
   const uint32_t s_lse = s_ds + Tr::kDsBytes, s_delta = s_lse + 2 * Tr::kStatBytes;
-  const unsigned char* smem_k = smem + (s_k - smem_addr(smem));
+  const uint32_t s_swap = s_delta + 2 * Tr::kStatBytes;
+  unsigned char* smem_k = smem + (s_k - smem_addr(smem));
   const float* lse_tiles = reinterpret_cast<const float*>(smem_k + (s_lse - s_k));
   const float* delta_tiles = reinterpret_cast<const float*>(smem_k + (s_delta - s_k));
+  float* dq_swap = reinterpret_cast<float*>(smem_k + (s_swap - s_k));
   const int wg = threadIdx.x / 128, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
   const int quad_row = lane / 4, quad_col = lane % 4 * 2;
   const int g = blockIdx.y, b = blockIdx.z;
@@ -1090,6 +1093,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     float st[kBm / 2], dpt[kBm / 2];
 #pragma unroll
     for (int i = 0; i < kBm / 2; ++i) st[i] = dpt[i] = 0.f;
+    pin(st);  // the zeros are written before the fence, not sunk past it
+    pin(dpt);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kHd / 16; ++ks) {
@@ -1155,6 +1160,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     float dq[kHd / 2];
 #pragma unroll
     for (int i = 0; i < kHd / 2; ++i) dq[i] = 0.f;
+    pin(dq);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -1167,15 +1173,36 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     pin(dq);
     pin(dk_acc);
     pin(dv_acc);
+
+    // The two warpgroups' dQ cover the same elements: warpgroup wg adds column
+    // half wg of both into global memory, so each element takes one atomic per
+    // tile. The other half goes through shared memory in fragment order (slot i
+    // of thread t at i * 256 + t: no bank conflicts), to the thread t ^ 128 that
+    // holds the same elements. Selects, not indices, keep dq in registers.
+    constexpr int kHalf = kHd / 4;
+#pragma unroll
+    for (int i = 0; i < kHalf; ++i)
+      dq_swap[i * Tr::kThreads + threadIdx.x] = wg == 0 ? dq[kHalf + i] : dq[i];
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kHalf; ++i) {
+      const float other = dq_swap[i * Tr::kThreads + (threadIdx.x ^ 128)];
+      if (wg == 0) dq[i] += other;
+      else dq[kHalf + i] += other;
+    }
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int row = m0 + warp * 16 + quad_row + hf * 8;
       if (row >= d.seq) continue;
-      float* dst = dq_acc + (static_cast<int64_t>(b) * d.seq + row) * d.q_row + h * kHd + quad_col;
+      float* dst = dq_acc + (static_cast<int64_t>(b) * d.seq + row) * d.q_row + h * kHd +
+                   wg * (kHd / 2) + quad_col;
 #pragma unroll
-      for (int dt = 0; dt < kDt; ++dt)
+      for (int dt = 0; dt < kDt / 2; ++dt) {
+        const int mine = 4 * dt + 2 * hf, theirs = kHalf + mine;
         atomicAdd(reinterpret_cast<float2*>(dst + dt * 8),
-                  make_float2(dq[4 * dt + 2 * hf], dq[4 * dt + 2 * hf + 1]));
+                  wg == 0 ? make_float2(dq[mine], dq[mine + 1])
+                          : make_float2(dq[theirs], dq[theirs + 1]));
+      }
     }
   }
 
