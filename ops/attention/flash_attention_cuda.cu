@@ -729,7 +729,9 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
-// D (64 x 128, fp32) += A (64 x 16, shared memory, K-major) B (16 x 128, shared memory, K-major).
+// D (64 x 128, fp32) += A (64 x 16) B (16 x 128), both from shared memory; kMajorA/B: 0 for
+// K-major, 1 for M-major A / N-major B (the transposed forms).
+template <int kMajorA, int kMajorB>
 __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
   asm volatile(
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
@@ -737,7 +739,7 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, u
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, 1, 1, 1, 0, 0;\n"
+      "}, %64, %65, 1, 1, 1, %66, %67;\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
         "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
@@ -748,7 +750,7 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, u
         "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
         "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b));
+      : "l"(desc_a), "l"(desc_b), "n"(kMajorA), "n"(kMajorB));
 }
 
 // D (64 x 128, fp32) += A (64 x 16 bf16, registers) B (16 x 128, shared memory, N-major).
@@ -774,56 +776,20 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
-// D (64 x 64, fp32) += A (64 x 16, shared memory, K-major) B (16 x 64, shared memory, K-major).
+// D (64 x 64, fp32) += A (64 x 16) B (16 x 64), both from shared memory; majors as above.
+template <int kMajorA, int kMajorB>
 __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
   asm volatile(
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, 1, 1, 1, 0, 0;\n"
+      "}, %32, %33, 1, 1, 1, %34, %35;\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
         "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
         "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b));
-}
-
-// D (64 x 64, fp32) += A (64 x 16, shared memory, M-major) B (16 x 64, shared memory, N-major).
-__device__ __forceinline__ void wgmma_ss_tt_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, 1, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b));
-}
-
-// D (64 x 128, fp32) += A (64 x 16, shared memory, M-major) B (16 x 128, shared memory, N-major).
-__device__ __forceinline__ void wgmma_ss_tt_n128(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, 1, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-        "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b));
+      : "l"(desc_a), "l"(desc_b), "n"(kMajorA), "n"(kMajorB));
 }
 
 template <int N>
@@ -832,10 +798,10 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
   if constexpr (N == 64) wgmma_rs_n64(d, a, desc_b);
   else wgmma_rs_n128(d, a, desc_b);
 }
-template <int N>
-__device__ __forceinline__ void wgmma_ss_tt(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
-  if constexpr (N == 64) wgmma_ss_tt_n64(d, desc_a, desc_b);
-  else wgmma_ss_tt_n128(d, desc_a, desc_b);
+template <int N, int kMajorA, int kMajorB>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
+  if constexpr (N == 64) wgmma_ss_n64<kMajorA, kMajorB>(d, desc_a, desc_b);
+  else wgmma_ss_n128<kMajorA, kMajorB>(d, desc_a, desc_b);
 }
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
@@ -909,7 +875,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
     for (int ks = 0; ks < kHd / 16; ++ks) {
       const uint32_t chunk = (ks / 4) * 128, col = (ks % 4) * 32;  // 64-column chunk, k16 step
-      wgmma_ss_n128(s, wgmma_desc(s_q + chunk * kBm + wg * 64 * 128 + col, 16, 1024),
+      wgmma_ss_n128<0, 0>(s, wgmma_desc(s_q + chunk * kBm + wg * 64 * 128 + col, 16, 1024),
                     wgmma_desc(s_kn + chunk * kBn + col, 16, 1024));
     }
     wgmma_commit();
@@ -1100,8 +1066,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     for (int ks = 0; ks < kHd / 16; ++ks) {
       const uint32_t chunk = (ks / 4) * 128, col = (ks % 4) * 32;
       const uint32_t rows = chunk * kBn + wg * 64 * 128 + col;
-      wgmma_ss_n64(st, wgmma_desc(s_k + rows, 16, 1024), wgmma_desc(s_qs + chunk * kBm + col, 16, 1024));
-      wgmma_ss_n64(dpt, wgmma_desc(s_v + rows, 16, 1024),
+      wgmma_ss_n64<0, 0>(st, wgmma_desc(s_k + rows, 16, 1024),
+                         wgmma_desc(s_qs + chunk * kBm + col, 16, 1024));
+      wgmma_ss_n64<0, 0>(dpt, wgmma_desc(s_v + rows, 16, 1024),
                    wgmma_desc(s_dos + chunk * kBm + col, 16, 1024));
     }
     wgmma_commit();
@@ -1165,8 +1132,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       const uint32_t rows = (wg * 64 + kk * 16) * 128;
-      wgmma_ss_tt<kHd>(dq, wgmma_desc(s_ds + rows, 1024, 1024),
-                       wgmma_desc(s_k + rows, kBn * 128, 1024));
+      wgmma_ss<kHd, 1, 1>(dq, wgmma_desc(s_ds + rows, 1024, 1024),
+                          wgmma_desc(s_k + rows, kBn * 128, 1024));
     }
     wgmma_commit();
     wgmma_wait_all();
