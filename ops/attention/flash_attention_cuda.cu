@@ -982,8 +982,9 @@ struct HopperBwdTraits {
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dS^T
   static constexpr int kStatBytes = kBlockM * 4;           // lse, D (two stages each)
   static constexpr int kSwapBytes = kThreads * kHeadDim;   // half of each thread's dQ, f32
+  static_assert(kHeadDim % 32 == 0, "dQ splits into two column halves of whole n8 tiles");
   static constexpr int kSmemBytes =
-      2 * kKVBytes + 4 * kQBytes + kDsBytes + 4 * kStatBytes + kSwapBytes + 1024;  // + align
+      2 * kKVBytes + 4 * kQBytes + kDsBytes + 4 * kStatBytes + 2 * kSwapBytes + 1024;  // + align
 };
 
 // Grid (ceil(T / 128), Hkv, B); the first key blocks (the most query tiles) first.
@@ -1043,9 +1044,39 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
   for (int i = 0; i < kHd / 2; ++i) dk_acc[i] = dv_acc[i] = 0.f;
 
+  // The two warpgroups' dQ cover the same elements: warpgroup wg adds column
+  // half wg of both into global memory, so each element takes one atomic per
+  // tile. The other half goes through shared memory in fragment order (slot i
+  // of thread t at i * 256 + t: no bank conflicts; two buffers by tile parity)
+  // to the thread t ^ 128 that holds the same elements. With kDeferDq a tile's
+  // atomics run in the next step, under its S^T and dP^T products, after the
+  // barrier at the top of that step, which is the one the exchange needs.
+  constexpr int kHalf = kHd / 4;
+  // Deferred, the atomics run 7 % faster at hd 64; at 128 the registers that
+  // keeps live spill.
+  constexpr bool kDeferDq = kHd == 64;
+  float dq_mine[kHalf];  // this warpgroup's half of the last tile's dQ
+  auto flush_dq = [&](int it) {
+    const int h = g * d.group + it / m_count, m0 = (m_first + it % m_count) * kBm;
+    const float* other = dq_swap + (it & 1) * kHalf * Tr::kThreads + (threadIdx.x ^ 128);
+#pragma unroll
+    for (int i = 0; i < kHalf; ++i) dq_mine[i] += other[i * Tr::kThreads];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = m0 + warp * 16 + quad_row + hf * 8;
+      if (row >= d.seq) continue;
+      float* dst = dq_acc + (static_cast<int64_t>(b) * d.seq + row) * d.q_row + h * kHd +
+                   wg * (kHd / 2) + quad_col;
+#pragma unroll
+      for (int dt = 0; dt < kDt / 2; ++dt)
+        atomicAdd(reinterpret_cast<float2*>(dst + dt * 8),
+                  make_float2(dq_mine[4 * dt + 2 * hf], dq_mine[4 * dt + 2 * hf + 1]));
+    }
+  };
+
   for (int it = 0; it < iters; ++it) {
     const int stage = it & 1;
-    const int h = g * d.group + it / m_count, m0 = (m_first + it % m_count) * kBm;
+    const int m0 = (m_first + it % m_count) * kBm;
     cp_async_wait<0>();   // step `it` (and K, V) landed
     fence_proxy_async();  // ... visible to the tensor cores
     __syncthreads();      // ... for every thread's copies; everyone is past step it - 1
@@ -1072,6 +1103,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                    wgmma_desc(s_dos + chunk * kBm + col, 16, 1024));
     }
     wgmma_commit();
+    if (kDeferDq && it > 0) flush_dq(it - 1);
     wgmma_wait_all();
     pin(st);
     pin(dpt);
@@ -1141,36 +1173,20 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     pin(dk_acc);
     pin(dv_acc);
 
-    // The two warpgroups' dQ cover the same elements: warpgroup wg adds column
-    // half wg of both into global memory, so each element takes one atomic per
-    // tile. The other half goes through shared memory in fragment order (slot i
-    // of thread t at i * 256 + t: no bank conflicts), to the thread t ^ 128 that
-    // holds the same elements. Selects, not indices, keep dq in registers.
-    constexpr int kHalf = kHd / 4;
+    float* swap = dq_swap + (it & 1) * kHalf * Tr::kThreads + threadIdx.x;
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i)
-      dq_swap[i * Tr::kThreads + threadIdx.x] = wg == 0 ? dq[kHalf + i] : dq[i];
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kHalf; ++i) {
-      const float other = dq_swap[i * Tr::kThreads + (threadIdx.x ^ 128)];
-      if (wg == 0) dq[i] += other;
-      else dq[kHalf + i] += other;
+    for (int i = 0; i < kHalf; ++i) {  // selects, not indices, keep dq in registers
+      swap[i * Tr::kThreads] = wg == 0 ? dq[kHalf + i] : dq[i];
+      dq_mine[i] = wg == 0 ? dq[i] : dq[kHalf + i];
     }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int row = m0 + warp * 16 + quad_row + hf * 8;
-      if (row >= d.seq) continue;
-      float* dst = dq_acc + (static_cast<int64_t>(b) * d.seq + row) * d.q_row + h * kHd +
-                   wg * (kHd / 2) + quad_col;
-#pragma unroll
-      for (int dt = 0; dt < kDt / 2; ++dt) {
-        const int mine = 4 * dt + 2 * hf, theirs = kHalf + mine;
-        atomicAdd(reinterpret_cast<float2*>(dst + dt * 8),
-                  wg == 0 ? make_float2(dq[mine], dq[mine + 1])
-                          : make_float2(dq[theirs], dq[theirs + 1]));
-      }
+    if (!kDeferDq) {
+      __syncthreads();  // the exchange
+      flush_dq(it);
     }
+  }
+  if (kDeferDq && iters > 0) {
+    __syncthreads();  // the last tile's exchange
+    flush_dq(iters - 1);
   }
 
   // dK = scale * sum dS^T Q, dV = sum P^T dO over the group's heads.
