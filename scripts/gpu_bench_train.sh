@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine: bench_train (baby, gpt2 and seed, recompute none and full,
+# On the GPU machine: bench_train (baby, gpt2 and seed, recompute none, attn and full,
 # per-kernel CUPTI profiles) and, when bench/compare_torch.py has its train mode,
 # PyTorch eager and torch.compile at the same shapes beside ours. Runs a prebuilt
 # $BIN/bench_train when there is one (built elsewhere and carried); otherwise
@@ -24,13 +24,13 @@ if [ ! -x "$BIN/bench_train" ]; then
   bash scripts/gpu_build.sh bench_train || exit 1
 fi
 
-# Six runs; the markdown rows and the JSON are written as each run ends, so a
+# Nine runs; the markdown rows and the JSON are written as each run ends, so a
 # timeout keeps the finished ones.
 PROFILE_FLAG=
 [ "$PROFILE" = 1 ] && PROFILE_FLAG=--profile
 SECONDS=0
 timeout 330 "$BIN/bench_train" --data .deps/tinyshakespeare.txt --models baby,gpt2,seed \
-  --recompute none,full --steps "$STEPS" --warmup "$WARMUP" --commit "$COMMIT" \
+  --recompute none,attn,full --steps "$STEPS" --warmup "$WARMUP" --commit "$COMMIT" \
   --json "$OUT/bench_train.json" $PROFILE_FLAG > "$OUT/bench_train.md" 2> "$OUT/bench_train.log"
 echo "bench_train rc=$? ${SECONDS}s"
 grep -E "error|failed|unavailable" "$OUT/bench_train.log" "$OUT/bench_train.md" | head -20
