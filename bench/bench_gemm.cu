@@ -1,0 +1,185 @@
+// GEMM benchmark: the Hopper GEMM (ops/gemm/gemm_hopper.cuh through gemm_hopper_bf16, bf16
+// out) against cuBLASLt (fg::ops::gemm, b transposed) at the seed and GPT-2 projection
+// shapes, c = a (M, K) @ b (N, K)^T, measured in the same run, and the largest difference
+// between the two results. The operands rotate over enough copies to exceed L2 twice, so
+// every call reads them from device memory. Prints markdown; --out FILE writes it too.
+//   bench_gemm [--out FILE] [--commit HASH] [--reps N] [--warmup N] [--bias]
+#include <cuda_runtime.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/cuda_utils.h"
+#include "core/tensor.h"
+#include "ops/gemm/gemm.h"
+#include "ops/gemm/gemm_hopper.h"
+
+using fg::Device;
+using fg::DType;
+using fg::Tensor;
+
+namespace {
+
+struct GemmShape {
+  const char* name;
+  int64_t M, N, K;
+};
+
+const std::vector<GemmShape> kShapes = {
+    {"seed QKV", 8192, 12288, 4096},      {"seed MLP up", 4096, 22016, 4096},
+    {"seed MLP down", 4096, 4096, 11008}, {"GPT-2 qkv", 16384, 2304, 768},
+    {"GPT-2 gate|up", 16384, 4096, 768},  {"GPT-2 down", 16384, 768, 2048},
+    {"GPT-2 out-proj", 16384, 768, 768},
+};
+
+// Median of `reps` timings (CUDA events on the fusegpt stream) of fn(i) after `warmup` calls.
+double median_ms(const std::function<void(int)>& fn, int warmup, int reps) {
+  cudaStream_t stream = fg::cuda::stream();
+  for (int i = 0; i < warmup; ++i) fn(i);
+  cudaEvent_t start, stop;
+  FG_CUDA_CHECK(cudaEventCreate(&start));
+  FG_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<float> ms(reps);
+  for (int i = 0; i < reps; ++i) {
+    FG_CUDA_CHECK(cudaEventRecord(start, stream));
+    fn(warmup + i);
+    FG_CUDA_CHECK(cudaEventRecord(stop, stream));
+    FG_CUDA_CHECK(cudaEventSynchronize(stop));
+    FG_CUDA_CHECK(cudaEventElapsedTime(&ms[i], start, stop));
+  }
+  FG_CUDA_CHECK(cudaEventDestroy(start));
+  FG_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return ms[reps / 2];
+}
+
+// max |x - y| / max |y| and ||x - y|| / ||y|| of two bf16 GPU matrices, on the host.
+std::pair<double, double> differences(const Tensor& x, const Tensor& y) {
+  const Tensor hx = x.to(Device::cpu()), hy = y.to(Device::cpu());
+  const fg::bf16 *px = hx.data<fg::bf16>(), *py = hy.data<fg::bf16>();
+  double max_diff = 0, max_ref = 0, num = 0, den = 0;
+  for (int64_t i = 0; i < hx.numel(); ++i) {
+    const double a = fg::bf16_to_float(px[i]), b = fg::bf16_to_float(py[i]);
+    if (!std::isfinite(a) || !std::isfinite(b)) return {NAN, NAN};
+    max_diff = std::max(max_diff, std::abs(a - b));
+    max_ref = std::max(max_ref, std::abs(b));
+    num += (a - b) * (a - b);
+    den += b * b;
+  }
+  return {max_diff / std::max(max_ref, 1e-30), std::sqrt(num / std::max(den, 1e-30))};
+}
+
+std::string fmt(const char* f, double x) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, x);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string out_path, commit = "unknown";
+  int reps = 50, warmup = 5;
+  bool with_bias = false;
+  CLI::App app{
+      "bench_gemm: the Hopper bf16 GEMM against cuBLASLt at the model's projection shapes"};
+  app.add_option("--out", out_path, "also write the markdown table to this file");
+  app.add_option("--commit", commit, "commit hash recorded in the table")->capture_default_str();
+  app.add_option("--reps", reps, "timed calls per measurement (the median is kept)")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--warmup", warmup, "untimed calls first")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  app.add_flag("--bias", with_bias, "add a bias (N) in both epilogues");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "bench_gemm: error: " << e.what() << " (see --help)\n";
+    return 2;
+  }
+
+  try {
+    FG_CHECK(fg::cuda_available(), "bench_gemm needs a CUDA device");
+    FG_CHECK(fg::ops::detail::gemm_hopper_available(),
+             "bench_gemm needs a Hopper GPU and a build for sm_90a");
+    const Device gpu = Device::cuda(0);
+    cudaDeviceProp prop{};
+    FG_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    char date[32];
+    std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+    const char* autotune = std::getenv("FG_GEMM_AUTOTUNE");
+    const int64_t rotate_bytes = 2 * static_cast<int64_t>(prop.l2CacheSize);
+
+    std::ostringstream md;
+    md << "# bf16 GEMM: Hopper kernel vs cuBLASLt\n\n"
+       << "GPU: " << prop.name << ", commit " << commit << ", " << date << ". c = a (M, K) @ b (N, "
+       << "K)^T" << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median of "
+       << reps << " calls (CUDA events) after " << warmup << "; operands rotate over copies "
+       << "totalling at least " << rotate_bytes / (1 << 20) << " MB (2x L2). cuBLASLt through "
+       << "fg::ops::gemm, FG_GEMM_AUTOTUNE=" << (autotune ? autotune : "unset")
+       << ". speed = cuBLASLt ms / ours ms (> 1: ours faster). max diff = max |ours - "
+       << "cuBLASLt| / max |cuBLASLt|; rel = ||ours - cuBLASLt|| / ||cuBLASLt||.\n\n"
+       << "| shape | M | N | K | ours ms | ours TFLOP/s | cuBLASLt ms | cuBLASLt TFLOP/s | speed "
+       << "| max diff | rel |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+
+    for (const GemmShape& s : kShapes) {
+      const int64_t set_bytes = (s.M + s.N) * s.K * 2;
+      const int sets =
+          static_cast<int>(std::max<int64_t>(1, (rotate_bytes + set_bytes - 1) / set_bytes));
+      fg::Generator gen(42);
+      std::vector<Tensor> a(sets), b(sets);
+      for (int i = 0; i < sets; ++i) {
+        a[i] = Tensor::randn({s.M, s.K}, gen, DType::BF16, gpu);
+        b[i] = Tensor::randn({s.N, s.K}, gen, DType::BF16, gpu, 0.0, 1.0 / std::sqrt(s.K));
+      }
+      const Tensor bias = with_bias ? Tensor::randn({s.N}, gen, DType::BF16, gpu) : Tensor();
+      const Tensor c_ours = Tensor::empty({s.M, s.N}, DType::BF16, gpu);
+      const Tensor c_ref = Tensor::empty({s.M, s.N}, DType::BF16, gpu);
+      auto ours = [&](int i) {
+        fg::ops::detail::gemm_hopper_bf16(a[i % sets], b[i % sets], c_ours, bias);
+      };
+      auto cublas = [&](int i) {
+        fg::ops::gemm(a[i % sets], false, b[i % sets], true, c_ref, 1.0, 0.0, bias);
+      };
+      ours(0);
+      cublas(0);
+      const auto [max_diff, rel] = differences(c_ours, c_ref);
+      const double ms_ours = median_ms(ours, warmup, reps);
+      const double ms_ref = median_ms(cublas, warmup, reps);
+      const double flops = 2.0 * s.M * s.N * s.K;
+      md << "| " << s.name << " | " << s.M << " | " << s.N << " | " << s.K << " | "
+         << fmt("%.3f", ms_ours) << " | " << fmt("%.1f", flops / (ms_ours * 1e-3) / 1e12) << " | "
+         << fmt("%.3f", ms_ref) << " | " << fmt("%.1f", flops / (ms_ref * 1e-3) / 1e12) << " | "
+         << fmt("%.3f", ms_ref / ms_ours) << " | " << fmt("%.2e", max_diff) << " | "
+         << fmt("%.2e", rel) << " |\n";
+      std::cout << s.name << " (" << s.M << ", " << s.N << ", " << s.K << "), " << sets
+                << " operand sets: ours " << fmt("%.3f", ms_ours) << " ms, cuBLASLt "
+                << fmt("%.3f", ms_ref) << " ms, max diff " << fmt("%.2e", max_diff) << std::endl;
+    }
+
+    std::cout << "\n" << md.str();
+    if (!out_path.empty()) {
+      std::ofstream f(out_path);
+      FG_CHECK(f.good(), "cannot write ", out_path);
+      f << md.str();
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "bench_gemm: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

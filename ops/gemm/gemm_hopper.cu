@@ -1,0 +1,73 @@
+// gemm_hopper_bf16: the Hopper GEMM of gemm_hopper.cuh with its plain epilogue (bf16 out,
+// optional bias), behind Tensors; and the check that the sm_90a kernel can run here.
+#include <utility>
+
+#include "ops/gemm/gemm_hopper.cuh"
+#include "ops/gemm/gemm_hopper.h"
+
+namespace fg::ops::detail {
+
+namespace hopper {
+
+// 1 in the sm_90a image, 0 in any other: read once per device to learn which one runs.
+// Every .cu of fg_ops is built for the same architectures, so this answers for the
+// launch_gemm_tn instantiations of other files too.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ int g_gemm_tn_built = 1;
+#else
+__device__ int g_gemm_tn_built = 0;
+#endif
+
+bool gemm_tn_runs(int device) {
+  static PerDevice runs;
+  return runs.get(device, [](int d) {
+    int major = 0, built = 0;
+    FG_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d));
+    if (major == 9) FG_CUDA_CHECK(cudaMemcpyFromSymbol(&built, g_gemm_tn_built, sizeof(int)));
+    return static_cast<int>(major == 9 && built == 1);
+  }) == 1;
+}
+
+}  // namespace hopper
+
+bool gemm_hopper_available() {
+  int device = 0;
+  FG_CUDA_CHECK(cudaGetDevice(&device));
+  return hopper::gemm_tn_runs(device);
+}
+
+void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& bias) {
+  const char* op = "gemm_hopper_bf16";
+  check_defined(op, "a", a);
+  check_defined(op, "b", b);
+  check_defined(op, "c", c);
+  FG_CHECK(a.dim() == 2 && b.dim() == 2 && c.dim() == 2, op, ": a, b and c must be 2-D, got ",
+           a.shape_str(), ", ", b.shape_str(), ", ", c.shape_str());
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
+  FG_CHECK(b.size(1) == K, op, ": a is ", a.shape_str(), " but b is ", b.shape_str(),
+           " (expected (N, ", K, "))");
+  check_shape(op, "c", c, {M, N});
+  const std::pair<const char*, const Tensor*> operands[] = {{"a", &a}, {"b", &b}, {"c", &c}};
+  for (const auto& [name, t] : operands) {
+    check_dtype(op, name, *t, DType::BF16);
+    check_same_device(op, "a", a, name, *t);
+    FG_CHECK(t->strides()[1] == 1, op, ": ", name, " ", t->describe(), " needs contiguous rows");
+  }
+  FG_CHECK(a.is_cuda(), op, ": a is ", a.describe(), ", expected a CUDA tensor");
+  if (bias.defined()) {
+    check_shape(op, "bias", bias, {N});
+    check_dtype(op, "bias", bias, DType::BF16);
+    check_same_device(op, "a", a, "bias", bias);
+  }
+  FG_CHECK(M < (int64_t{1} << 31) && N < (int64_t{1} << 31) && K < (int64_t{1} << 31), op, ": ",
+           a.shape_str(), " @ ", b.shape_str(), "^T is too large");
+  const Tensor bias_c = bias.defined() ? bias.contiguous() : Tensor();  // packed (N)
+  const hopper::StoreBf16 epi{c.data<bf16>(), c.strides()[0], static_cast<int>(M),
+                              static_cast<int>(N),
+                              bias_c.defined() ? bias_c.data<bf16>() : nullptr};
+  hopper::launch_gemm_tn(a.data<bf16>(), a.strides()[0], b.data<bf16>(), b.strides()[0],
+                         static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), epi,
+                         cuda::stream());
+}
+
+}  // namespace fg::ops::detail

@@ -1,0 +1,426 @@
+// A Hopper (sm_90a) bf16 GEMM with a pluggable epilogue: acc = A B^T in fp32, A (M, K) and
+// B (N, K) both row-major ("TN": both K-major, the layout wgmma reads without transposes),
+// each finished 128 x 256 tile handed to a functor, so that bias, RoPE or SwiGLU can be
+// fused into the write. Include from .cu files only (device code and a host launcher).
+//
+// Warp-specialized and persistent, as CUTLASS's "cooperative" kernel and FlashAttention-3:
+// one block per SM walks the output tiles (grouped order, for L2); warpgroup 0 is the
+// producer, whose one elected thread feeds a 4-stage ring of TMA loads (128-byte swizzle)
+// completing on mbarriers; warpgroups 1 and 2 are consumers, each owning 64 rows of the
+// tile and issuing m64n256k16 wgmma with both operands from shared memory. The producer
+// runs ahead into the next tile while the consumers run the epilogue.
+#pragma once
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "core/cuda_utils.h"
+#include "core/dtype.h"
+
+namespace fg::ops::detail::hopper {
+
+constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
+constexpr int kBlockN = 256;  // one m64n256 wgmma per k16 step covers a consumer's columns
+constexpr int kBlockK = 64;   // 64 bf16 = 128 bytes: one row of a k tile is one swizzle row
+constexpr int kStages = 4;    // 4 x 48 KB: the most that fits in 227 KB
+constexpr int kGroupM = 16;   // row tiles that walk the column tiles together (L2 reuse)
+constexpr int kWarpgroup = 128;
+constexpr int kThreads = 3 * kWarpgroup;                // producer + two consumers
+constexpr int kConsumerWarps = 8;                       // each arrives on a stage's empty barrier
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128*40 + 256*232 <= 64K
+constexpr int kTileBytesA = kBlockM * kBlockK * 2;      // 16 KB
+constexpr int kTileBytesB = kBlockN * kBlockK * 2;      // 32 KB
+constexpr int kStageBytes = kTileBytesA + kTileBytesB;
+constexpr int kBarrierOffset = kStages * kStageBytes;
+constexpr int kSmemBytes = kBarrierOffset + 2 * kStages * 8 + 1024;  // + room to align to 1024
+static_assert(kTileBytesA % 1024 == 0 && kStageBytes % 1024 == 0, "swizzle atoms start at 1024");
+
+struct Problem {
+  int M, N, K;
+  int tiles_m, tiles_n, k_tiles;
+};
+
+// The plain epilogue: c[row, col] = bf16(acc + bias[col]) for row < M, col < N; bias may be
+// null. A row's 64 values go out as 4-byte pairs when they all lie inside N and c's row and
+// bias allow it (every tile but the last column tile, for even N); else one by one.
+struct StoreBf16 {
+  bf16* c;
+  int64_t ldc;
+  int M, N;
+  const bf16* bias;  // (N) or null
+
+  // v[2j], v[2j + 1]: columns col0 + 8j and col0 + 8j + 1 of `row` (see gemm_tn_kernel).
+  __device__ __forceinline__ void operator()(int row, int col0, const float (&v)[64]) const {
+    if (row >= M) return;
+    bf16* out = c + row * ldc;
+    const bool aligned =
+        ((reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(bias)) & 3) == 0;
+    if (aligned && col0 + 8 * 31 + 1 < N) {
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const int col = col0 + 8 * j;
+        float x = v[2 * j], y = v[2 * j + 1];
+        if (bias != nullptr) {
+          const uint32_t b = *reinterpret_cast<const uint32_t*>(bias + col);
+          x += __uint_as_float(b << 16);
+          y += __uint_as_float(b & 0xffff0000u);
+        }
+        const __nv_bfloat162 pair = __floats2bfloat162_rn(x, y);
+        *reinterpret_cast<uint32_t*>(out + col) = *reinterpret_cast<const uint32_t*>(&pair);
+      }
+      return;
+    }
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {  // the edge of N, odd N, or rows that start on odd elements
+      const int col = col0 + 8 * (i / 2) + i % 2;
+      if (col < N) {
+        const float b = bias != nullptr ? bf16_to_float(bias[col]) : 0.f;
+        out[col].bits = __bfloat16_as_ushort(__float2bfloat16_rn(v[i] + b));
+      }
+    }
+  }
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the PTX below exists on sm_90a only
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count));
+}
+// One arrival that also tells the barrier to expect `bytes` from the copy engine.
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+// Returns once the phase of parity `parity` has completed (parity 1 on a fresh barrier:
+// at once, the phase "before" the first counts as completed).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// The box of `map` at (inner, outer) = (k, row) into shared memory, counted on `bar`;
+// elements out of bounds arrive as zeros (and count as bytes).
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint64_t* bar,
+                                            int inner, int outer) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4}], [%2];" ::"r"(dst),
+      "l"(map), "r"(smem_addr(bar)), "r"(inner), "r"(outer)
+      : "memory");
+}
+
+// A wgmma shared-memory descriptor, K-major with 128-byte swizzling: rows 128 bytes apart,
+// 8-row atoms 1024 bytes apart (stride field 64 = 1024 >> 4), leading field unused (1),
+// bits 62-63 = 1 for the 128-byte swizzle. Atoms start 1024-aligned, so base offset 0; a k16
+// step within the 128-byte row adds 32 bytes to the start address (the swizzle is applied to
+// the absolute address, as CUTLASS's descriptor iterator relies on).
+__device__ __forceinline__ uint64_t kmajor_desc(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
+}
+
+// Accumulator operands: 32 floats of d in registers %(n)..%(n+31). Macros, since an asm
+// operand list cannot be built by a function.
+#define FG_GEMM_TN_ACC32(d)                                                                     \
+  "+f"((d)[0]), "+f"((d)[1]), "+f"((d)[2]), "+f"((d)[3]), "+f"((d)[4]), "+f"((d)[5]),           \
+      "+f"((d)[6]), "+f"((d)[7]), "+f"((d)[8]), "+f"((d)[9]), "+f"((d)[10]), "+f"((d)[11]),     \
+      "+f"((d)[12]), "+f"((d)[13]), "+f"((d)[14]), "+f"((d)[15]), "+f"((d)[16]), "+f"((d)[17]), \
+      "+f"((d)[18]), "+f"((d)[19]), "+f"((d)[20]), "+f"((d)[21]), "+f"((d)[22]), "+f"((d)[23]), \
+      "+f"((d)[24]), "+f"((d)[25]), "+f"((d)[26]), "+f"((d)[27]), "+f"((d)[28]), "+f"((d)[29]), \
+      "+f"((d)[30]), "+f"((d)[31])
+
+// D (64 x 256, fp32) (+)= A (64 x 16) B (16 x 256)^T, both K-major in shared memory.
+// kScaleD 0 ignores D's old value: the first product of a tile needs no zeroed registers.
+template <int kScaleD>
+__device__ __forceinline__ void wgmma_m64n256k16_ss(float (&d)[128], uint64_t desc_a,
+                                                    uint64_t desc_b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, "
+      "%111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, "
+      "%125, %126, %127}, %128, %129, %130, 1, 1, 0, 0;"
+      : FG_GEMM_TN_ACC32(d), FG_GEMM_TN_ACC32(d + 32), FG_GEMM_TN_ACC32(d + 64),
+        FG_GEMM_TN_ACC32(d + 96)
+      : "l"(desc_a), "l"(desc_b), "n"(kScaleD));
+}
+#undef FG_GEMM_TN_ACC32
+
+// Output tile t in grouped order: kGroupM row tiles walk the column tiles together, so the
+// blocks in flight at once share their rows of A and of B in L2.
+__device__ __forceinline__ void tile_origin(int t, const Problem& p, int& m0, int& n0) {
+  const int per_group = kGroupM * p.tiles_n;
+  const int first_m = t / per_group * kGroupM;
+  const int group_rows = min(p.tiles_m - first_m, kGroupM);
+  const int in_group = t % per_group;
+  m0 = (first_m + in_group % group_rows) * kBlockM;
+  n0 = in_group / group_rows * kBlockN;
+}
+
+// A position in the ring: producer and consumers walk the same sequence of k tiles over
+// all their output tiles, so a stage's barriers flip phase once per trip round the ring.
+struct RingPos {
+  int stage = 0;
+  uint32_t phase = 0;
+  __device__ __forceinline__ void advance() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// Per output tile, each consumer thread holds 2 rows x 64 floats of the m64n256
+// accumulator: rows r = m0 + 64 * consumer + 16 * warp + lane / 4 and r + 8, columns
+// n0 + 8j + 2 * (lane % 4) + {0, 1} for j = 0..31; it calls epi(row, col0, v) once per row
+// with col0 = n0 + 2 * (lane % 4), v[2j] and v[2j + 1] at columns col0 + 8j and col0 + 8j + 1.
+// Epi::operator() should be __forceinline__: a call would serialize the wgmma pipeline.
+template <class Epi>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_tn_kernel(const __grid_constant__ CUtensorMap a_map,
+                   const __grid_constant__ CUtensorMap b_map, const Problem p,
+                   const __grid_constant__ Epi epi) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  // 128-byte swizzled tiles want 1024-byte alignment, which the declaration does not promise.
+  const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
+  uint8_t* ring_ptr = smem_raw + (ring - smem_addr(smem_raw));
+  uint64_t* full = reinterpret_cast<uint64_t*>(ring_ptr + kBarrierOffset);  // data landed
+  uint64_t* empty = full + kStages;  // consumers are done reading it
+  const int tiles = p.tiles_m * p.tiles_n;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);  // the producer's arrive.expect_tx (+ the bytes)
+      mbar_init(&empty[s], kConsumerWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to TMA
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / kWarpgroup;
+  if (wg == 0) {  // producer: one thread keeps the ring full, across tile boundaries
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegs));
+    if (threadIdx.x == 0) {
+      asm volatile("prefetch.tensormap [%0];" ::"l"(&a_map) : "memory");
+      asm volatile("prefetch.tensormap [%0];" ::"l"(&b_map) : "memory");
+      RingPos pos;
+      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+        int m0, n0;
+        tile_origin(t, p, m0, n0);
+        for (int kt = 0; kt < p.k_tiles; ++kt) {
+          mbar_wait(&empty[pos.stage], pos.phase ^ 1);  // the consumers' previous trip is done
+          mbar_expect_tx(&full[pos.stage], kStageBytes);
+          const uint32_t dst = ring + pos.stage * kStageBytes;
+          tma_load_2d(dst, &a_map, &full[pos.stage], kt * kBlockK, m0);
+          tma_load_2d(dst + kTileBytesA, &b_map, &full[pos.stage], kt * kBlockK, n0);
+          pos.advance();
+        }
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kConsumerRegs));
+  const int consumer = wg - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  // Descriptors of stage 0 (this consumer's 64 rows of A; all 256 rows of B); stages and
+  // k16 steps add their byte offset >> 4 (no carry: shared addresses stay below 2^18).
+  const uint64_t desc_a0 = kmajor_desc(ring + consumer * 64 * 128);
+  const uint64_t desc_b0 = kmajor_desc(ring + kTileBytesA);
+  auto issue = [&](float(&acc)[128], int stage, auto first) {
+    const uint64_t off = static_cast<uint64_t>(stage * kStageBytes) >> 4;
+#pragma unroll
+    for (int kk = 0; kk < kBlockK / 16; ++kk) {
+      if (decltype(first)::value && kk == 0)
+        wgmma_m64n256k16_ss<0>(acc, desc_a0 + off, desc_b0 + off);
+      else
+        wgmma_m64n256k16_ss<1>(acc, desc_a0 + off + 2 * kk, desc_b0 + off + 2 * kk);
+    }
+  };
+
+  float acc[128];
+  RingPos pos;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    int m0, n0;
+    tile_origin(t, p, m0, n0);
+    // k tile 0 starts the sums (scale-d 0); then one wgmma group stays in flight: after
+    // committing tile kt, waiting down to one pending group retires tile kt - 1, whose
+    // stage goes back to the producer.
+    mbar_wait(&full[pos.stage], pos.phase);
+    wgmma_fence();  // orders the previous epilogue's reads of acc before the new writes
+    issue(acc, pos.stage, std::true_type{});
+    wgmma_commit();
+    int prev = pos.stage;
+    pos.advance();
+    for (int kt = 1; kt < p.k_tiles; ++kt) {
+      mbar_wait(&full[pos.stage], pos.phase);
+      wgmma_fence();
+      issue(acc, pos.stage, std::false_type{});
+      wgmma_commit();
+      wgmma_wait<1>();
+      if (lane == 0) mbar_arrive(&empty[prev]);
+      prev = pos.stage;
+      pos.advance();
+    }
+    wgmma_wait<0>();
+    if (lane == 0) mbar_arrive(&empty[prev]);
+
+    // Epilogue, straight from registers: acc[4j + e] is row + 8 * (e / 2), column 8j + 2 *
+    // (lane % 4) + e % 2; the producer meanwhile fills the ring for the next tile.
+    const int row = m0 + consumer * 64 + warp * 16 + lane / 4, col0 = n0 + 2 * (lane % 4);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float v[64];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        v[2 * j] = acc[4 * j + 2 * half];
+        v[2 * j + 1] = acc[4 * j + 2 * half + 1];
+      }
+      epi(row + 8 * half, col0, v);
+    }
+  }
+#else
+  __trap();  // not an sm_90a build: gemm_tn_runs() keeps launch_gemm_tn away
+#endif
+}
+
+// ---- host ----
+
+// An int per device, computed by init(device) on first use.
+class PerDevice {
+ public:
+  template <class F>
+  int get(int device, F init) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (static_cast<int>(values_.size()) <= device) values_.resize(device + 1, -1);
+    if (values_[device] < 0) values_[device] = init(device);
+    return values_[device];
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<int> values_;
+};
+
+// Whether `device` is a Hopper GPU and this build holds the sm_90a kernel (gemm_hopper.cu).
+bool gemm_tn_runs(int device);
+
+inline int sm_count(int device) {
+  static PerDevice counts;
+  return counts.get(device, [](int d) {
+    int n = 0;
+    FG_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, d));
+    return n;
+  });
+}
+
+// cuTensorMapEncodeTiled from the driver through the runtime: no -lcuda.
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    FG_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                   cudaEnableDefault, &found));
+    FG_CHECK(found == cudaDriverEntryPointSuccess && f != nullptr,
+             "gemm_tn: the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A (rows, cols) bf16 matrix with row stride ld read in (box_rows, kBlockK) boxes,
+// 128-byte swizzle; out of bounds reads as zeros.
+inline CUtensorMap kmajor_map(const bf16* base, int64_t rows, int64_t cols, int64_t ld,
+                              int box_rows) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * 2};
+  const cuuint32_t box[2] = {kBlockK, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(base), dims, strides, box,
+      elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FG_CHECK(r == CUDA_SUCCESS, "gemm_tn: cuTensorMapEncodeTiled failed (", static_cast<int>(r),
+           ") for a (", rows, ", ", cols, ") matrix with row stride ", ld);
+  return map;
+}
+
+// acc = a (M, K; row stride lda) @ b (N, K; row stride ldb)^T, handed to epi tile by tile
+// (see gemm_tn_kernel), on `stream` of the current device.
+template <class Epi>
+void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int M, int N, int K,
+                    const Epi& epi, cudaStream_t stream) {
+  FG_CHECK(M >= 0 && N >= 0 && K > 0, "gemm_tn: M = ", M, ", N = ", N, ", K = ", K,
+           " (K must be positive)");
+  FG_CHECK(K % 8 == 0, "gemm_tn: K = ", K, " must be a multiple of 8 (TMA reads 16-byte rows)");
+  FG_CHECK(lda >= K && ldb >= K && lda % 8 == 0 && ldb % 8 == 0, "gemm_tn: row strides lda = ", lda,
+           ", ldb = ", ldb, " must be at least K = ", K,
+           " and multiples of 8 elements (16 bytes, for TMA)");
+  FG_CHECK(reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0,
+           "gemm_tn: a and b must start 16-byte aligned (TMA)");
+  if (M == 0 || N == 0) return;
+  int device = 0;
+  FG_CUDA_CHECK(cudaGetDevice(&device));
+  FG_CHECK(gemm_tn_runs(device),
+           "gemm_tn: needs a Hopper GPU (compute capability 9.0) and a "
+           "build for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a)");
+  static PerDevice smem_raised;
+  smem_raised.get(device, [](int) {
+    FG_CUDA_CHECK(cudaFuncSetAttribute(gemm_tn_kernel<Epi>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    return 1;
+  });
+  const auto tiles_of = [](int64_t n, int block) {
+    return static_cast<int>((n + block - 1) / block);
+  };
+  const Problem p{M, N, K, tiles_of(M, kBlockM), tiles_of(N, kBlockN), tiles_of(K, kBlockK)};
+  const int64_t tiles = static_cast<int64_t>(p.tiles_m) * p.tiles_n;
+  FG_CHECK(tiles < (int64_t{1} << 31), "gemm_tn: ", M, " x ", N, " has too many tiles");
+  const int grid = static_cast<int>(std::min<int64_t>(tiles, sm_count(device)));
+  const CUtensorMap a_map = kmajor_map(a, M, K, lda, kBlockM);
+  const CUtensorMap b_map = kmajor_map(b, N, K, ldb, kBlockN);
+  gemm_tn_kernel<Epi><<<grid, kThreads, kSmemBytes, stream>>>(a_map, b_map, p, epi);
+  FG_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fg::ops::detail::hopper
