@@ -81,30 +81,29 @@ __device__ __forceinline__ bool aligned(const AdamWSlot<F>& s) {
 template <class F>
 __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>> pack,
                                    const __grid_constant__ AdamWStepRefs step) {
+  // Thread 0 turns the step's values into coefficients once per block, in f64
+  // as the CPU reference does; the few loads and pows are nothing next to the
+  // chunk's traffic, and no separate kernel or buffer is needed.
+  __shared__ AdamWCoeffs coeffs;
+  if (threadIdx.x == 0) {
+    AdamWStepValues values{step.lr_step[0], step.lr_step[1],
+                           multi_tensor::load(step.grad_norm, 0.0),
+                           multi_tensor::load(step.loss, 0.0)};
+    coeffs = adamw_coeffs(step.hyper, values, step.max_norm);
+  }
+  __syncthreads();
+  const AdamWCoeffs c = coeffs;
+  if (c.skip) return;  // a non-finite norm or loss: nothing changes
+
   const AdamWSlot<F>& s = multi_tensor::find_slot(pack);
   int64_t begin, end;
   multi_tensor::chunk_range(s, begin, end);
-  // Thread 0 turns the step's values into coefficients once per block, in f64
-  // as the CPU reference does; the few loads and pows are nothing next to the
-  // chunk's traffic, and no separate kernel or buffer is needed. The chunk's
-  // loads are issued first, so that the pows run while they are in flight.
-  __shared__ AdamWCoeffs coeffs;
-  auto coefficients = [&] {
-    if (threadIdx.x == 0) {
-      AdamWStepValues values{step.lr_step[0], step.lr_step[1],
-                             multi_tensor::load(step.grad_norm, 0.0),
-                             multi_tensor::load(step.loss, 0.0)};
-      coeffs = adamw_coeffs(step.hyper, values, step.max_norm);
-    }
-    __syncthreads();
-    return coeffs;
-  };
   const F beta1 = static_cast<F>(step.hyper.beta1), beta2 = static_cast<F>(step.hyper.beta2);
-  const F eps = static_cast<F>(step.hyper.eps);
-  auto update = [&](const AdamWCoeffs& c, F& p, F g, F& m, F& v) {
-    adamw_update<F>(p, g * static_cast<F>(c.clip), m, v, beta1, beta2, eps,
-                    static_cast<F>(s.decay ? c.decay_keep : 1.0), static_cast<F>(c.step_size),
-                    static_cast<F>(c.sqrt_bc2));
+  const F eps = static_cast<F>(step.hyper.eps), clip = static_cast<F>(c.clip);
+  const F keep = static_cast<F>(s.decay ? c.decay_keep : 1.0);
+  const F step_size = static_cast<F>(c.step_size), sqrt_bc2 = static_cast<F>(c.sqrt_bc2);
+  auto update = [&](F& p, F g, F& m, F& v) {
+    adamw_update<F>(p, g * clip, m, v, beta1, beta2, eps, keep, step_size, sqrt_bc2);
   };
   // Every load of the thread is issued before the first store (the pointers may
   // alias as far as the compiler knows, so it would not hoist them itself):
@@ -123,13 +122,11 @@ __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>
       m[u] = load_pack(s.exp_avg + i);
       v[u] = load_pack(s.exp_avg_sq + i);
     }
-    const AdamWCoeffs c = coefficients();
-    if (c.skip) return;  // a non-finite norm or loss: nothing changes
 #pragma unroll
     for (int u = 0; u < kVecs; ++u) {
       const int64_t i = begin + (threadIdx.x + u * kBlock) * kVec;
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) update(c, p[u].v[k], g[u].v[k], m[u].v[k], v[u].v[k]);
+      for (int k = 0; k < kVec; ++k) update(p[u].v[k], g[u].v[k], m[u].v[k], v[u].v[k]);
       store_pack(s.param + i, p[u]);
       store_pack(s.exp_avg + i, m[u]);
       store_pack(s.exp_avg_sq + i, v[u]);
@@ -149,13 +146,11 @@ __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>
     m[u] = s.exp_avg[i];
     v[u] = s.exp_avg_sq[i];
   }
-  const AdamWCoeffs c = coefficients();
-  if (c.skip) return;
 #pragma unroll
   for (int u = 0; u < kPerThread; ++u) {
     const int64_t i = begin + threadIdx.x + u * kBlock;
     if (i >= end) break;
-    update(c, p[u], g[u], m[u], v[u]);
+    update(p[u], g[u], m[u], v[u]);
     s.param[i] = p[u];
     s.exp_avg[i] = m[u];
     s.exp_avg_sq[i] = v[u];
