@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cub/block/block_reduce.cuh>
 
-#include "core/cuda_async.cuh"
 #include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/cross_entropy/cross_entropy.h"
@@ -22,7 +21,6 @@ constexpr int kRowBlock = 256;     // threads per row: a vocabulary row is long
 constexpr int kLargeRowBlock = 512;  // threads per row for large vocabularies (see with_row_tiling)
 constexpr int kUnroll = 4;         // logits a thread loads before it computes on them
 constexpr int kReduceBlock = 256;  // threads of the one-block reductions (count, mean)
-constexpr int kMaxSmemRow = 112 * 1024;  // bytes: two such rows fit an SM's shared memory
 
 // e^x: for fp32 one multiply and the hardware's exp2 (2 ulp, as expf, at a third
 // of its instructions: at vocabulary sizes the kernels are as much issue- as
@@ -238,35 +236,6 @@ __global__ void __launch_bounds__(kBlock)
   write_row_grad<T, C, kBlock, kVec>(x, x, vocab, l, row_grad_scale(dloss, count, t), t);
 }
 
-// The fused kernel for rows that fit in shared memory (kMaxSmemRow; GPT-2's
-// 50304 bf16 logits are 98 KB, two blocks per SM): the row is copied in once,
-// every thread's 16-byte copies in flight together, and both passes read it
-// there. HBM sees each logit read once and written once without relying on L2
-// to keep the row between the passes (at two blocks of 512 threads per SM
-// reading from global memory that pass ran at 2.6 TB/s).
-template <class T, class C, int kBlock>
-__global__ void __launch_bounds__(kBlock)
-    cross_entropy_fused_smem_kernel(T* logits, const int32_t* targets, C* lse, C* row_loss,
-                                    const C* dloss, const int32_t* count, int64_t vocab) {
-  constexpr int kVec = Pack<T>::kVec;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* row_copy = reinterpret_cast<T*>(smem);
-  const int64_t row = blockIdx.x;
-  T* x = logits + row * vocab;
-  for (int64_t p = threadIdx.x; p < vocab / kVec; p += kBlock)
-    cp_async_16(smem_addr(row_copy + p * kVec), x + p * kVec, true);
-  cp_async_commit();
-  cp_async_wait<0>();
-  __syncthreads();
-  const int32_t t = targets[row];
-  const C l = row_log_sum_exp<T, C, kBlock, kVec>(row_copy, vocab);
-  if (threadIdx.x == 0) {
-    lse[row] = l;
-    row_loss[row] = row_loss_of(row_copy, vocab, l, t);
-  }
-  write_row_grad<T, C, kBlock, kVec>(row_copy, x, vocab, l, row_grad_scale(dloss, count, t), t);
-}
-
 // loss = sum of row_loss (0 on ignored rows) / count, 0 when count is 0. The
 // count comes from device memory: it may be a whole batch's, of which these rows
 // are a chunk.
@@ -342,20 +311,7 @@ void launch_fused(const Tensor& logits, const Tensor& targets, const Tensor& cou
                   const Tensor& dloss, const Tensor& loss, const Tensor& lse) {
   const int64_t n = logits.size(0), vocab = logits.size(1);
   Tensor row_loss = Tensor::empty({n}, dtype_of<C>(), logits.device());  // (N)
-  const int64_t row_bytes = vocab * static_cast<int64_t>(sizeof(T));
-  const bool in_smem = vocab >= 16 * 1024 && row_bytes <= kMaxSmemRow &&
-                       vocab % Pack<T>::kVec == 0 &&
-                       reinterpret_cast<uintptr_t>(logits.raw_data()) % sizeof(Pack<T>) == 0;
-  if (n > 0 && in_smem) {
-    auto kernel = cross_entropy_fused_smem_kernel<T, C, kLargeRowBlock>;
-    // Beyond the default 48 KB; per launch, as the setting is per device.
-    FG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(row_bytes)));
-    kernel<<<static_cast<unsigned>(n), kLargeRowBlock, static_cast<size_t>(row_bytes),
-             cuda::stream()>>>(logits.data<T>(), targets.data<int32_t>(), lse.data<C>(),
-                               row_loss.data<C>(), dloss.data<C>(), count.data<int32_t>(), vocab);
-    FG_CUDA_CHECK(cudaGetLastError());
-  } else if (n > 0) {
+  if (n > 0) {
     with_row_tiling<T>(logits, logits, [&]<int kBlock, int kVec>() {
       cross_entropy_fused_kernel<T, C, kBlock, kVec>
           <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
