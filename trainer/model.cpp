@@ -152,17 +152,15 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
       Variable residual = c.add_residual ? in[1] : Variable();
       ag::QKVRoPEResult r = ag::rmsnorm_qkv_rope(c, in[0], positions, residual, use(lp.attn_norm),
                                                  use(lp.wqkv), use(lp.bias));
-      Variable a;
-      if (recompute == Recompute::Attn) {
-        a = ag::checkpoint(
-            [](const std::vector<Variable>& qkv) {
-              return std::vector<Variable>{ag::attention(qkv[0], qkv[1], qkv[2])};
-            },
-            {r.q, r.k, r.v})[0];
-      } else {
-        a = ag::attention(r.q, r.k, r.v);  // (B, T, H, hd)
-      }
-      Variable attn_out = ag::linear(ag::reshape(a, {B, T, D}), use(lp.wo));
+      // The attention core and the output projection, (B, T, D). With --recompute
+      // attn both run again in backward, so the attention output (which the
+      // projection would keep for dW) is not kept; q, k, v are, as the region's inputs.
+      auto attend = [=](const std::vector<Variable>& qkv) {
+        Variable a = ag::attention(qkv[0], qkv[1], qkv[2]);  // (B, T, H, hd)
+        return std::vector<Variable>{ag::linear(ag::reshape(a, {B, T, D}), use(lp.wo))};
+      };
+      Variable attn_out = recompute == Recompute::Attn ? ag::checkpoint(attend, {r.q, r.k, r.v})[0]
+                                                       : attend({r.q, r.k, r.v})[0];
       ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, r.h, use(lp.mlp_norm), cfg_.norm_eps);
       Variable mlp = ag::linear(ag::swiglu(ag::linear(n2.y, use(lp.w_gate_up))), use(lp.w_down));
       return std::vector<Variable>{mlp, n2.h};

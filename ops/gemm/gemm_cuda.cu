@@ -5,8 +5,6 @@
 #include <cublasLt.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -31,7 +29,6 @@ namespace {
 constexpr size_t kWorkspaceBytes = 32u << 20;  // cuBLASLt's split-K and stream-K scratch
 constexpr uint32_t kMaxAlignment = 256;        // the most any cuBLASLt kernel asks for
 constexpr int kBlock = 256;
-constexpr int kCandidates = 8;  // algorithms autotuning compares
 
 // Owns one cuBLASLt object; destroyed with its matching destroy function.
 template <class T, cublasStatus_t (*Destroy)(T)>
@@ -158,76 +155,6 @@ MatrixLayout make_layout(DType t, int64_t rows, int64_t cols, int64_t ld) {
   return MatrixLayout(l);
 }
 
-// FG_GEMM_AUTOTUNE=1: each plan times the heuristic's first kCandidates
-// algorithms and keeps the fastest (cuBLASLt's first pick is a model's guess);
-// =2 also prints one line per plan to stderr.
-int autotune() {
-  static const int level = [] {
-    const char* v = std::getenv("FG_GEMM_AUTOTUNE");
-    return v ? std::atoi(v) : 0;
-  }();
-  return level;
-}
-
-// Index of the fastest of `results` for key: median of kTimedRuns per
-// algorithm on operands of its own (zeros; the real ones may be graph memory
-// that does not exist yet while a step is being captured), on a stream of its
-// own, so it also runs in the middle of a CUDA graph capture.
-int fastest(cublasLtHandle_t handle, const PlanKey& key, const Plan& plan,
-            const cublasLtMatmulHeuristicResult_t* results, int found, const void* bias_ptr) {
-  constexpr int kTimedRuns = 5;
-  const size_t ab = dtype_size(key.dtype), cb = dtype_size(key.c_dtype);
-  const size_t a_bytes = ab * static_cast<size_t>((key.trans_a ? key.k : key.m) * key.lda);
-  const size_t b_bytes = ab * static_cast<size_t>((key.trans_b ? key.n : key.k) * key.ldb);
-  const size_t c_bytes = cb * static_cast<size_t>(key.m * key.ldc);
-  DeviceBuffer a(a_bytes), b(b_bytes), c(c_bytes), ws(kWorkspaceBytes);
-  cudaStream_t s = nullptr;
-  FG_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  cudaEvent_t start = nullptr, stop = nullptr;
-  FG_CUDA_CHECK(cudaEventCreate(&start));
-  FG_CUDA_CHECK(cudaEventCreate(&stop));
-  FG_CUDA_CHECK(cudaMemsetAsync(a.get(), 0, a_bytes, s));
-  FG_CUDA_CHECK(cudaMemsetAsync(b.get(), 0, b_bytes, s));
-  FG_CUDA_CHECK(cudaMemsetAsync(c.get(), 0, c_bytes, s));
-  if (bias_ptr) set_desc(plan.desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, c.get());
-  double alpha64 = 1, beta64 = 0;
-  float alpha32 = 1, beta32 = 0;
-  bool f64 = key.c_dtype == DType::F64;
-  const void* p_alpha = f64 ? static_cast<const void*>(&alpha64) : &alpha32;
-  const void* p_beta = f64 ? static_cast<const void*>(&beta64) : &beta32;
-  int best = -1;
-  float best_ms = 0, first_ms = 0;
-  for (int i = 0; i < found; ++i) {
-    std::vector<float> ms;
-    for (int r = -1; r < kTimedRuns; ++r) {  // r = -1: warm-up
-      FG_CUDA_CHECK(cudaEventRecord(start, s));
-      cublasStatus_t st = cublasLtMatmul(handle, plan.desc.get(), p_alpha, b.get(), plan.a.get(),
-                                         a.get(), plan.b.get(), p_beta, c.get(), plan.c.get(),
-                                         c.get(), plan.c.get(), &results[i].algo, ws.get(),
-                                         kWorkspaceBytes, s);
-      FG_CUDA_CHECK(cudaEventRecord(stop, s));
-      FG_CUDA_CHECK(cudaEventSynchronize(stop));
-      if (st != CUBLAS_STATUS_SUCCESS) break;
-      float t = 0;
-      FG_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-      if (r >= 0) ms.push_back(t);
-    }
-    if (ms.size() != kTimedRuns) continue;
-    std::nth_element(ms.begin(), ms.begin() + kTimedRuns / 2, ms.end());
-    if (i == 0) first_ms = ms[kTimedRuns / 2];
-    if (best < 0 || ms[kTimedRuns / 2] < best_ms) best = i, best_ms = ms[kTimedRuns / 2];
-  }
-  if (autotune() >= 2)
-    std::fprintf(stderr, "gemm autotune (%lld x %lld x %lld%s%s, %s): first %.4f ms, best %.4f ms (#%d of %d)\n",
-                 static_cast<long long>(key.m), static_cast<long long>(key.n),
-                 static_cast<long long>(key.k), key.trans_a ? ", A^T" : "", key.trans_b ? ", B^T" : "",
-                 dtype_name(key.c_dtype), first_ms, best_ms, best, found);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  cudaStreamDestroy(s);
-  return std::max(best, 0);
-}
-
 // Builds the plan, or returns null when no algorithm supports it (the bias
 // epilogue is not offered for every dtype; the caller then adds bias itself).
 std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, const void* bias_ptr) {
@@ -262,18 +189,17 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, con
   set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_a);
   set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c);
   set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c);
-  cublasLtMatmulHeuristicResult_t results[kCandidates]{};
+  cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle, d, plan->a.get(), plan->b.get(), plan->c.get(),
-                                     plan->c.get(), p, autotune() ? kCandidates : 1, results, &found);
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+      handle, d, plan->a.get(), plan->b.get(), plan->c.get(), plan->c.get(), p, 1, &result, &found);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0)) {
     FG_CHECK(key.bias_epilogue, "gemm: cuBLASLt has no algorithm for ", dtype_name(key.dtype), " (",
              key.m, ", ", key.k, ") @ (", key.k, ", ", key.n, ")");
     return nullptr;
   }
   FG_CUBLAS_CHECK(st);
-  plan->algo = results[found > 1 ? fastest(handle, key, *plan, results, found, bias_ptr) : 0].algo;
+  plan->algo = result.algo;
   return plan;
 }
 
