@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine: the Hopper GEMM's tests (fg_test_ops, *GemmHopper*) and bench_gemm
-# against cuBLASLt, twice: with cuBLASLt's heuristic pick (what training uses) and with
-# FG_GEMM_AUTOTUNE=1 (its fastest of 8). Runs prebuilt binaries from $BIN when both are
+# against cuBLASLt (its heuristic's pick, what training uses). Runs prebuilt binaries from $BIN when both are
 # there (built elsewhere and carried); otherwise configures like gpu_check.sh (needs
 # .deps/) and builds only fg_test_ops and bench_gemm. COMMIT names the commit in the
 # tables. Logs and the markdown go to $OUT. A timeout (rc=124) in the tests means a hang.
@@ -25,12 +24,8 @@ grep -E "^\[  PASSED|^\[  FAILED|tests ran" "$OUT/test.log"
 grep -E "Failure|relative error|Which is|Expected|trace|SKIPPED|error" "$OUT/test.log" | head -60
 
 SECONDS=0
-env -u FG_GEMM_AUTOTUNE timeout 150 "$BIN/bench_gemm" --out "$OUT/results_gemm.md" \
+timeout 150 "$BIN/bench_gemm" --out "$OUT/results_gemm.md" \
   --commit "$COMMIT" > "$OUT/bench.log" 2>&1
 echo "bench rc=$? ${SECONDS}s"
-SECONDS=0
-FG_GEMM_AUTOTUNE=1 timeout 150 "$BIN/bench_gemm" --out "$OUT/results_gemm_autotune.md" \
-  --commit "$COMMIT" > "$OUT/bench_autotune.log" 2>&1
-echo "bench (autotuned cuBLASLt) rc=$? ${SECONDS}s"
-cat "$OUT/results_gemm.md" "$OUT/results_gemm_autotune.md" 2>/dev/null
-tail -5 "$OUT/bench.log" "$OUT/bench_autotune.log" | grep -i "error" || true
+cat "$OUT/results_gemm.md" 2>/dev/null
+tail -5 "$OUT/bench.log" | grep -i "error" || true
