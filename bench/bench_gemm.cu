@@ -1,9 +1,11 @@
 // GEMM benchmark: the Hopper GEMM (ops/gemm/gemm_hopper.cuh through gemm_hopper_bf16, bf16
-// out) against cuBLASLt (fg::ops::gemm, b transposed) at the seed and GPT-2 projection
-// shapes, c = a (M, K) @ b (N, K)^T, measured in the same run, and the largest difference
-// between the two results. The operands rotate over enough copies to exceed L2 twice, so
-// every call reads them from device memory. Prints markdown; --out FILE writes it too.
+// out), in each of its schedules, against cuBLASLt (fg::ops::gemm, b transposed) at the seed
+// and GPT-2 projection shapes, c = a (M, K) @ b (N, K)^T, measured in the same run, and the
+// largest difference between each result and cuBLASLt's. The operands rotate over enough
+// copies to exceed L2 twice, so every call reads them from device memory. Prints markdown;
+// --out FILE writes it too, row by row (a hang leaves the rows before it).
 //   bench_gemm [--out FILE] [--commit HASH] [--reps N] [--warmup N] [--bias]
+//              [--schedules cooperative,pingpong,...]
 #include <cuda_runtime.h>
 
 #include <CLI/CLI.hpp>
@@ -27,6 +29,7 @@
 using fg::Device;
 using fg::DType;
 using fg::Tensor;
+using fg::ops::detail::GemmSchedule;
 
 namespace {
 
@@ -91,6 +94,9 @@ int main(int argc, char** argv) {
   std::string out_path, commit = "unknown";
   int reps = 50, warmup = 5;
   bool with_bias = false;
+  std::vector<std::string> schedule_names;
+  for (GemmSchedule s : fg::ops::detail::kGemmSchedules)
+    schedule_names.push_back(fg::ops::detail::gemm_schedule_name(s));
   CLI::App app{
       "bench_gemm: the Hopper bf16 GEMM against cuBLASLt at the model's projection shapes"};
   app.add_option("--out", out_path, "also write the markdown table to this file");
@@ -102,6 +108,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
   app.add_flag("--bias", with_bias, "add a bias (N) in both epilogues");
+  app.add_option("--schedules", schedule_names, "the Hopper GEMM's schedules to time")
+      ->delimiter(',')
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -124,17 +133,37 @@ int main(int argc, char** argv) {
     const char* autotune = std::getenv("FG_GEMM_AUTOTUNE");
     const int64_t rotate_bytes = 2 * static_cast<int64_t>(prop.l2CacheSize);
 
+    std::vector<GemmSchedule> schedules;
+    for (const std::string& name : schedule_names) {
+      const auto s = fg::ops::detail::gemm_schedule_from_name(name);
+      FG_CHECK(s.has_value(), "--schedules: no schedule named '", name, "'");
+      schedules.push_back(*s);
+    }
+
+    std::ofstream file;
+    if (!out_path.empty()) {
+      file.open(out_path);
+      FG_CHECK(file.good(), "cannot write ", out_path);
+    }
     std::ostringstream md;
-    md << "# bf16 GEMM: Hopper kernel vs cuBLASLt\n\n"
-       << "GPU: " << prop.name << ", commit " << commit << ", " << date << ". c = a (M, K) @ b (N, "
-       << "K)^T" << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median of "
-       << reps << " calls (CUDA events) after " << warmup << "; operands rotate over copies "
-       << "totalling at least " << rotate_bytes / (1 << 20) << " MB (2x L2). cuBLASLt through "
-       << "fg::ops::gemm, FG_GEMM_AUTOTUNE=" << (autotune ? autotune : "unset")
-       << ". speed = cuBLASLt ms / ours ms (> 1: ours faster). max diff = max |ours - "
-       << "cuBLASLt| / max |cuBLASLt|; rel = ||ours - cuBLASLt|| / ||cuBLASLt||.\n\n"
-       << "| shape | M | N | K | ours ms | ours TFLOP/s | cuBLASLt ms | cuBLASLt TFLOP/s | speed "
-       << "| max diff | rel |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    const auto emit = [&](const std::string& text) {  // to the table and, flushed, the file
+      md << text;
+      if (file.is_open()) file << text << std::flush;
+    };
+    std::ostringstream head;
+    head << "# bf16 GEMM: Hopper kernel vs cuBLASLt\n\n"
+         << "GPU: " << prop.name << ", commit " << commit << ", " << date << ". c = a (M, K) @ b "
+         << "(N, K)^T" << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median "
+         << "of " << reps << " calls (CUDA events) after " << warmup << "; operands rotate over "
+         << "copies totalling at least " << rotate_bytes / (1 << 20) << " MB (2x L2). cuBLASLt "
+         << "through fg::ops::gemm, FG_GEMM_AUTOTUNE=" << (autotune ? autotune : "unset")
+         << ". schedule: the Hopper kernel's (GemmSchedule). speed = cuBLASLt ms / ours ms (> 1: "
+         << "ours faster). max diff = max |ours - cuBLASLt| / max |cuBLASLt|; rel = ||ours - "
+         << "cuBLASLt|| / ||cuBLASLt||.\n\n"
+         << "| shape | M | N | K | schedule | ours ms | ours TFLOP/s | cuBLASLt ms | cuBLASLt "
+         << "TFLOP/s | speed | max diff | rel |\n"
+         << "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    emit(head.str());
 
     for (const GemmShape& s : kShapes) {
       const int64_t set_bytes = (s.M + s.N) * s.K * 2;
@@ -149,34 +178,35 @@ int main(int argc, char** argv) {
       const Tensor bias = with_bias ? Tensor::randn({s.N}, gen, DType::BF16, gpu) : Tensor();
       const Tensor c_ours = Tensor::empty({s.M, s.N}, DType::BF16, gpu);
       const Tensor c_ref = Tensor::empty({s.M, s.N}, DType::BF16, gpu);
-      auto ours = [&](int i) {
-        fg::ops::detail::gemm_hopper_bf16(a[i % sets], b[i % sets], c_ours, bias);
-      };
       auto cublas = [&](int i) {
         fg::ops::gemm(a[i % sets], false, b[i % sets], true, c_ref, 1.0, 0.0, bias);
       };
-      ours(0);
-      cublas(0);
-      const auto [max_diff, rel] = differences(c_ours, c_ref);
-      const double ms_ours = median_ms(ours, warmup, reps);
       const double ms_ref = median_ms(cublas, warmup, reps);
+      cublas(0);  // c_ref: the product of operand set 0, which each schedule's first call uses
       const double flops = 2.0 * s.M * s.N * s.K;
-      md << "| " << s.name << " | " << s.M << " | " << s.N << " | " << s.K << " | "
-         << fmt("%.3f", ms_ours) << " | " << fmt("%.1f", flops / (ms_ours * 1e-3) / 1e12) << " | "
-         << fmt("%.3f", ms_ref) << " | " << fmt("%.1f", flops / (ms_ref * 1e-3) / 1e12) << " | "
-         << fmt("%.3f", ms_ref / ms_ours) << " | " << fmt("%.2e", max_diff) << " | "
-         << fmt("%.2e", rel) << " |\n";
-      std::cout << s.name << " (" << s.M << ", " << s.N << ", " << s.K << "), " << sets
-                << " operand sets: ours " << fmt("%.3f", ms_ours) << " ms, cuBLASLt "
-                << fmt("%.3f", ms_ref) << " ms, max diff " << fmt("%.2e", max_diff) << std::endl;
+      for (GemmSchedule schedule : schedules) {
+        const char* name = fg::ops::detail::gemm_schedule_name(schedule);
+        auto ours = [&](int i) {
+          fg::ops::detail::gemm_hopper_bf16(a[i % sets], b[i % sets], c_ours, bias, schedule);
+        };
+        c_ours.fill_(NAN);  // what a schedule leaves unwritten shows as a NaN difference
+        ours(0);
+        const auto [max_diff, rel] = differences(c_ours, c_ref);
+        const double ms_ours = median_ms(ours, warmup, reps);
+        emit("| " + std::string(s.name) + " | " + std::to_string(s.M) + " | " +
+             std::to_string(s.N) + " | " + std::to_string(s.K) + " | " + name + " | " +
+             fmt("%.3f", ms_ours) + " | " + fmt("%.1f", flops / (ms_ours * 1e-3) / 1e12) + " | " +
+             fmt("%.3f", ms_ref) + " | " + fmt("%.1f", flops / (ms_ref * 1e-3) / 1e12) + " | " +
+             fmt("%.3f", ms_ref / ms_ours) + " | " + fmt("%.2e", max_diff) + " | " +
+             fmt("%.2e", rel) + " |\n");
+        std::cout << s.name << " (" << s.M << ", " << s.N << ", " << s.K << "), " << sets
+                  << " operand sets, " << name << ": ours " << fmt("%.3f", ms_ours)
+                  << " ms, cuBLASLt " << fmt("%.3f", ms_ref) << " ms, max diff "
+                  << fmt("%.2e", max_diff) << std::endl;
+      }
     }
 
     std::cout << "\n" << md.str();
-    if (!out_path.empty()) {
-      std::ofstream f(out_path);
-      FG_CHECK(f.good(), "cannot write ", out_path);
-      f << md.str();
-    }
   } catch (const std::exception& e) {
     std::cerr << "bench_gemm: " << e.what() << "\n";
     return 1;

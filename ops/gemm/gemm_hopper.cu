@@ -30,13 +30,34 @@ bool gemm_tn_runs(int device) {
 
 }  // namespace hopper
 
+const char* gemm_schedule_name(GemmSchedule schedule) {
+  switch (schedule) {
+    case GemmSchedule::kCooperative:
+      return "cooperative";
+    case GemmSchedule::kPingPong:
+      return "pingpong";
+    case GemmSchedule::kCooperative2Cta:
+      return "cooperative_2cta";
+    case GemmSchedule::kPingPong2Cta:
+      return "pingpong_2cta";
+  }
+  return "unknown";
+}
+
+std::optional<GemmSchedule> gemm_schedule_from_name(std::string_view name) {
+  for (GemmSchedule s : kGemmSchedules)
+    if (name == gemm_schedule_name(s)) return s;
+  return std::nullopt;
+}
+
 bool gemm_hopper_available() {
   int device = 0;
   FG_CUDA_CHECK(cudaGetDevice(&device));
   return hopper::gemm_tn_runs(device);
 }
 
-void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& bias) {
+void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& bias,
+                      GemmSchedule schedule) {
   const char* op = "gemm_hopper_bf16";
   check_defined(op, "a", a);
   check_defined(op, "b", b);
@@ -65,9 +86,22 @@ void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const T
   const hopper::StoreBf16 epi{c.data<bf16>(), c.strides()[0], static_cast<int>(M),
                               static_cast<int>(N),
                               bias_c.defined() ? bias_c.data<bf16>() : nullptr};
-  hopper::launch_gemm_tn(a.data<bf16>(), a.strides()[0], b.data<bf16>(), b.strides()[0],
-                         static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), epi,
-                         cuda::stream());
+  const auto launch = [&]<GemmSchedule kSchedule>() {
+    hopper::launch_gemm_tn<kSchedule>(a.data<bf16>(), a.strides()[0], b.data<bf16>(),
+                                      b.strides()[0], static_cast<int>(M), static_cast<int>(N),
+                                      static_cast<int>(K), epi, cuda::stream());
+  };
+  switch (schedule) {
+    case GemmSchedule::kCooperative:
+      return launch.operator()<GemmSchedule::kCooperative>();
+    case GemmSchedule::kPingPong:
+      return launch.operator()<GemmSchedule::kPingPong>();
+    case GemmSchedule::kCooperative2Cta:
+      return launch.operator()<GemmSchedule::kCooperative2Cta>();
+    case GemmSchedule::kPingPong2Cta:
+      return launch.operator()<GemmSchedule::kPingPong2Cta>();
+  }
+  FG_CHECK(false, op, ": unknown schedule ", static_cast<int>(schedule));
 }
 
 }  // namespace fg::ops::detail

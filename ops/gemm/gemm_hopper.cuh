@@ -1,14 +1,22 @@
 // A Hopper (sm_90a) bf16 GEMM with a pluggable epilogue: acc = A B^T in fp32, A (M, K) and
 // B (N, K) both row-major ("TN": both K-major, the layout wgmma reads without transposes),
-// each finished 128 x 256 tile handed to a functor, so that bias, RoPE or SwiGLU can be
-// fused into the write. Include from .cu files only (device code and a host launcher).
+// each finished tile handed to a functor in 64-value row segments of 256 columns, so that
+// bias, RoPE or SwiGLU can be fused into the write. Include from .cu files only (device code
+// and a host launcher).
 //
-// Warp-specialized and persistent, as CUTLASS's "cooperative" kernel and FlashAttention-3:
-// one block per SM walks the output tiles (grouped order, for L2); warpgroup 0 is the
-// producer, whose one elected thread feeds a 4-stage ring of TMA loads (128-byte swizzle)
-// completing on mbarriers; warpgroups 1 and 2 are consumers, each owning 64 rows of the
-// tile and issuing m64n256k16 wgmma with both operands from shared memory. The producer
-// runs ahead into the next tile while the consumers run the epilogue.
+// Warp-specialized and persistent, as CUTLASS's sm90 kernels and FlashAttention-3: one block
+// per SM walks the output tiles (grouped order, for L2); warpgroup 0 is the producer, whose
+// one elected thread feeds a ring of TMA loads (128-byte swizzle) completing on mbarriers;
+// warpgroups 1 and 2 are consumers issuing m64n256k16 wgmma with both operands from shared
+// memory. How the consumers share the tiles is the GemmSchedule (gemm_hopper.h):
+// - cooperative: both on one 128 x 256 tile, 64 rows each. The producer runs ahead into the
+//   next tile while they run the epilogue, but the tensor cores idle meanwhile.
+// - ping-pong: each on its own 64 x 256 tile (the block's tiles alternate between them);
+//   an ordered pair of named barriers hands the tensor cores from one to the other, so one's
+//   epilogue runs under the other's MMAs (CUTLASS's KernelTmaWarpSpecializedPingpong).
+// - 2-CTA: either of the above in clusters of two blocks on row tiles m, m + 1 of one column
+//   tile; each block loads half of the B tile and multicasts it into both, halving B's
+//   traffic from L2 (CUTLASS's cluster shape 2x1x1).
 #pragma once
 
 #include <cuda.h>
@@ -23,28 +31,47 @@
 
 #include "core/cuda_utils.h"
 #include "core/dtype.h"
+#include "ops/gemm/gemm_hopper.h"
 
 namespace fg::ops::detail::hopper {
 
-constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
-constexpr int kBlockN = 256;  // one m64n256 wgmma per k16 step covers a consumer's columns
-constexpr int kBlockK = 64;   // 64 bf16 = 128 bytes: one row of a k tile is one swizzle row
-constexpr int kStages = 4;    // 4 x 48 KB: the most that fits in 227 KB
-constexpr int kGroupM = 16;   // row tiles that walk the column tiles together (L2 reuse)
+constexpr int kBlockN = 256;      // one m64n256 wgmma per k16 step covers a consumer's columns
+constexpr int kBlockK = 64;       // 64 bf16 = 128 bytes: one row of a k tile is one swizzle row
+constexpr int kGroupRows = 2048;  // rows of output that walk the column tiles together (L2)
 constexpr int kWarpgroup = 128;
 constexpr int kThreads = 3 * kWarpgroup;                // producer + two consumers
-constexpr int kConsumerWarps = 8;                       // each arrives on a stage's empty barrier
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128*40 + 256*232 <= 64K
-constexpr int kTileBytesA = kBlockM * kBlockK * 2;      // 16 KB
 constexpr int kTileBytesB = kBlockN * kBlockK * 2;      // 32 KB
-constexpr int kStageBytes = kTileBytesA + kTileBytesB;
-constexpr int kBarrierOffset = kStages * kStageBytes;
-constexpr int kSmemBytes = kBarrierOffset + 2 * kStages * 8 + 1024;  // + room to align to 1024
-static_assert(kTileBytesA % 1024 == 0 && kStageBytes % 1024 == 0, "swizzle atoms start at 1024");
+constexpr int kSmemLimit = 227 * 1024;                  // per block, on sm_90
+
+// Sizes that follow from the schedule. A "unit" is what one cluster computes per step of the
+// persistent loop: kCluster row tiles of kBlockM rows by one 256-column tile.
+template <GemmSchedule kSchedule>
+struct ScheduleConfig {
+  static constexpr bool kPingPong =
+      kSchedule == GemmSchedule::kPingPong || kSchedule == GemmSchedule::kPingPong2Cta;
+  static constexpr int kCluster =
+      kSchedule == GemmSchedule::kCooperative2Cta || kSchedule == GemmSchedule::kPingPong2Cta ? 2
+                                                                                              : 1;
+  static constexpr int kBlockM = kPingPong ? 64 : 128;  // rows of a block's tile
+  static constexpr int kTileBytesA = kBlockM * kBlockK * 2;
+  static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // 48 KB; ping-pong 40 KB
+  static constexpr int kStages = kPingPong ? 5 : 4;              // what fits in 227 KB
+  // Arrivals that free a stage: one per consumer warp that read it, in every block of the
+  // cluster (a block's B half lands in its peer's ring too, so its producer must wait for both).
+  static constexpr int kReleaseArrivals = (kPingPong ? 4 : 8) * kCluster;
+  static constexpr int kGroupUnits = kGroupRows / (kBlockM * kCluster);
+  static constexpr int kBarrierOffset = kStages * kStageBytes;
+  static constexpr int kSmemBytes = kBarrierOffset + 2 * kStages * 8 + 1024;  // + to align
+  static_assert(kTileBytesA % 1024 == 0 && kStageBytes % 1024 == 0 &&
+                    kTileBytesB / kCluster % 1024 == 0,
+                "swizzle atoms start at 1024");
+  static_assert(kSmemBytes <= kSmemLimit, "the ring does not fit in shared memory");
+};
 
 struct Problem {
   int M, N, K;
-  int tiles_m, tiles_n, k_tiles;
+  int units_m, tiles_n, k_tiles;  // units_m: row units of kCluster * kBlockM rows
 };
 
 // The plain epilogue: c[row, col] = bf16(acc + bias[col]) for row < M, col < N; bias may be
@@ -131,6 +158,64 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// The same, for a box that lands at the same offset in the shared memory of every block of
+// the cluster named in cta_mask (bit r: rank r), counted on the mbarrier at bar's offset in
+// each of them.
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map,
+                                                      uint64_t* bar, int inner, int outer,
+                                                      uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      ".multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;" ::"r"(dst),
+      "l"(map), "r"(smem_addr(bar)), "r"(inner), "r"(outer), "h"(cta_mask)
+      : "memory");
+}
+
+// One arrival on the mbarrier at bar's offset in the block of rank `rank` of this cluster
+// (this block's own rank included). The default .release.cta, as CUTLASS's ClusterBarrier:
+// the stage's reads were by wgmmas that wgmma.wait_group retired, and .release.cluster
+// would add a MEMBAR.ALL.GPU, which waits for the epilogue's stores still in flight.
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
+  asm volatile(
+      "{\n"
+      ".reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(rank)
+      : "memory");
+}
+
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_id_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_count_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(r));
+  return r;
+}
+// Every thread of every block of the cluster; what each wrote before (mbarrier inits
+// included) is visible to all after.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+}
+
+// Named barriers (ids 1 and 2; 0 is __syncthreads) of `threads` threads: sync waits for the
+// count, arrive adds its warp's threads and goes on.
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // A wgmma shared-memory descriptor, K-major with 128-byte swizzling: rows 128 bytes apart,
 // 8-row atoms 1024 bytes apart (stride field 64 = 1024 >> 4), leading field unused (1),
 // bits 62-63 = 1 for the 128-byte swizzle. Atoms start 1024-aligned, so base offset 0; a k16
@@ -183,19 +268,22 @@ __device__ __forceinline__ void wgmma_m64n256k16_ss(float (&d)[128], uint64_t de
 }
 #undef FG_GEMM_TN_ACC32
 
-// Output tile t in grouped order: kGroupM row tiles walk the column tiles together, so the
-// blocks in flight at once share their rows of A and of B in L2.
-__device__ __forceinline__ void tile_origin(int t, const Problem& p, int& m0, int& n0) {
-  const int per_group = kGroupM * p.tiles_n;
-  const int first_m = t / per_group * kGroupM;
-  const int group_rows = min(p.tiles_m - first_m, kGroupM);
-  const int in_group = t % per_group;
-  m0 = (first_m + in_group % group_rows) * kBlockM;
-  n0 = in_group / group_rows * kBlockN;
+// Unit u in grouped order: kGroup row units walk the column tiles together, so the blocks
+// in flight at once share their rows of A and of B in L2.
+template <int kGroup>
+__device__ __forceinline__ void unit_origin(int u, const Problem& p, int& um, int& un) {
+  const int per_group = kGroup * p.tiles_n;
+  const int first_m = u / per_group * kGroup;
+  const int group_rows = min(p.units_m - first_m, kGroup);
+  const int in_group = u % per_group;
+  um = first_m + in_group % group_rows;
+  un = in_group / group_rows;
 }
 
-// A position in the ring: producer and consumers walk the same sequence of k tiles over
-// all their output tiles, so a stage's barriers flip phase once per trip round the ring.
+// A position in the ring: the producer walks every k tile of every unit of its block in
+// order, stage after stage, and a stage's barriers flip phase once per trip round the ring.
+// A consumer walks the positions of its own k tiles, skipping (ping-pong) the other's.
+template <int kStages>
 struct RingPos {
   int stage = 0;
   uint32_t phase = 0;
@@ -205,37 +293,86 @@ struct RingPos {
       phase ^= 1;
     }
   }
+  __device__ __forceinline__ void skip(int n) {  // advance() n times
+    const int s = stage + n;
+    stage = s % kStages;
+    phase ^= (s / kStages) & 1;
+  }
 };
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// Per output tile, each consumer thread holds 2 rows x 64 floats of the m64n256
-// accumulator: rows r = m0 + 64 * consumer + 16 * warp + lane / 4 and r + 8, columns
-// n0 + 8j + 2 * (lane % 4) + {0, 1} for j = 0..31; it calls epi(row, col0, v) once per row
-// with col0 = n0 + 2 * (lane % 4), v[2j] and v[2j + 1] at columns col0 + 8j and col0 + 8j + 1.
-// Epi::operator() should be __forceinline__: a call would serialize the wgmma pipeline.
-template <class Epi>
+// Per tile, each consumer thread holds 2 rows x 64 floats of an m64n256 accumulator: rows
+// r = m0 + 64 * consumer (cooperative; 0 in ping-pong, where a tile is 64 rows) + 16 * warp
+// + lane / 4 and r + 8, columns n0 + 8j + 2 * (lane % 4) + {0, 1} for j = 0..31; it calls
+// epi(row, col0, v) once per row with col0 = n0 + 2 * (lane % 4), v[2j] and v[2j + 1] at
+// columns col0 + 8j and col0 + 8j + 1. Epi::operator() should be __forceinline__: a call
+// would serialize the wgmma pipeline.
+//
+// Synchronization, every wait with the arrivals that end it:
+// - full[s] (count 1 + bytes): the producer's arrive.expect_tx of the whole stage, and the
+//   copy engine's bytes (with 2 CTAs, half of B comes from the peer's multicast; bytes that
+//   land before the expect_tx leave the count negative until it, which mbarriers allow). A
+//   consumer waits for it at its position's parity.
+// - empty[s] (count kReleaseArrivals): one arrival per consumer warp that read the stage, in
+//   each block of the cluster, once its wgmmas retired. The producer waits for it at the
+//   opposite parity before refilling (a fresh barrier passes parity 1 at once).
+//   Phases cannot mix: position q + kStages of a stage is filled only after every release
+//   of position q, and released only after it was filled.
+// - Ping-pong turns, named barriers 1 (consumer 0 may issue) and 2 (consumer 1 may issue),
+//   256 threads each: the waiting consumer's bar.sync (128) + the other's bar.arrive (128).
+//   Consumer c takes the block's tiles i = c, c + 2, ...; before tile i it waits for turn
+//   c (except consumer 0 at i = 0) and after issuing tile i's last wgmma it arrives on the
+//   other's turn. So the k tiles are issued in ring order, consumer by consumer, which the
+//   full barriers need: when a consumer waits at position q, every earlier position of the
+//   stage has been waited for (by the other, before the turn came), so the barrier is in
+//   the phase of q or just past it and the parity test cannot pass a phase early. A
+//   barrier's arrivals never run a round ahead: consumer c arrives on turn 1 - c again only
+//   after its own turn c completed, which needs 1 - c's bar.sync on the first arrival done.
+//   The last arrival of the block (on the turn of a consumer with no tiles left) is never
+//   waited for, harmless at exit.
+// - 2-CTA: a cluster barrier after the inits (the peer's barriers must exist before a
+//   multicast or a remote arrival reaches them); at the end the producer waits for the last
+//   kStages releases, so no peer still arrives on this block's barriers after it exits
+//   (CUTLASS's load_tail). Both blocks of a cluster walk the same units and k tiles.
+template <GemmSchedule kSchedule, class Epi>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_tn_kernel(const __grid_constant__ CUtensorMap a_map,
                    const __grid_constant__ CUtensorMap b_map, const Problem p,
                    const __grid_constant__ Epi epi) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = ScheduleConfig<kSchedule>;
+  constexpr int kStages = C::kStages, kStageBytes = C::kStageBytes, kBlockM = C::kBlockM;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // 128-byte swizzled tiles want 1024-byte alignment, which the declaration does not promise.
   const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
   uint8_t* ring_ptr = smem_raw + (ring - smem_addr(smem_raw));
-  uint64_t* full = reinterpret_cast<uint64_t*>(ring_ptr + kBarrierOffset);  // data landed
+  uint64_t* full = reinterpret_cast<uint64_t*>(ring_ptr + C::kBarrierOffset);  // data landed
   uint64_t* empty = full + kStages;  // consumers are done reading it
-  const int tiles = p.tiles_m * p.tiles_n;
+  const int units = p.units_m * p.tiles_n;
+  // This block's cluster walks units cluster, cluster + clusters, ...; its row tile in a
+  // unit is number `rank` of the unit's kCluster.
+  const int cluster = C::kCluster == 1 ? blockIdx.x : cluster_id_x();
+  const int clusters = C::kCluster == 1 ? gridDim.x : cluster_count_x();
+  const uint32_t rank = C::kCluster == 1 ? 0 : cluster_ctarank();
+  auto origin = [&](int u, int& m0, int& n0) {
+    int um, un;
+    unit_origin<C::kGroupUnits>(u, p, um, un);
+    m0 = (um * C::kCluster + rank) * kBlockM;
+    n0 = un * kBlockN;
+  };
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full[s], 1);  // the producer's arrive.expect_tx (+ the bytes)
-      mbar_init(&empty[s], kConsumerWarps);
+      mbar_init(&empty[s], C::kReleaseArrivals);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to TMA
   }
-  __syncthreads();
+  if constexpr (C::kCluster == 1)
+    __syncthreads();
+  else
+    cluster_sync();
 
   const int wg = threadIdx.x / kWarpgroup;
   if (wg == 0) {  // producer: one thread keeps the ring full, across tile boundaries
@@ -243,16 +380,31 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) {
       asm volatile("prefetch.tensormap [%0];" ::"l"(&a_map) : "memory");
       asm volatile("prefetch.tensormap [%0];" ::"l"(&b_map) : "memory");
-      RingPos pos;
-      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      RingPos<kStages> pos;
+      for (int u = cluster; u < units; u += clusters) {
         int m0, n0;
-        tile_origin(t, p, m0, n0);
+        origin(u, m0, n0);
+        // With 2 CTAs a block's rows, or its half of B's, can lie wholly past M or N (odd
+        // tile counts). Such a box is read from the last row instead: whatever it holds only
+        // reaches outputs past M or N, which the epilogue drops.
+        const int a_row = min(m0, p.M - 1);
+        const int b_row = min(n0 + static_cast<int>(rank) * (kBlockN / C::kCluster), p.N - 1);
         for (int kt = 0; kt < p.k_tiles; ++kt) {
           mbar_wait(&empty[pos.stage], pos.phase ^ 1);  // the consumers' previous trip is done
           mbar_expect_tx(&full[pos.stage], kStageBytes);
           const uint32_t dst = ring + pos.stage * kStageBytes;
-          tma_load_2d(dst, &a_map, &full[pos.stage], kt * kBlockK, m0);
-          tma_load_2d(dst + kTileBytesA, &b_map, &full[pos.stage], kt * kBlockK, n0);
+          tma_load_2d(dst, &a_map, &full[pos.stage], kt * kBlockK, a_row);
+          if constexpr (C::kCluster == 1)
+            tma_load_2d(dst + C::kTileBytesA, &b_map, &full[pos.stage], kt * kBlockK, b_row);
+          else
+            tma_load_2d_multicast(dst + C::kTileBytesA + rank * (kTileBytesB / C::kCluster), &b_map,
+                                  &full[pos.stage], kt * kBlockK, b_row, (1u << C::kCluster) - 1);
+          pos.advance();
+        }
+      }
+      if constexpr (C::kCluster > 1) {
+        for (int s = 0; s < kStages; ++s) {  // both blocks' consumers released every stage
+          mbar_wait(&empty[pos.stage], pos.phase ^ 1);
           pos.advance();
         }
       }
@@ -264,8 +416,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int consumer = wg - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   // Descriptors of stage 0 (this consumer's 64 rows of A; all 256 rows of B); stages and
   // k16 steps add their byte offset >> 4 (no carry: shared addresses stay below 2^18).
-  const uint64_t desc_a0 = kmajor_desc(ring + consumer * 64 * 128);
-  const uint64_t desc_b0 = kmajor_desc(ring + kTileBytesA);
+  const uint64_t desc_a0 = kmajor_desc(ring + (C::kPingPong ? 0 : consumer * 64 * 128));
+  const uint64_t desc_b0 = kmajor_desc(ring + C::kTileBytesA);
   auto issue = [&](float(&acc)[128], int stage, auto first) {
     const uint64_t off = static_cast<uint64_t>(stage * kStageBytes) >> 4;
 #pragma unroll
@@ -276,12 +428,31 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_m64n256k16_ss<1>(acc, desc_a0 + off + 2 * kk, desc_b0 + off + 2 * kk);
     }
   };
+  auto release = [&](int stage) {  // the stage's wgmmas have retired
+    if constexpr (C::kCluster == 1) {
+      if (lane == 0) mbar_arrive(&empty[stage]);
+    } else {
+      if (lane < C::kCluster) mbar_arrive_cluster(&empty[stage], lane);  // lane r: rank r
+    }
+  };
+  constexpr int kTurnThreads = 2 * kWarpgroup;
+  const int my_turn = 1 + consumer, other_turn = 2 - consumer;  // named barrier ids
 
   float acc[128];
-  RingPos pos;
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+  RingPos<kStages> pos;
+  int i = 0;  // index of the unit among this block's
+  if constexpr (C::kPingPong) {
+    if (consumer == 1) {
+      i = 1;
+      pos.skip(p.k_tiles);  // past consumer 0's first tile
+    }
+  }
+  for (; cluster + i * clusters < units; i += C::kPingPong ? 2 : 1) {
     int m0, n0;
-    tile_origin(t, p, m0, n0);
+    origin(cluster + i * clusters, m0, n0);
+    if constexpr (C::kPingPong) {
+      if (i > 0) named_sync(my_turn, kTurnThreads);  // the other issued all its k tiles
+    }
     // k tile 0 starts the sums (scale-d 0); then one wgmma group stays in flight: after
     // committing tile kt, waiting down to one pending group retires tile kt - 1, whose
     // stage goes back to the producer.
@@ -297,16 +468,24 @@ __global__ void __launch_bounds__(kThreads, 1)
       issue(acc, pos.stage, std::false_type{});
       wgmma_commit();
       wgmma_wait<1>();
-      if (lane == 0) mbar_arrive(&empty[prev]);
+      release(prev);
       prev = pos.stage;
       pos.advance();
     }
+    if constexpr (C::kPingPong) {
+      // The other's turn: its wgmmas queue behind this tile's last ones, and it issues
+      // while this one drains and runs its epilogue. Its tile's k tiles come next in the ring.
+      named_arrive(other_turn, kTurnThreads);
+      pos.skip(p.k_tiles);
+    }
     wgmma_wait<0>();
-    if (lane == 0) mbar_arrive(&empty[prev]);
+    release(prev);
 
     // Epilogue, straight from registers: acc[4j + e] is row + 8 * (e / 2), column 8j + 2 *
-    // (lane % 4) + e % 2; the producer meanwhile fills the ring for the next tile.
-    const int row = m0 + consumer * 64 + warp * 16 + lane / 4, col0 = n0 + 2 * (lane % 4);
+    // (lane % 4) + e % 2; meanwhile the producer fills the ring for the next tile and, in
+    // ping-pong, the other consumer's wgmmas run.
+    const int row = m0 + (C::kPingPong ? 0 : consumer * 64) + warp * 16 + lane / 4,
+              col0 = n0 + 2 * (lane % 4);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float v[64];
@@ -386,10 +565,11 @@ inline CUtensorMap kmajor_map(const bf16* base, int64_t rows, int64_t cols, int6
 }
 
 // acc = a (M, K; row stride lda) @ b (N, K; row stride ldb)^T, handed to epi tile by tile
-// (see gemm_tn_kernel), on `stream` of the current device.
-template <class Epi>
+// (see gemm_tn_kernel), on `stream` of the current device, with the schedule kSchedule.
+template <GemmSchedule kSchedule = GemmSchedule::kCooperative, class Epi>
 void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int M, int N, int K,
                     const Epi& epi, cudaStream_t stream) {
+  using C = ScheduleConfig<kSchedule>;
   FG_CHECK(M >= 0 && N >= 0 && K > 0, "gemm_tn: M = ", M, ", N = ", N, ", K = ", K,
            " (K must be positive)");
   FG_CHECK(K % 8 == 0, "gemm_tn: K = ", K, " must be a multiple of 8 (TMA reads 16-byte rows)");
@@ -404,22 +584,46 @@ void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int 
   FG_CHECK(gemm_tn_runs(device),
            "gemm_tn: needs a Hopper GPU (compute capability 9.0) and a "
            "build for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a)");
-  static PerDevice smem_raised;
-  smem_raised.get(device, [](int) {
-    FG_CUDA_CHECK(cudaFuncSetAttribute(gemm_tn_kernel<Epi>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    return 1;
+  const auto kernel = gemm_tn_kernel<kSchedule, Epi>;
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute cluster_dims{};
+  cluster_dims.id = cudaLaunchAttributeClusterDimension;
+  cluster_dims.val.clusterDim = {C::kCluster, 1, 1};
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = C::kSmemBytes;
+  config.stream = stream;
+  config.attrs = &cluster_dims;
+  config.numAttrs = 1;
+  // Per device: raise the kernel's shared-memory limit, then count the clusters (of one
+  // block, or of two) that can be resident at once.
+  static PerDevice resident;
+  const int max_clusters = resident.get(device, [&](int d) {
+    FG_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    if (C::kCluster == 1) return sm_count(d);
+    config.gridDim = dim3(C::kCluster);
+    int n = 0;
+    FG_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &config));
+    return n;
   });
+  FG_CHECK(max_clusters > 0, "gemm_tn: no cluster of ", C::kCluster,
+           " blocks of this kernel fits on the GPU");
   const auto tiles_of = [](int64_t n, int block) {
     return static_cast<int>((n + block - 1) / block);
   };
-  const Problem p{M, N, K, tiles_of(M, kBlockM), tiles_of(N, kBlockN), tiles_of(K, kBlockK)};
-  const int64_t tiles = static_cast<int64_t>(p.tiles_m) * p.tiles_n;
-  FG_CHECK(tiles < (int64_t{1} << 31), "gemm_tn: ", M, " x ", N, " has too many tiles");
-  const int grid = static_cast<int>(std::min<int64_t>(tiles, sm_count(device)));
-  const CUtensorMap a_map = kmajor_map(a, M, K, lda, kBlockM);
-  const CUtensorMap b_map = kmajor_map(b, N, K, ldb, kBlockN);
-  gemm_tn_kernel<Epi><<<grid, kThreads, kSmemBytes, stream>>>(a_map, b_map, p, epi);
+  const Problem p{
+      M, N, K, tiles_of(M, C::kBlockM * C::kCluster), tiles_of(N, kBlockN), tiles_of(K, kBlockK)};
+  const int64_t units = static_cast<int64_t>(p.units_m) * p.tiles_n;
+  FG_CHECK(units < (int64_t{1} << 31), "gemm_tn: ", M, " x ", N, " has too many tiles");
+  const CUtensorMap a_map = kmajor_map(a, M, K, lda, C::kBlockM);
+  const CUtensorMap b_map = kmajor_map(b, N, K, ldb, kBlockN / C::kCluster);  // its share of B
+  const int clusters = static_cast<int>(std::min<int64_t>(units, max_clusters));
+  if constexpr (C::kCluster == 1) {
+    kernel<<<clusters, kThreads, C::kSmemBytes, stream>>>(a_map, b_map, p, epi);
+  } else {
+    config.gridDim = dim3(clusters * C::kCluster);
+    FG_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a_map, b_map, p, epi));
+  }
   FG_CUDA_CHECK(cudaGetLastError());
 }
 

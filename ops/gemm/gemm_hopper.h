@@ -2,9 +2,33 @@
 // optional bias), for tests, benchmarks and host code that cannot include device code.
 #pragma once
 
+#include <optional>
+#include <string_view>
+
 #include "core/tensor.h"
 
 namespace fg::ops::detail {
+
+// How gemm_tn_kernel (gemm_hopper.cuh) shares the work between its two consumer warpgroups,
+// and whether pairs of blocks share the B operand's loads. Every schedule hands the epilogue
+// the same 64-value row segments of 256-column tiles.
+enum class GemmSchedule {
+  kCooperative,      // both warpgroups on one 128 x 256 tile, 64 rows each; epilogue after MMAs
+  kPingPong,         // each warpgroup on its own 64 x 256 tile, taking turns on the tensor
+                     // cores, so one's epilogue runs under the other's MMAs
+  kCooperative2Cta,  // kCooperative in clusters of 2 blocks (tiles m, m + 1 of one column
+                     // tile): each loads half of B's rows and multicasts it to both
+  kPingPong2Cta,     // kPingPong in clusters of 2, B multicast the same way
+};
+
+inline constexpr GemmSchedule kGemmSchedules[] = {
+    GemmSchedule::kCooperative, GemmSchedule::kPingPong, GemmSchedule::kCooperative2Cta,
+    GemmSchedule::kPingPong2Cta};
+
+// "cooperative", "pingpong", "cooperative_2cta", "pingpong_2cta".
+const char* gemm_schedule_name(GemmSchedule schedule);
+// The schedule of that name, or none.
+std::optional<GemmSchedule> gemm_schedule_from_name(std::string_view name);
 
 // Whether the current device runs it: a Hopper GPU and a build for sm_90a.
 bool gemm_hopper_available();
@@ -13,6 +37,7 @@ bool gemm_hopper_available();
 // (N) or undefined: bf16 on the current CUDA device, rows contiguous; a and b 16-byte
 // aligned with row strides (and K) multiples of 8 elements.
 void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c,
-                      const Tensor& bias = Tensor());
+                      const Tensor& bias = Tensor(),
+                      GemmSchedule schedule = GemmSchedule::kCooperative);
 
 }  // namespace fg::ops::detail

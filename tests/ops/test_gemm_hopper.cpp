@@ -1,11 +1,13 @@
 // The Hopper GEMM (ops/gemm/gemm_hopper.cuh, through gemm_hopper_bf16) against cuBLASLt's
-// fp32 sums of the same bf16 operands, on shapes that are not multiples of its 128 x 256 x 64
-// tiles, with and without bias, packed and with row strides wider than the rows; plus its
-// error messages. Runs on a Hopper GPU with an sm_90a build; skips elsewhere.
+// fp32 sums of the same bf16 operands, in every schedule, on shapes that are not multiples of
+// its tiles, with and without bias, packed and with row strides wider than the rows; plus its
+// error messages. Runs on a Hopper GPU with an sm_90a build; skips elsewhere. Test names end
+// in the schedule's name (gemm_schedule_name), so --gtest_filter='*_pingpong' runs one.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "ops/gemm/gemm.h"
@@ -20,6 +22,8 @@ using fg::Generator;
 using fg::Tensor;
 using fg::ops::detail::gemm_hopper_available;
 using fg::ops::detail::gemm_hopper_bf16;
+using fg::ops::detail::gemm_schedule_name;
+using fg::ops::detail::GemmSchedule;
 
 namespace {
 
@@ -55,7 +59,7 @@ Tensor reference(const Tensor& a, const Tensor& b, const Tensor& bias) {
   return ref;
 }
 
-void check(const Case& g, bool with_bias, bool wide) {
+void check(const Case& g, GemmSchedule schedule, bool with_bias, bool wide) {
   SCOPED_TRACE(::testing::Message() << "bias " << with_bias << " wide " << wide);
   Generator gen(1000 + g.m + g.n + g.k);
   Tensor a = operand(g.m, g.k, gen, wide), b = operand(g.n, g.k, gen, wide);
@@ -63,7 +67,7 @@ void check(const Case& g, bool with_bias, bool wide) {
   // c is written into NaN; in the wide layout its padding columns must stay NaN.
   Tensor c_full = Tensor::full({g.m, g.n + (wide ? kPad : 0)}, NAN, DType::BF16, Device::cuda(0));
   Tensor c = c_full.slice(1, 0, g.n);
-  gemm_hopper_bf16(a, b, c, bias);
+  gemm_hopper_bf16(a, b, c, bias, schedule);
   EXPECT_FALSE(fg::has_non_finite(c)) << "elements left unwritten";
   EXPECT_TRUE(close_rel(c, reference(a, b, bias), kTolerance));
   if (wide) {
@@ -72,22 +76,30 @@ void check(const Case& g, bool with_bias, bool wide) {
   }
 }
 
-class GemmHopper : public ::testing::TestWithParam<Case> {};
+class GemmHopper : public ::testing::TestWithParam<std::tuple<Case, GemmSchedule>> {};
 
 TEST_P(GemmHopper, MatchesCublasLt) {
   FG_REQUIRE_HOPPER();
+  const auto& [shape, schedule] = GetParam();
   for (bool with_bias : {false, true})
-    for (bool wide : {false, true}) check(GetParam(), with_bias, wide);
+    for (bool wide : {false, true}) check(shape, schedule, with_bias, wide);
 }
 
 // Odd shapes (edges in M, N and K; odd N), one exact tile, k tiles fewer and more than the
 // ring's stages, and more tiles than SMs with k tiles not a multiple of the stages (blocks walk
-// several tiles; the ring's phases wrap mid-tile).
-INSTANTIATE_TEST_SUITE_P(Shapes, GemmHopper,
-                         ::testing::Values(Case{1, 1, 8}, Case{127, 255, 72}, Case{128, 256, 64},
-                                           Case{300, 520, 1000}, Case{1000, 2304, 768},
-                                           Case{2100, 4100, 328}, Case{77, 333, 8}),
-                         [](const auto& info) { return case_name(info.param); });
+// several tiles; the ring's phases wrap mid-tile; ping-pong blocks end on either consumer).
+// With 2-CTA clusters, odd row-tile counts leave a block's rows wholly past M, and N <= 128
+// or a last column tile of <= 128 columns leaves its half of B wholly past N.
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GemmHopper,
+    ::testing::Combine(::testing::Values(Case{1, 1, 8}, Case{127, 255, 72}, Case{128, 256, 64},
+                                         Case{300, 520, 1000}, Case{1000, 2304, 768},
+                                         Case{2100, 4100, 328}, Case{77, 333, 8},
+                                         Case{4100, 2304, 768}, Case{520, 1000, 4096}),
+                       ::testing::ValuesIn(fg::ops::detail::kGemmSchedules)),
+    [](const auto& info) {
+      return case_name(std::get<0>(info.param)) + "_" + gemm_schedule_name(std::get<1>(info.param));
+    });
 
 // The comparison above can fail: one row of a correct result, perturbed, does not pass.
 TEST(GemmHopperEdge, PerturbedResultFailsTheCheck) {
