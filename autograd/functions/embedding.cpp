@@ -8,21 +8,10 @@ namespace fg::ag {
 Variable embedding(const Variable& weight, const Tensor& ids) {
   Tensor out = ops::embedding_forward(weight.data(), ids);  // ids.shape + (D)
   int64_t vocab_size = weight.size(0);
-  // A table cast from a parameter: its gradient goes straight into the
-  // parameter's buffer (autograd/function.h), as linear's weight gradient does.
-  const Variable master = cast_source(weight);
-  const Variable& w_in = master.defined() ? master : weight;
   // Backward scatter-adds rows: it needs the ids and the vocab size, not the weight.
-  return record("embedding", {w_in}, {out},
-                [ids, vocab_size, master](const std::vector<Tensor>& g) {
-                  GradBuffer into = leaf_grad_buffer(master);
-                  if (into.buffer.defined() &&
-                      !ops::embedding_backward_accepts(g[0].dtype(), into.buffer.dtype(),
-                                                       g[0].device()))
-                    into = {};
-                  return std::vector<Tensor>{
-                      ops::embedding_backward(g[0], ids, vocab_size, into.buffer, into.add)};
-                })[0];
+  return record("embedding", {weight}, {out}, [ids, vocab_size](const std::vector<Tensor>& g) {
+    return std::vector<Tensor>{ops::embedding_backward(g[0], ids, vocab_size)};
+  })[0];
 }
 
 }  // namespace fg::ag

@@ -42,12 +42,7 @@ Tensor embedding_forward(const Tensor& weight, const Tensor& ids) {
   return out;
 }
 
-bool embedding_backward_accepts(DType grad, DType into, Device device) {
-  return into == grad || (device.is_cuda() && grad == DType::BF16 && into == DType::F32);
-}
-
-Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t vocab_size,
-                          const Tensor& grad_into, bool add) {
+Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t vocab_size) {
   check_defined("embedding_backward", "grad_out", grad_out);
   check_defined("embedding_backward", "ids", ids);
   check_float("embedding_backward", "grad_out", grad_out);
@@ -58,26 +53,15 @@ Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t voc
   Shape lead(grad_out.shape().begin(), grad_out.shape().end() - 1);
   FG_CHECK(lead == ids.shape(), "embedding_backward: grad_out is ", grad_out.shape_str(),
            " but ids is ", ids.shape_str(), " (expected ids.shape + (D))");
-  const Shape shape{vocab_size, grad_out.size(-1)};
-  Tensor grad_weight = grad_into;
-  if (grad_into.defined()) {
-    check_same_device("embedding_backward", "grad_into", grad_into, "grad_out", grad_out);
-    FG_CHECK(grad_into.shape() == shape && grad_into.is_contiguous() &&
-                 embedding_backward_accepts(grad_out.dtype(), grad_into.dtype(), grad_out.device()),
-             "embedding_backward: grad_into is ", grad_into.describe(), " but grad_out is ",
-             grad_out.describe(), " (expected a contiguous ", shape_str(shape),
-             " of its dtype, or f32 for bf16 on the GPU)");
-  } else {
-    grad_weight = Tensor::empty(shape, grad_out.dtype(), grad_out.device());
-    add = false;
-  }
+  Tensor grad_weight =
+      Tensor::empty({vocab_size, grad_out.size(-1)}, grad_out.dtype(), grad_out.device());
 #ifdef FG_CUDA
   if (grad_out.is_cuda()) {
-    detail::embedding_backward_cuda(grad_out.contiguous(), ids.contiguous(), grad_weight, add);
+    detail::embedding_backward_cuda(grad_out.contiguous(), ids.contiguous(), grad_weight);
     return grad_weight;
   }
 #endif
-  detail::embedding_backward_cpu(grad_out.contiguous(), ids.contiguous(), grad_weight, add);
+  detail::embedding_backward_cpu(grad_out.contiguous(), ids.contiguous(), grad_weight);
   return grad_weight;
 }
 
@@ -97,15 +81,14 @@ void embedding_forward_cpu(const Tensor& weight, const Tensor& ids, const Tensor
   });
 }
 
-void embedding_backward_cpu(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight,
-                            bool add) {
+void embedding_backward_cpu(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight) {
   int64_t n = ids.numel(), vocab = grad_weight.size(0), d = grad_weight.size(1);
   const int32_t* pid = ids.data<int32_t>();
   check_id_range("embedding_backward", pid, n, vocab);
   dispatch_float("embedding_backward", grad_out.dtype(), [&]<class T>() {
     const T* pg = grad_out.data<T>();
     T* pw = grad_weight.data<T>();
-    if (!add) std::fill(pw, pw + vocab * d, T(0));
+    std::fill(pw, pw + vocab * d, T(0));
     for (int64_t i = 0; i < n; ++i) {  // repeated ids accumulate
       T* row = pw + pid[i] * d;
       for (int64_t j = 0; j < d; ++j) row[j] += pg[i * d + j];

@@ -81,20 +81,18 @@ void embedding_forward_cuda(const Tensor& weight, const Tensor& ids, const Tenso
   }
 }
 
-void embedding_backward_cuda(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight,
-                             bool add) {
-  if (!add && grad_weight.dtype() != DType::BF16) zero(grad_weight);
+void embedding_backward_cuda(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight) {
   switch (grad_weight.dtype()) {
     case DType::F32:
-      if (grad_out.dtype() == DType::BF16) return launch_backward<bf16, float>(grad_out, ids, grad_weight);
+      zero(grad_weight);
       return launch_backward<float, float>(grad_out, ids, grad_weight);
     case DType::F64:
+      zero(grad_weight);
       return launch_backward<double, double>(grad_out, ids, grad_weight);
     case DType::BF16: {
       // bf16 atomics would round at every add; sum in fp32 and round once.
-      Tensor acc = add ? grad_weight.to(DType::F32)
-                       : Tensor::empty(grad_weight.shape(), DType::F32, grad_weight.device());
-      if (!add) zero(acc);
+      Tensor acc = Tensor::empty(grad_weight.shape(), DType::F32, grad_weight.device());
+      zero(acc);
       launch_backward<bf16, float>(grad_out, ids, acc);
       grad_weight.copy_(acc);
       return;

@@ -6,7 +6,6 @@
 #include <string>
 #include <vector>
 
-#include "ops/add/add.h"
 #include "ops/embedding/embedding.h"
 #include "test_util.h"
 
@@ -43,21 +42,6 @@ TEST(Embedding, BackwardAccumulatesRepeatedIds) {
   EXPECT_EQ(gw.dtype(), DType::F64);
   // row 0 <- g[1]; row 2 <- g[0] + g[2] + g[3]; rows 1 and 3 untouched
   EXPECT_EQ(gw.to_vector(), (std::vector<double>{3, 4, 0, 0, 1 + 5 + 7, 2 + 6 + 8, 0, 0}));
-}
-
-TEST(Embedding, BackwardIntoABufferOverwritesOrAdds) {
-  Tensor ids = Tensor::from_ints({2, 0, 2}, {3});
-  Tensor g = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {3, 2}, DType::F64);
-  Tensor into = Tensor::full({4, 2}, 100, DType::F64);
-  Tensor gw = embedding_backward(g, ids, 4, into);  // overwrites
-  EXPECT_EQ(gw.raw_data(), into.raw_data());
-  EXPECT_EQ(into.to_vector(), (std::vector<double>{3, 4, 0, 0, 6, 8, 0, 0}));
-  embedding_backward(g, ids, 4, into, /*add=*/true);
-  EXPECT_EQ(into.to_vector(), (std::vector<double>{6, 8, 0, 0, 12, 16, 0, 0}));
-  EXPECT_FG_ERROR(embedding_backward(g, ids, 4, Tensor::zeros({4, 3}, DType::F64)),
-                  "embedding_backward: grad_into is (4, 3) f64 cpu but grad_out is (3, 2) f64 "
-                  "cpu (expected a contiguous (4, 2) of its dtype, or f32 for bf16 on the GPU)");
-  EXPECT_FG_ERROR(embedding_backward(g, ids, 4, Tensor::zeros({4, 2})), "grad_into is (4, 2) f32 cpu");
 }
 
 TEST(Embedding, NonContiguousWeightAndIds) {
@@ -132,25 +116,6 @@ void check_embedding(const EmbeddingCase& c, DType dtype, double tol) {
   EXPECT_EQ(gw.dtype(), dtype);
   EXPECT_FALSE(fg::has_non_finite(gw));
   EXPECT_TRUE(close_rel(gw, embedding_backward(f64(dout), ids, c.vocab), tol));
-}
-
-TEST_P(EmbeddingCuda, Bf16IntoF32BufferMatchesCpu) {
-  // The mixed-precision path: bf16 rows summed into an f32 master gradient,
-  // overwritten, then added to.
-  FG_REQUIRE_GPU();
-  const EmbeddingCase& c = GetParam();
-  Device gpu = Device::cuda(0);
-  Generator gen(5 + c.dim);
-  Tensor ids = random_ids(c.ids, c.vocab, 6 + c.vocab);
-  Shape out_shape = c.ids;
-  out_shape.push_back(c.dim);
-  Tensor dout = Tensor::randn(out_shape, gen, DType::BF16, gpu);
-  Tensor into = Tensor::full({c.vocab, c.dim}, NAN, DType::F32, gpu);
-  Tensor want = embedding_backward(f64(dout), ids, c.vocab);
-  EXPECT_EQ(embedding_backward(dout, ids.to(gpu), c.vocab, into).raw_data(), into.raw_data());
-  EXPECT_TRUE(close_rel(into, want, 1e-5));  // fp32 sums of exact bf16 values
-  embedding_backward(dout, ids.to(gpu), c.vocab, into, /*add=*/true);
-  EXPECT_TRUE(close_rel(into, fg::ops::add_forward(want, want), 1e-5));
 }
 
 TEST_P(EmbeddingCuda, F32MatchesCpu) {
