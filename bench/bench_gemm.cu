@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <functional>
@@ -130,7 +129,6 @@ int main(int argc, char** argv) {
     char date[32];
     std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-    const char* autotune = std::getenv("FG_GEMM_AUTOTUNE");
     const int64_t rotate_bytes = 2 * static_cast<int64_t>(prop.l2CacheSize);
 
     std::vector<GemmSchedule> schedules;
@@ -156,9 +154,8 @@ int main(int argc, char** argv) {
          << "(N, K)^T" << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median "
          << "of " << reps << " calls (CUDA events) after " << warmup << "; operands rotate over "
          << "copies totalling at least " << rotate_bytes / (1 << 20) << " MB (2x L2). cuBLASLt "
-         << "through fg::ops::gemm, FG_GEMM_AUTOTUNE=" << (autotune ? autotune : "unset")
-         << ". schedule: the Hopper kernel's (GemmSchedule). speed = cuBLASLt ms / ours ms (> 1: "
-         << "ours faster). max diff = max |ours - cuBLASLt| / max |cuBLASLt|; rel = ||ours - "
+         << "through fg::ops::gemm (its heuristic's first algorithm). schedule: the Hopper "
+         << "kernel's (GemmSchedule). speed = cuBLASLt ms / ours ms (> 1: ours faster). max diff = max |ours - cuBLASLt| / max |cuBLASLt|; rel = ||ours - "
          << "cuBLASLt|| / ||cuBLASLt||.\n\n"
          << "| shape | M | N | K | schedule | ours ms | ours TFLOP/s | cuBLASLt ms | cuBLASLt "
          << "TFLOP/s | speed | max diff | rel |\n"
