@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/cuda_utils.h"
+#include "core/wgmma.cuh"
 #include "ops/attention/attention.h"
 
 namespace fg::ops::detail {
@@ -31,10 +32,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // ---- PTX wrappers ----
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // 16 bytes global -> shared, bypassing L1; src_bytes 0 writes zeros (rows past T).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
@@ -689,18 +686,6 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr, uint32_t leading, 
          (static_cast<uint64_t>((stride & 0x3FFFF) >> 4) << 32) | (1ull << 62);
 }
 
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_wait_all() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-}
 // The 128 threads of warpgroup `wg` (barrier 1 + wg; 0 is __syncthreads').
 __device__ __forceinline__ void warpgroup_sync(int wg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
@@ -713,22 +698,15 @@ __device__ __forceinline__ void pin(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// The accumulator operands of a wgmma: 32 floats of d in registers %0-%31 (and,
-// for n128, 32 more in %32-%63). Macros, since an asm operand list cannot be
-// built by a function.
+// The accumulator register strings of a wgmma: %0-%31 (and, for n128, %32-%63),
+// the operands FG_WGMMA_ACC32 (core/wgmma.cuh). Macros, since an asm string
+// cannot be built by a function.
 #define FG_WGMMA_REGS_0_31 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define FG_WGMMA_REGS_32_63 \
   "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
   "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-#define FG_WGMMA_ACC32(d) \
-  "+f"((d)[0]), "+f"((d)[1]), "+f"((d)[2]), "+f"((d)[3]), "+f"((d)[4]), "+f"((d)[5]), \
-  "+f"((d)[6]), "+f"((d)[7]), "+f"((d)[8]), "+f"((d)[9]), "+f"((d)[10]), "+f"((d)[11]), \
-  "+f"((d)[12]), "+f"((d)[13]), "+f"((d)[14]), "+f"((d)[15]), "+f"((d)[16]), "+f"((d)[17]), \
-  "+f"((d)[18]), "+f"((d)[19]), "+f"((d)[20]), "+f"((d)[21]), "+f"((d)[22]), "+f"((d)[23]), \
-  "+f"((d)[24]), "+f"((d)[25]), "+f"((d)[26]), "+f"((d)[27]), "+f"((d)[28]), "+f"((d)[29]), \
-  "+f"((d)[30]), "+f"((d)[31])
 
 // D (64 x 64, fp32) += A (64 x 16 bf16, registers) B (16 x 64, shared memory, N-major).
 __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4],
@@ -768,7 +746,6 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, u
 }
 #undef FG_WGMMA_REGS_0_31
 #undef FG_WGMMA_REGS_32_63
-#undef FG_WGMMA_ACC32
 
 template <int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4],
@@ -857,7 +834,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                     wgmma_desc(s_kn + chunk * kBn + col, 16, 1024));
     }
     wgmma_commit();
-    wgmma_wait_all();
+    wgmma_wait<0>();
     pin(s);
 
     // Causal mask where this tile reaches past the warp's first row.
@@ -914,7 +891,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     for (int kk = 0; kk < kBn / 16; ++kk)
       wgmma_rs<kHd>(o, p[kk], wgmma_desc(s_vn + kk * 2048, kBn * 128, 1024));
     wgmma_commit();
-    wgmma_wait_all();
+    wgmma_wait<0>();
     pin(o);
   }
 
@@ -1095,7 +1072,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
     wgmma_commit();
     if (kDeferDq && it > 0) flush_dq(it - 1);
-    wgmma_wait_all();
+    wgmma_wait<0>();
     pin(st);
     pin(dpt);
 
@@ -1159,7 +1136,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                           wgmma_desc(s_k + rows, kBn * 128, 1024));
     }
     wgmma_commit();
-    wgmma_wait_all();
+    wgmma_wait<0>();
     pin(dq);
     pin(dk_acc);
     pin(dv_acc);

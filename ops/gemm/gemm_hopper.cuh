@@ -31,6 +31,7 @@
 
 #include "core/cuda_utils.h"
 #include "core/dtype.h"
+#include "core/wgmma.cuh"
 #include "ops/gemm/gemm_hopper.h"
 
 namespace fg::ops::detail::hopper {
@@ -116,10 +117,6 @@ struct StoreBf16 {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the PTX below exists on sm_90a only
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count));
@@ -225,27 +222,6 @@ __device__ __forceinline__ uint64_t kmajor_desc(uint32_t addr) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
 }
 
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
-}
-
-// Accumulator operands: 32 floats of d in registers %(n)..%(n+31). Macros, since an asm
-// operand list cannot be built by a function.
-#define FG_GEMM_TN_ACC32(d)                                                                     \
-  "+f"((d)[0]), "+f"((d)[1]), "+f"((d)[2]), "+f"((d)[3]), "+f"((d)[4]), "+f"((d)[5]),           \
-      "+f"((d)[6]), "+f"((d)[7]), "+f"((d)[8]), "+f"((d)[9]), "+f"((d)[10]), "+f"((d)[11]),     \
-      "+f"((d)[12]), "+f"((d)[13]), "+f"((d)[14]), "+f"((d)[15]), "+f"((d)[16]), "+f"((d)[17]), \
-      "+f"((d)[18]), "+f"((d)[19]), "+f"((d)[20]), "+f"((d)[21]), "+f"((d)[22]), "+f"((d)[23]), \
-      "+f"((d)[24]), "+f"((d)[25]), "+f"((d)[26]), "+f"((d)[27]), "+f"((d)[28]), "+f"((d)[29]), \
-      "+f"((d)[30]), "+f"((d)[31])
-
 // D (64 x 256, fp32) (+)= A (64 x 16) B (16 x 256)^T, both K-major in shared memory.
 // kScaleD 0 ignores D's old value: the first product of a tile needs no zeroed registers.
 template <int kScaleD>
@@ -262,11 +238,10 @@ __device__ __forceinline__ void wgmma_m64n256k16_ss(float (&d)[128], uint64_t de
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, "
       "%111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, "
       "%125, %126, %127}, %128, %129, %130, 1, 1, 0, 0;"
-      : FG_GEMM_TN_ACC32(d), FG_GEMM_TN_ACC32(d + 32), FG_GEMM_TN_ACC32(d + 64),
-        FG_GEMM_TN_ACC32(d + 96)
+      : FG_WGMMA_ACC32(d), FG_WGMMA_ACC32(d + 32), FG_WGMMA_ACC32(d + 64),
+        FG_WGMMA_ACC32(d + 96)
       : "l"(desc_a), "l"(desc_b), "n"(kScaleD));
 }
-#undef FG_GEMM_TN_ACC32
 
 // Unit u in grouped order: kGroup row units walk the column tiles together, so the blocks
 // in flight at once share their rows of A and of B in L2.
