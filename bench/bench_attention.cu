@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common/median_ms.cuh"
 #include "core/cuda_utils.h"
 #include "core/tensor.h"
 #include "ops/attention/attention.h"
@@ -24,6 +25,8 @@ using fg::DType;
 using fg::Tensor;
 namespace d = fg::ops::detail;
 
+using fg::bench::median_ms;
+
 namespace {
 
 struct Shape {
@@ -32,27 +35,6 @@ struct Shape {
 
 double forward_flops(const Shape& s) {
   return 4.0 * s.B * s.H * static_cast<double>(s.T) * s.T * s.hd / 2;
-}
-
-// Median of `reps` timings (CUDA events on the fusegpt stream) after `warmup` calls.
-double median_ms(const std::function<void()>& fn, int warmup, int reps) {
-  cudaStream_t stream = fg::cuda::stream();
-  for (int i = 0; i < warmup; ++i) fn();
-  cudaEvent_t start, stop;
-  FG_CUDA_CHECK(cudaEventCreate(&start));
-  FG_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> ms(reps);
-  for (int i = 0; i < reps; ++i) {
-    FG_CUDA_CHECK(cudaEventRecord(start, stream));
-    fn();
-    FG_CUDA_CHECK(cudaEventRecord(stop, stream));
-    FG_CUDA_CHECK(cudaEventSynchronize(stop));
-    FG_CUDA_CHECK(cudaEventElapsedTime(&ms[i], start, stop));
-  }
-  FG_CUDA_CHECK(cudaEventDestroy(start));
-  FG_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2];
 }
 
 struct Buffers {
@@ -149,7 +131,7 @@ int main(int argc, char** argv) {
             else
               d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse, var);
           };
-          const double ms = median_ms(run, 3, reps);
+          const double ms = median_ms([&](int) { run(); }, 3, reps);
           const double tflops = (backward ? 2.5 : 1.0) * flops / (ms * 1e-3) / 1e12;
           if (var == 0) default_ms[backward] = ms;
           md << "| " << shape_cell(s) << " | " << (backward ? "backward" : "forward") << " | "
@@ -174,16 +156,16 @@ int main(int argc, char** argv) {
       Buffers b = make_buffers(s);
       d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse);
       const double fwd_simple = median_ms(
-          [&] { d::attention_forward_cuda_simple(b.q, b.k, b.v, b.fwd.out, b.fwd.lse); }, 1, 5);
+          [&](int) { d::attention_forward_cuda_simple(b.q, b.k, b.v, b.fwd.out, b.fwd.lse); }, 1, 5);
       const double fwd_flash = median_ms(
-          [&] { d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse); }, 3, reps);
+          [&](int) { d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse); }, 3, reps);
       const double bwd_simple = median_ms(
-          [&] {
+          [&](int) {
             d::attention_backward_cuda_simple(b.dout, b.q, b.k, b.v, b.fwd.out, b.fwd.lse, b.grads);
           },
           1, 5);
       const double bwd_flash = median_ms(
-          [&] {
+          [&](int) {
             d::flash_attention_backward_cuda(b.dout, b.q, b.k, b.v, b.fwd.out, b.fwd.lse, b.grads);
           },
           3, reps);

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common/median_ms.cuh"
 #include "core/cuda_utils.h"
 #include "core/tensor.h"
 #include "ops/gemm/gemm.h"
@@ -29,6 +30,8 @@ using fg::Device;
 using fg::DType;
 using fg::Tensor;
 using fg::ops::detail::GemmSchedule;
+
+using fg::bench::median_ms;
 
 namespace {
 
@@ -43,27 +46,6 @@ const std::vector<GemmShape> kShapes = {
     {"GPT-2 gate|up", 16384, 4096, 768},  {"GPT-2 down", 16384, 768, 2048},
     {"GPT-2 out-proj", 16384, 768, 768},
 };
-
-// Median of `reps` timings (CUDA events on the fusegpt stream) of fn(i) after `warmup` calls.
-double median_ms(const std::function<void(int)>& fn, int warmup, int reps) {
-  cudaStream_t stream = fg::cuda::stream();
-  for (int i = 0; i < warmup; ++i) fn(i);
-  cudaEvent_t start, stop;
-  FG_CUDA_CHECK(cudaEventCreate(&start));
-  FG_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> ms(reps);
-  for (int i = 0; i < reps; ++i) {
-    FG_CUDA_CHECK(cudaEventRecord(start, stream));
-    fn(warmup + i);
-    FG_CUDA_CHECK(cudaEventRecord(stop, stream));
-    FG_CUDA_CHECK(cudaEventSynchronize(stop));
-    FG_CUDA_CHECK(cudaEventElapsedTime(&ms[i], start, stop));
-  }
-  FG_CUDA_CHECK(cudaEventDestroy(start));
-  FG_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2];
-}
 
 // max |x - y| / max |y| and ||x - y|| / ||y|| of two bf16 GPU matrices, on the host.
 std::pair<double, double> differences(const Tensor& x, const Tensor& y) {
