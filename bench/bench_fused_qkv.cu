@@ -22,6 +22,7 @@
 #include "core/tensor.h"
 #include "ops/add/add.h"
 #include "ops/gemm/gemm.h"
+#include "ops/gemm/gemm_hopper.h"
 #include "ops/linear/linear.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rmsnorm_qkv_rope/rmsnorm_qkv_rope.h"
@@ -230,18 +231,31 @@ Row bench_shape(const BenchShape& s, Timer& timer, std::vector<Stage>& stages) {
     ops::detail::rmsnorm_rows_forward(rows2d(at(x, i)), rows2d(at(res, i)), g, cfg.eps, h_t, n_t,
                                       rstd_t);
   });
-  stage("fwd GEMM q|k + GEMM v (bias epilogue)", 0, gemm_flops, [&](int i) {
+  stage("fwd GEMM q|k + GEMM v (bias epilogue; cuBLASLt, off Hopper)", 0, gemm_flops, [&](int i) {
     ops::gemm(rows2d(at(x, i)), false, w.slice(0, 0, qk), true, qk_t, 1.0, 0.0,
               s.bias ? bias.slice(0, 0, qk) : Tensor());
     ops::gemm(rows2d(at(x, i)), false, w.slice(0, qk, N), true, v_t, 1.0, 0.0,
               s.bias ? bias.slice(0, qk, N) : Tensor());
   });
-  stage("fwd rope q|k -> q, k", e2 * rows * qk * 2, 0, [&](int i) {
+  stage("fwd rope q|k -> q, k (off Hopper)", e2 * rows * qk * 2, 0, [&](int i) {
     Tensor src = at(dqkv, i).view({s.B, s.T, H + 2 * Hkv, hd});  // rotated inputs: q|k heads
     ops::detail::rope_segments(
         {{src.slice(2, 0, H), q_t, true}, {src.slice(2, H, H + Hkv), k_t, true}}, pos,
         cfg.rotary_dim, cfg.rope_theta, false);
   });
+  if (ops::detail::gemm_hopper_available()) {  // what the forward runs there instead of both
+    ops::QKVRoPEOut o;
+    o.q = q_t;
+    o.k = k_t;
+    o.v = Tensor::empty({s.B, s.T, Hkv, hd}, bf, gpu);
+    for (ops::detail::GemmSchedule schedule : ops::detail::kGemmSchedules)
+      stage(std::string("fwd Hopper GEMM, bias + RoPE epilogue -> q, k, v (") +
+                ops::detail::gemm_schedule_name(schedule) + ")",
+            0, gemm_flops, [&](int i) {
+              ops::detail::qkv_rope_projection_cuda(cfg, rows2d(at(x, i)), w, bias, pos, s.T, o,
+                                                    schedule);
+            });
+  }
   stage("bwd pack [rope^-1 dq | rope^-1 dk | dv] + dbias", e2 * rows * N * 2, 0, [&](int i) {
     Tensor heads = at(dqkv, i).view({s.B, s.T, H + 2 * Hkv, hd});
     ops::detail::rope_segments({{at(dq, i), heads.slice(2, 0, H), true},

@@ -82,10 +82,14 @@ void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const T
   }
   FG_CHECK(M < (int64_t{1} << 31) && N < (int64_t{1} << 31) && K < (int64_t{1} << 31), op, ": ",
            a.shape_str(), " @ ", b.shape_str(), "^T is too large");
+  if (M == 0 || N == 0) return;
+  FG_CHECK(c.strides()[0] % 8 == 0 && reinterpret_cast<uintptr_t>(c.raw_data()) % 16 == 0, op,
+           ": c ", c.describe(), " must start 16-byte aligned with a row stride that is a ",
+           "multiple of 8 elements (TMA stores it)");
   const Tensor bias_c = bias.defined() ? bias.contiguous() : Tensor();  // packed (N)
-  const hopper::StoreBf16 epi{c.data<bf16>(), c.strides()[0], static_cast<int>(M),
-                              static_cast<int>(N),
-                              bias_c.defined() ? bias_c.data<bf16>() : nullptr};
+  const hopper::StoreBf16 epi{
+      hopper::kmajor_map(c.data<bf16>(), M, N, c.strides()[0], hopper::kStoreBox),
+      bias_c.defined() ? bias_c.data<bf16>() : nullptr, static_cast<int>(N)};
   const auto launch = [&]<GemmSchedule kSchedule>() {
     hopper::launch_gemm_tn<kSchedule>(a.data<bf16>(), a.strides()[0], b.data<bf16>(),
                                       b.strides()[0], static_cast<int>(M), static_cast<int>(N),
@@ -101,7 +105,6 @@ void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const T
     case GemmSchedule::kPingPong2Cta:
       return launch.operator()<GemmSchedule::kPingPong2Cta>();
   }
-  FG_CHECK(false, op, ": unknown schedule ", static_cast<int>(schedule));
 }
 
 }  // namespace fg::ops::detail

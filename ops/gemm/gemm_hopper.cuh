@@ -1,8 +1,8 @@
 // A Hopper (sm_90a) bf16 GEMM with a pluggable epilogue: acc = A B^T in fp32, A (M, K) and
 // B (N, K) both row-major ("TN": both K-major, the layout wgmma reads without transposes),
-// each finished tile handed to a functor in 64-value row segments of 256 columns, so that
-// bias, RoPE or SwiGLU can be fused into the write. Include from .cu files only (device code
-// and a host launcher).
+// each finished tile handed to an epilogue functor that changes it in fp32 registers (bias,
+// RoPE, ...) and stores it, rounded to bf16 and staged in shared memory, by TMA. Include from
+// .cu files only (device code and a host launcher).
 //
 // Warp-specialized and persistent, as CUTLASS's sm90 kernels and FlashAttention-3: one block
 // per SM walks the output tiles (grouped order, for L2); warpgroup 0 is the producer, whose
@@ -17,6 +17,10 @@
 // - 2-CTA: either of the above in clusters of two blocks on row tiles m, m + 1 of one column
 //   tile; each block loads half of the B tile and multicasts it into both, halving B's
 //   traffic from L2 (CUTLASS's cluster shape 2x1x1).
+// Each consumer stages its finished 64 x 256 tile in its own shared buffer and one of its
+// threads stores it by TMA in 64 x 64 boxes: the copy engine writes whole sectors, which
+// 4-byte stores from the fragments did not (at K = 768 that took the GEMM from 0.7-0.9x
+// cuBLASLt to 0.96-1.10x, bench/RESULTS.md).
 #pragma once
 
 #include <cuda.h>
@@ -43,6 +47,9 @@ constexpr int kWarpgroup = 128;
 constexpr int kThreads = 3 * kWarpgroup;                // producer + two consumers
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128*40 + 256*232 <= 64K
 constexpr int kTileBytesB = kBlockN * kBlockK * 2;      // 32 KB
+constexpr int kStoreBox = 64;                           // TMA store boxes: 64 x 64 bf16
+constexpr int kOutTileBytes = 64 * kBlockN * 2;         // a consumer's staged 64 x 256 tile
+static_assert(kStoreBox == kBlockK, "output maps are made by kmajor_map: boxes kBlockK wide");
 constexpr int kSmemLimit = 227 * 1024;                  // per block, on sm_90
 
 // Sizes that follow from the schedule. A "unit" is what one cluster computes per step of the
@@ -57,12 +64,13 @@ struct ScheduleConfig {
   static constexpr int kBlockM = kPingPong ? 64 : 128;  // rows of a block's tile
   static constexpr int kTileBytesA = kBlockM * kBlockK * 2;
   static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // 48 KB; ping-pong 40 KB
-  static constexpr int kStages = kPingPong ? 5 : 4;              // what fits in 227 KB
+  static constexpr int kStages = kPingPong ? 4 : 3;  // what fits in 227 KB beside the outputs
+  static constexpr int kOutOffset = kStages * kStageBytes;  // then each consumer's out tile
   // Arrivals that free a stage: one per consumer warp that read it, in every block of the
   // cluster (a block's B half lands in its peer's ring too, so its producer must wait for both).
   static constexpr int kReleaseArrivals = (kPingPong ? 4 : 8) * kCluster;
   static constexpr int kGroupUnits = kGroupRows / (kBlockM * kCluster);
-  static constexpr int kBarrierOffset = kStages * kStageBytes;
+  static constexpr int kBarrierOffset = kOutOffset + 2 * kOutTileBytes;
   static constexpr int kSmemBytes = kBarrierOffset + 2 * kStages * 8 + 1024;  // + to align
   static_assert(kTileBytesA % 1024 == 0 && kStageBytes % 1024 == 0 &&
                     kTileBytesB / kCluster % 1024 == 0,
@@ -75,44 +83,49 @@ struct Problem {
   int units_m, tiles_n, k_tiles;  // units_m: row units of kCluster * kBlockM rows
 };
 
-// The plain epilogue: c[row, col] = bf16(acc + bias[col]) for row < M, col < N; bias may be
-// null. A row's 64 values go out as 4-byte pairs when they all lie inside N and c's row and
-// bias allow it (every tile but the last column tile, for even N); else one by one.
-struct StoreBf16 {
-  bf16* c;
-  int64_t ldc;
-  int M, N;
-  const bf16* bias;  // (N) or null
+// The box of shared memory at src (64 x 64 bf16, 128-byte rows, 128-byte swizzle) stored by
+// TMA into `map` at (inner, outer) = (column, row), in this thread's bulk group; the parts
+// outside the tensor are not written.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int inner,
+                                             int outer) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(map),
+      "r"(src), "r"(inner), "r"(outer)
+      : "memory");
+#endif
+}
 
-  // v[2j], v[2j + 1]: columns col0 + 8j and col0 + 8j + 1 of `row` (see gemm_tn_kernel).
-  __device__ __forceinline__ void operator()(int row, int col0, const float (&v)[64]) const {
-    if (row >= M) return;
-    bf16* out = c + row * ldc;
-    const bool aligned =
-        ((reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(bias)) & 3) == 0;
-    if (aligned && col0 + 8 * 31 + 1 < N) {
+// An epilogue has two members, both __forceinline__ (a call would serialize the wgmma
+// pipeline):
+// - apply(row, col0, v): one row segment of a tile in fp32, changed in place before it is
+//   rounded to bf16; v[2j] and v[2j + 1] are columns col0 + 8j and col0 + 8j + 1. Rows past
+//   M come too (their values are dropped; apply must not read past its tables for them).
+// - store(box, row0, col0): TMA-stores (tma_store_2d) the bf16 64 x 64 box at shared address
+//   `box`, rows row0.., columns col0.. of the product, or nothing for columns past it.
+
+// The plain epilogue: c = bf16(acc + bias), c (M, N) clipped by TMA at its edges.
+struct StoreBf16 {
+  CUtensorMap c_map;  // c, in kStoreBox x kStoreBox boxes (kmajor_map)
+  const bf16* bias;   // (N) or null
+  int N;
+
+  __device__ __forceinline__ void apply(int, int col0, float (&v)[64]) const {
+    if (bias == nullptr) return;
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        const int col = col0 + 8 * j;
-        float x = v[2 * j], y = v[2 * j + 1];
-        if (bias != nullptr) {
-          const uint32_t b = *reinterpret_cast<const uint32_t*>(bias + col);
-          x += __uint_as_float(b << 16);
-          y += __uint_as_float(b & 0xffff0000u);
-        }
-        const __nv_bfloat162 pair = __floats2bfloat162_rn(x, y);
-        *reinterpret_cast<uint32_t*>(out + col) = *reinterpret_cast<const uint32_t*>(&pair);
-      }
-      return;
-    }
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {  // the edge of N, odd N, or rows that start on odd elements
-      const int col = col0 + 8 * (i / 2) + i % 2;
-      if (col < N) {
-        const float b = bias != nullptr ? bf16_to_float(bias[col]) : 0.f;
-        out[col].bits = __bfloat16_as_ushort(__float2bfloat16_rn(v[i] + b));
+    for (int j = 0; j < 32; ++j) {
+      const int col = col0 + 8 * j;
+      if (col + 1 < N) {  // col is even: a 4-byte pair
+        const uint32_t b = *reinterpret_cast<const uint32_t*>(bias + col);
+        v[2 * j] += __uint_as_float(b << 16);
+        v[2 * j + 1] += __uint_as_float(b & 0xffff0000u);
+      } else if (col < N) {
+        v[2 * j] += bf16_to_float(bias[col]);
       }
     }
+  }
+  __device__ __forceinline__ void store(uint32_t box, int row0, int col0) const {
+    tma_store_2d(&c_map, box, col0, row0);
   }
 };
 
@@ -280,9 +293,8 @@ struct RingPos {
 // Per tile, each consumer thread holds 2 rows x 64 floats of an m64n256 accumulator: rows
 // r = m0 + 64 * consumer (cooperative; 0 in ping-pong, where a tile is 64 rows) + 16 * warp
 // + lane / 4 and r + 8, columns n0 + 8j + 2 * (lane % 4) + {0, 1} for j = 0..31; it calls
-// epi(row, col0, v) once per row with col0 = n0 + 2 * (lane % 4), v[2j] and v[2j + 1] at
-// columns col0 + 8j and col0 + 8j + 1. Epi::operator() should be __forceinline__: a call
-// would serialize the wgmma pipeline.
+// epi.apply(row, col0, v) once per row with col0 = n0 + 2 * (lane % 4), v[2j] and v[2j + 1]
+// at columns col0 + 8j and col0 + 8j + 1, and one of its threads epi.store once per box.
 //
 // Synchronization, every wait with the arrivals that end it:
 // - full[s] (count 1 + bytes): the producer's arrive.expect_tx of the whole stage, and the
@@ -306,6 +318,9 @@ struct RingPos {
 //   after its own turn c completed, which needs 1 - c's bar.sync on the first arrival done.
 //   The last arrival of the block (on the turn of a consumer with no tiles left) is never
 //   waited for, harmless at exit.
+// - Output buffers, named barrier 3 + consumer (its 128 threads): the thread that issued
+//   the previous tile's stores waits for their reads of the buffer (bulk wait_group.read),
+//   then all sync, write, fence and sync again before it issues the next stores.
 // - 2-CTA: a cluster barrier after the inits (the peer's barriers must exist before a
 //   multicast or a remote arrival reaches them); at the end the producer waits for the last
 //   kStages releases, so no peer still arrives on this block's barriers after it exits
@@ -456,22 +471,49 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait<0>();
     release(prev);
 
-    // Epilogue, straight from registers: acc[4j + e] is row + 8 * (e / 2), column 8j + 2 *
-    // (lane % 4) + e % 2; meanwhile the producer fills the ring for the next tile and, in
-    // ping-pong, the other consumer's wgmmas run.
-    const int row = m0 + (C::kPingPong ? 0 : consumer * 64) + warp * 16 + lane / 4,
-              col0 = n0 + 2 * (lane % 4);
+    // Epilogue, meanwhile the producer fills the ring for the next tile and, in ping-pong,
+    // the other consumer's wgmmas run. acc[4j + e] is row r + 8 * (e / 2), column 8j + 2 *
+    // (lane % 4) + e % 2 of the consumer's 64 rows (r = 16 * warp + lane / 4); the bf16
+    // pairs go to the buffer as four 64 x 64 boxes of 128-byte rows, chunk c of row r at
+    // chunk c ^ (r % 8) (the 128-byte swizzle the TMA store reads; a warp's 4-byte writes
+    // of one j hit 32 banks). The previous tile's stores must have read the buffer first.
+    const uint32_t out = ring + C::kOutOffset + consumer * kOutTileBytes;
+    const bool leader = threadIdx.x % kWarpgroup == 0;
+    const int out_bar = 3 + consumer;  // named barrier of this consumer's 128 threads
+    const int row0 = m0 + (C::kPingPong ? 0 : consumer * 64);
+    if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+    named_sync(out_bar, kWarpgroup);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
+      const int r = warp * 16 + lane / 4 + 8 * half;  // r % 8 = lane / 4
       float v[64];
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         v[2 * j] = acc[4 * j + 2 * half];
         v[2 * j + 1] = acc[4 * j + 2 * half + 1];
       }
-      epi(row + 8 * half, col0, v);
+      epi.apply(row0 + r, n0 + 2 * (lane % 4), v);
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+        const uint32_t addr = out + (j / 8) * (kStoreBox * 128) + r * 128 +
+                              (((j % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
+        asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
+                     "r"(*reinterpret_cast<const uint32_t*>(&pair))
+                     : "memory");
+      }
+    }
+    fence_proxy_async();  // the buffer's writes, visible to the copy engine
+    named_sync(out_bar, kWarpgroup);
+    if (leader) {
+#pragma unroll
+      for (int box = 0; box < kBlockN / kStoreBox; ++box)
+        epi.store(out + box * (kStoreBox * 128), row0, n0 + box * kStoreBox);
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
     }
   }
+  // The last stores read shared memory before the block exits.
+  if (threadIdx.x % kWarpgroup == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
 #else
   __trap();  // not an sm_90a build: gemm_tn_runs() keeps launch_gemm_tn away
 #endif
@@ -522,7 +564,8 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // A (rows, cols) bf16 matrix with row stride ld read in (box_rows, kBlockK) boxes,
-// 128-byte swizzle; out of bounds reads as zeros.
+// 128-byte swizzle; out of bounds reads as zeros. Also the epilogues' output maps (box_rows
+// kStoreBox), whose stores clip at the edges.
 inline CUtensorMap kmajor_map(const bf16* base, int64_t rows, int64_t cols, int64_t ld,
                               int box_rows) {
   CUtensorMap map;

@@ -34,8 +34,8 @@ std::optional<GemmSchedule> gemm_schedule_from_name(std::string_view name);
 bool gemm_hopper_available();
 
 // c = a @ b^T (+ bias), fp32 sums rounded to bf16 once. a (M, K), b (N, K), c (M, N), bias
-// (N) or undefined: bf16 on the current CUDA device, rows contiguous; a and b 16-byte
-// aligned with row strides (and K) multiples of 8 elements.
+// (N) or undefined: bf16 on the current CUDA device, rows contiguous; a, b and c 16-byte
+// aligned with row strides (and K) multiples of 8 elements (TMA loads and stores them).
 void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c,
                       const Tensor& bias = Tensor(),
                       GemmSchedule schedule = GemmSchedule::kCooperative);

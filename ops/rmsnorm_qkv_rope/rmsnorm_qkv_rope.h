@@ -4,7 +4,10 @@
 // per-row rstd and recomputes n.
 #pragma once
 
+#include <optional>
+
 #include "core/tensor.h"
+#include "ops/gemm/gemm_hopper.h"
 
 namespace fg::ops {
 
@@ -51,5 +54,18 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
                                        const Tensor& positions, const Tensor& norm_weight,
                                        const Tensor& wqkv, const Tensor& dwqkv_into = Tensor(),
                                        bool dwqkv_add = false);
+
+namespace detail {
+// The projection with bias and RoPE as one Hopper GEMM whose epilogue writes
+// out.q, out.k and out.v, from n (B*T, D) contiguous and wqkv contiguous. Returns
+// false, having done nothing, where it does not apply: not bf16, not a Hopper GPU
+// with an sm_90a build, head_dim other than 64 or 128, rotary_dim other than
+// head_dim or head_dim / 2, operands not 16-byte aligned. `schedule`: the GEMM's; by
+// default the one that measured fastest for the hidden size (bench_fused_qkv times each).
+bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const Tensor& wqkv,
+                              const Tensor& bias, const Tensor& positions, int64_t T,
+                              const QKVRoPEOut& out,
+                              std::optional<GemmSchedule> schedule = std::nullopt);
+}  // namespace detail
 
 }  // namespace fg::ops

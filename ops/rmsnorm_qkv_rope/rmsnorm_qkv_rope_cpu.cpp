@@ -103,19 +103,26 @@ QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
                                norm_weight.contiguous(), cfg.eps,
                                cfg.add_residual ? out.h : Tensor(), n, out.rstd);
 
-  // The projection in two products over the rows of wqkv: q|k rows (B*T, (H + Hkv) hd),
-  // dropped on return, and v written straight into its output (nothing to rotate).
   Tensor w = wqkv.contiguous(), b = cfg.use_bias ? bias.contiguous() : Tensor();
+  out.q = Tensor::empty({B, T, H, hd}, dt, dev);
+  out.k = Tensor::empty({B, T, Hkv, hd}, dt, dev);
+  out.v = Tensor::empty({B, T, Hkv, hd}, dt, dev);
+#ifdef FG_CUDA
+  // On Hopper: one GEMM whose epilogue adds the bias, rotates and writes q, k, v.
+  if (dev.is_cuda() &&
+      detail::qkv_rope_projection_cuda(cfg, n, w, b, positions.contiguous(), T, out))
+    return out;
+#endif
+
+  // Otherwise the projection in two products over the rows of wqkv: q|k rows
+  // (B*T, (H + Hkv) hd), dropped on return, and v written straight into its output.
   auto bias_of = [&](int64_t from, int64_t to) { return b.defined() ? b.slice(0, from, to) : b; };
   Tensor qk = Tensor::empty({rows, qk_dim}, dt, dev);
   gemm(n, false, w.slice(0, 0, qk_dim), true, qk, 1.0, 0.0, bias_of(0, qk_dim));
-  out.v = Tensor::empty({B, T, Hkv, hd}, dt, dev);
   gemm(n, false, w.slice(0, qk_dim, qkv_dim), true, out.v.view({rows, Hkv * hd}), 1.0, 0.0,
        bias_of(qk_dim, qkv_dim));
 
   // One segment pass rotates the q|k rows into q and k.
-  out.q = Tensor::empty({B, T, H, hd}, dt, dev);
-  out.k = Tensor::empty({B, T, Hkv, hd}, dt, dev);
   Tensor heads = qk.view({B, T, H + Hkv, hd});
   detail::rope_segments(
       {{heads.slice(2, 0, H), out.q, true}, {heads.slice(2, H, H + Hkv), out.k, true}},

@@ -85,16 +85,16 @@ TEST_P(GemmHopper, MatchesCublasLt) {
     for (bool wide : {false, true}) check(shape, schedule, with_bias, wide);
 }
 
-// Odd shapes (edges in M, N and K; odd N), one exact tile, k tiles fewer and more than the
-// ring's stages, and more tiles than SMs with k tiles not a multiple of the stages (blocks walk
-// several tiles; the ring's phases wrap mid-tile; ping-pong blocks end on either consumer).
-// With 2-CTA clusters, odd row-tile counts leave a block's rows wholly past M, and N <= 128
-// or a last column tile of <= 128 columns leaves its half of B wholly past N.
+// Odd shapes (edges in M, N and K; N a multiple of 8, as the TMA store needs), one exact tile, k
+// tiles fewer and more than the ring's stages, and more tiles than SMs with k tiles not a multiple
+// of the stages (blocks walk several tiles; the ring's phases wrap mid-tile; ping-pong blocks end
+// on either consumer). With 2-CTA clusters, odd row-tile counts leave a block's rows wholly past M,
+// and N <= 128 or a last column tile of <= 128 columns leaves its half of B wholly past N.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GemmHopper,
-    ::testing::Combine(::testing::Values(Case{1, 1, 8}, Case{127, 255, 72}, Case{128, 256, 64},
+    ::testing::Combine(::testing::Values(Case{1, 8, 8}, Case{127, 248, 72}, Case{128, 256, 64},
                                          Case{300, 520, 1000}, Case{1000, 2304, 768},
-                                         Case{2100, 4100, 328}, Case{77, 333, 8},
+                                         Case{2100, 4104, 328}, Case{77, 328, 8},
                                          Case{4100, 2304, 768}, Case{520, 1000, 4096}),
                        ::testing::ValuesIn(fg::ops::detail::kGemmSchedules)),
     [](const auto& info) {
@@ -105,8 +105,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(GemmHopperEdge, PerturbedResultFailsTheCheck) {
   FG_REQUIRE_HOPPER();
   Generator gen(7);
-  Tensor a = operand(127, 72, gen, false), b = operand(255, 72, gen, false);
-  Tensor c = Tensor::empty({127, 255}, DType::BF16, Device::cuda(0));
+  Tensor a = operand(127, 72, gen, false), b = operand(248, 72, gen, false);
+  Tensor c = Tensor::empty({127, 248}, DType::BF16, Device::cuda(0));
   gemm_hopper_bf16(a, b, c);
   const Tensor ref = reference(a, b, Tensor());
   ASSERT_TRUE(close_rel(c, ref, kTolerance));
@@ -119,16 +119,21 @@ TEST(GemmHopperEdge, ErrorsNameTheProblem) {
   Generator gen(3);
   const Device gpu = Device::cuda(0);
   Tensor a = Tensor::randn({4, 12}, gen, DType::BF16, gpu),
-         b = Tensor::randn({5, 12}, gen, DType::BF16, gpu);
-  Tensor c = Tensor::empty({4, 5}, DType::BF16, gpu);
-  EXPECT_FG_ERROR(gemm_hopper_bf16(a, b, c), "must be a multiple of 8");
+         b = Tensor::randn({8, 12}, gen, DType::BF16, gpu);
+  Tensor c = Tensor::empty({4, 8}, DType::BF16, gpu);
+  EXPECT_FG_ERROR(gemm_hopper_bf16(a, b, c), "K = 12 must be a multiple of 8");
   Tensor wide = Tensor::randn({4, 24}, gen, DType::BF16, gpu);
   // a starts 8 bytes into its rows' storage
   EXPECT_FG_ERROR(gemm_hopper_bf16(wide.slice(1, 4, 20), wide.slice(1, 0, 16), c.slice(1, 0, 4)),
-                  "16-byte aligned");
+                  "a and b must start 16-byte aligned");
+  // c's rows 5 elements apart: not TMA boxes
+  EXPECT_FG_ERROR(
+      gemm_hopper_bf16(wide.slice(1, 0, 16), Tensor::randn({5, 16}, gen, DType::BF16, gpu),
+                       Tensor::empty({4, 5}, DType::BF16, gpu)),
+      "multiple of 8 elements (TMA stores it)");
   EXPECT_FG_ERROR(gemm_hopper_bf16(wide.slice(1, 0, 16), wide.slice(1, 0, 8), c),
                   "a is (4, 16) but b is (4, 8)");
-  EXPECT_FG_ERROR(gemm_hopper_bf16(wide, Tensor::zeros({5, 24}, DType::F32, gpu), c),
+  EXPECT_FG_ERROR(gemm_hopper_bf16(wide, Tensor::zeros({8, 24}, DType::F32, gpu), c),
                   "b is f32 but expected bf16");
 }
 
