@@ -522,7 +522,9 @@ TEST_P(RMSNormQKVRoPECuda, ForwardKeepsOnlyItsOutputs) {
 // Odd row counts throughout; hidden sizes 128 to 8192; head dims 64 and 128 (16-byte
 // kernels) and 6, 10, 32 (element-wise RoPE); GQA and MHA; full, partial (with
 // pass-through packs) and odd-half rotary; bias and residual on and off; shared and
-// per-batch positions with offsets into the thousands.
+// per-batch positions with offsets into the thousands. On Hopper, head dims 64 and 128 with
+// rotary_dim = head_dim or head_dim / 2 take the projection's GEMM epilogue (ping-pong at
+// hidden <= 1024, cooperative above: both run here); the others the composed path.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, RMSNormQKVRoPECuda,
     ::testing::Values(FusedCase{2, 37, 3, 1, 6, 4, true, true, false, 7},
@@ -536,7 +538,8 @@ INSTANTIATE_TEST_SUITE_P(
                       FusedCase{2, 21, 6, 3, 64, 20, false, true, false, 1000},   // odd half
                       FusedCase{3, 43, 12, 12, 64, 64, true, true, false, 2},     // GPT-2 heads
                       FusedCase{2, 9, 32, 8, 128, 128, true, false, true, 4090},  // D 4096 GQA
-                      FusedCase{1, 7, 64, 8, 128, 128, true, true, false, 123}),  // D 8192
+                      FusedCase{1, 7, 64, 8, 128, 128, true, true, false, 123},   // D 8192
+                      FusedCase{2, 70, 20, 4, 64, 32, true, true, false, 11}),    // D 1280, r hd/2
     case_name);
 
 TEST(RMSNormQKVRoPECudaErrors, PositionsOnTheWrongDevice) {
