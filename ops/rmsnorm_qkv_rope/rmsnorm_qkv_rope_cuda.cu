@@ -138,8 +138,10 @@ bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const T
   const auto aligned16 = [](const Tensor& t) {
     return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0;
   };
-  if (!shape_ok || n.dtype() != DType::BF16 || D % 8 != 0 || n.size(0) >= (int64_t{1} << 31) ||
-      !aligned16(n) || !aligned16(wqkv) || !gemm_hopper_available())
+  // No rows: nothing for a GEMM (and no tensor map of zero rows); the composed path returns.
+  if (!shape_ok || n.dtype() != DType::BF16 || D % 8 != 0 || n.size(0) == 0 ||
+      n.size(0) >= (int64_t{1} << 31) || !aligned16(n) || !aligned16(wqkv) ||
+      !gemm_hopper_available())
     return false;
   const int64_t P = positions.numel();
   Tensor table = Tensor::empty({P, 2 * half}, DType::F32, n.device());  // (cos, sin) pairs
