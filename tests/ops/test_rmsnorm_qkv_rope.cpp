@@ -11,6 +11,7 @@
 #include "autograd/functions.h"
 #include "ops/add_rmsnorm/add_rmsnorm.h"
 #include "ops/gemm/gemm.h"
+#include "ops/gemm/gemm_hopper.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rmsnorm_qkv_rope/rmsnorm_qkv_rope.h"
 #include "ops/rope/rope.h"
@@ -550,5 +551,43 @@ TEST(RMSNormQKVRoPECudaErrors, PositionsOnTheWrongDevice) {
                                            g.residual, g.norm_weight, g.wqkv, g.bias),
                   "rmsnorm_qkv_rope: positions is on cpu but the activations are on cuda:0");
 }
+
+#ifdef FG_CUDA
+// The Hopper projection (bias + RoPE in the GEMM's epilogue) gives the same bits in every GEMM
+// schedule: each output is the same sequence of fp32 wgmma sums whichever warpgroup, block or
+// cluster computes it. The forward runs one schedule per hidden size (Bf16MatchesCpu checks
+// it against the CPU); this covers the others, which bench_fused_qkv times.
+TEST(RMSNormQKVRoPEHopper, EveryScheduleProjectsTheSameBits) {
+  FG_REQUIRE_GPU();
+  if (!fg::ops::detail::gemm_hopper_available())
+    GTEST_SKIP() << "not a Hopper GPU, or no sm_90a build";
+  for (const FusedCase& c : {FusedCase{2, 70, 20, 4, 64, 32, true, true, false, 11},
+                             FusedCase{3, 43, 12, 12, 64, 64, true, false, true, 2},
+                             FusedCase{2, 9, 32, 8, 128, 128, true, true, true, 4090}}) {
+    SCOPED_TRACE(case_name({c, 0}));
+    const QKVRoPEConfig cfg = config_of(c);
+    FusedInputs g = make_inputs(c, DType::BF16, Device::cuda(0), 21);
+    const Tensor n = g.x.view({c.B * c.T, cfg.hidden_dim});  // any bf16 rows stand in for n
+    std::vector<std::vector<double>> first;
+    for (fg::ops::detail::GemmSchedule schedule : fg::ops::detail::kGemmSchedules) {
+      SCOPED_TRACE(fg::ops::detail::gemm_schedule_name(schedule));
+      fg::ops::QKVRoPEOut out;
+      out.q = Tensor::full({c.B, c.T, c.H, c.hd}, NAN, DType::BF16, Device::cuda(0));
+      out.k = Tensor::full({c.B, c.T, c.Hkv, c.hd}, NAN, DType::BF16, Device::cuda(0));
+      out.v = Tensor::full({c.B, c.T, c.Hkv, c.hd}, NAN, DType::BF16, Device::cuda(0));
+      ASSERT_TRUE(fg::ops::detail::qkv_rope_projection_cuda(cfg, n, g.wqkv, g.bias, g.positions,
+                                                            c.T, out, schedule));
+      const std::vector<std::vector<double>> got = {out.q.to_vector(), out.k.to_vector(),
+                                                    out.v.to_vector()};
+      for (const auto& t : got)
+        for (double e : t) ASSERT_TRUE(std::isfinite(e)) << "an output left unwritten";
+      if (first.empty())
+        first = got;
+      else
+        EXPECT_EQ(got, first);
+    }
+  }
+}
+#endif  // FG_CUDA
 
 }  // namespace
