@@ -19,8 +19,8 @@
 //   traffic from L2 (CUTLASS's cluster shape 2x1x1).
 // Each consumer stages its finished 64 x 256 tile in its own shared buffer and one of its
 // threads stores it by TMA in 64 x 64 boxes: the copy engine writes whole sectors, which
-// 4-byte stores from the fragments did not (at K = 768 that took the GEMM from 0.7-0.9x
-// cuBLASLt to 0.96-1.10x, bench/RESULTS.md).
+// 4-byte stores from the fragments did not (at K = 768 that took the best schedule from
+// 0.82-0.94x cuBLASLt to 1.02-1.23x; bench/RESULTS.md, "Hopper GEMM").
 #pragma once
 
 #include <cuda.h>
