@@ -1,7 +1,9 @@
 // Causal attention benchmark: forward and backward TFLOP/s of every flash
 // tiling (bf16; forward FLOPs 4*B*H*T^2*hd/2, backward 2.5x that) at 16k
 // tokens per call, and the simple kernel against the flash default at a small
-// shape, both measured in this run. Prints markdown; --out FILE writes it too.
+// shape, both measured in this run. What is compared is timed interleaved
+// (bench/common/gpu_timer.cuh): the tilings of a pass, and simple with flash.
+// Prints markdown; --out FILE writes it too.
 //   bench_attention [--out FILE] [--commit HASH] [--reps N]
 #include <cuda_runtime.h>
 
@@ -15,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/common/median_ms.cuh"
+#include "bench/common/gpu_timer.cuh"
 #include "core/cuda_utils.h"
 #include "core/tensor.h"
 #include "ops/attention/attention.h"
@@ -24,8 +26,6 @@ using fg::Device;
 using fg::DType;
 using fg::Tensor;
 namespace d = fg::ops::detail;
-
-using fg::bench::median_ms;
 
 namespace {
 
@@ -102,7 +102,8 @@ int main(int argc, char** argv) {
     std::ostringstream md;
     md << "# Causal attention (bf16): flash kernels\n\n"
        << "GPU: " << prop.name << ", commit " << commit << ", " << date << ". Median of " << reps
-       << " runs (CUDA events). TFLOP/s counts causal FLOPs: "
+       << " runs (CUDA events) after 3; what is compared (the tilings of a pass, simple and "
+       << "flash) interleaved run by run. TFLOP/s counts causal FLOPs: "
        << "forward 4*B*H*T^2*hd/2, backward 2.5x forward. Backward includes the D = "
        << "rowsum(dO*O) pass, zeroing the f32 dq buffer and its conversion to bf16. "
        << "`*` marks the default tiling.\n\n"
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
         {4, 4096, 16, 16, 128}, {16, 1024, 16, 16, 128}, {4, 4096, 32, 32, 64},
         {16, 1024, 32, 32, 64}, {4, 4096, 32, 8, 128},   {16, 1024, 12, 12, 64},
     };
+    const fg::bench::GpuTimer timer(3, reps);
     for (const Shape& s : shapes) {
       Buffers b = make_buffers(s);
       const double flops = forward_flops(s);
@@ -123,15 +125,19 @@ int main(int argc, char** argv) {
       for (int backward = 0; backward < 2; ++backward) {
         // The backward reads the forward's out and lse (default tiling).
         d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse);
-        for (int var = 0; var < d::flash_attention_variant_count(hd, backward); ++var) {
-          auto run = [&] {
+        const int variants = d::flash_attention_variant_count(hd, backward);
+        std::vector<std::function<void(int)>> tilings;
+        for (int var = 0; var < variants; ++var)
+          tilings.push_back([&, var, backward](int) {
             if (backward)
               d::flash_attention_backward_cuda(b.dout, b.q, b.k, b.v, b.fwd.out, b.fwd.lse, b.grads,
                                                var);
             else
               d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse, var);
-          };
-          const double ms = median_ms([&](int) { run(); }, 3, reps);
+          });
+        const std::vector<double> tiling_ms = timer.median_ms(tilings);
+        for (int var = 0; var < variants; ++var) {
+          const double ms = tiling_ms[var];
           const double tflops = (backward ? 2.5 : 1.0) * flops / (ms * 1e-3) / 1e12;
           if (var == 0) default_ms[backward] = ms;
           md << "| " << shape_cell(s) << " | " << (backward ? "backward" : "forward") << " | "
@@ -148,27 +154,24 @@ int main(int argc, char** argv) {
               << fmt("%.3f", default_ms[0]) << " | " << fmt("%.3f", default_ms[1]) << " |\n";
     }
 
-    // The simple kernel once, at a small shape.
+    // The simple kernel once, at a small shape, interleaved with flash (both passes).
     std::ostringstream simple;
     simple << "\n## Flash against the simple kernel\n\n| shape | pass | simple ms | flash ms | "
            << "speedup |\n|---|---|---:|---:|---:|\n";
     for (const Shape& s : {Shape{2, 1024, 16, 16, 128}, Shape{2, 1024, 16, 16, 64}}) {
       Buffers b = make_buffers(s);
       d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse);
-      const double fwd_simple = median_ms(
-          [&](int) { d::attention_forward_cuda_simple(b.q, b.k, b.v, b.fwd.out, b.fwd.lse); }, 1, 5);
-      const double fwd_flash = median_ms(
-          [&](int) { d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse); }, 3, reps);
-      const double bwd_simple = median_ms(
+      const std::vector<double> ms = timer.median_ms({
+          [&](int) { d::attention_forward_cuda_simple(b.q, b.k, b.v, b.fwd.out, b.fwd.lse); },
+          [&](int) { d::flash_attention_forward_cuda(b.q, b.k, b.v, b.fwd.out, b.fwd.lse); },
           [&](int) {
             d::attention_backward_cuda_simple(b.dout, b.q, b.k, b.v, b.fwd.out, b.fwd.lse, b.grads);
           },
-          1, 5);
-      const double bwd_flash = median_ms(
           [&](int) {
             d::flash_attention_backward_cuda(b.dout, b.q, b.k, b.v, b.fwd.out, b.fwd.lse, b.grads);
           },
-          3, reps);
+      });
+      const double fwd_simple = ms[0], fwd_flash = ms[1], bwd_simple = ms[2], bwd_flash = ms[3];
       simple << "| " << shape_cell(s) << " | forward | " << fmt("%.3f", fwd_simple) << " | "
              << fmt("%.3f", fwd_flash) << " | " << fmt("%.1fx", fwd_simple / fwd_flash) << " |\n"
              << "| " << shape_cell(s) << " | backward | " << fmt("%.3f", bwd_simple) << " | "

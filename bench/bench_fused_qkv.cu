@@ -1,9 +1,12 @@
 // bench_fused_qkv: the fused residual + RMSNorm + QKV + bias + RoPE layer (bf16) against
 // cuBLASLt alone and against our unfused ops, at four shapes, in one run: CUDA events,
 // the median of many repetitions, inputs rotated among buffers so a timed call never
-// finds them in L2. Prints markdown tables (the summary, then each pass with its bytes
-// or FLOPs and the rate it reached) and optionally writes them (--md) and the summary
-// as JSON (--json, read by bench/compare_torch.py).
+// finds them in L2. What is compared is timed interleaved (bench/common/gpu_timer.cuh):
+// a shape's six summary times together, the forward's passes together (on Hopper the
+// projection in each schedule with the passes it replaces), and the backward's passes
+// together with the backward alone. Prints markdown tables (the summary, then each pass
+// with its bytes or FLOPs and the rate it reached) and optionally writes them (--md) and
+// the summary as JSON (--json, read by bench/compare_torch.py).
 //
 //   bench_fused_qkv [--reps N] [--warmup N] [--shapes seed,gpt2,baby,gqa] [--md F] [--json F]
 #include <cuda_runtime.h>
@@ -18,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common/gpu_timer.cuh"
 #include "core/cuda_utils.h"
 #include "core/tensor.h"
 #include "ops/add/add.h"
@@ -32,13 +36,13 @@ using fg::Device;
 using fg::DType;
 using fg::Generator;
 using fg::Tensor;
+using fg::bench::GpuTimer;
 namespace ops = fg::ops;
 
 namespace {
 
 constexpr int64_t kRotateBytes = 256ll << 20;  // each input set rotation spans > 5x the L2
 constexpr int kMinSets = 2;
-constexpr double kSpinSeconds = 0.05;  // device head start so the host enqueues ahead
 
 struct BenchShape {
   std::string name;
@@ -53,56 +57,8 @@ const std::vector<BenchShape> kShapes = {
     {"gqa", 2, 4096, 4096, 32, 8, false},
 };
 
-// Busy-waits on the device: the host then enqueues every timed repetition before the
-// device reaches the first, so host overhead never shows as device idle time.
-__global__ void spin_kernel(long long cycles) {
-  const long long start = clock64();
-  while (clock64() - start < cycles) {
-  }
-}
-
-class Timer {
- public:
-  Timer(int warmup, int reps) : warmup_(warmup), reps_(reps) {
-    int rate_khz = 0;
-    FG_CUDA_CHECK(cudaDeviceGetAttribute(&rate_khz, cudaDevAttrClockRate, 0));
-    spin_cycles_ = static_cast<long long>(kSpinSeconds * rate_khz * 1e3);
-    events_.resize(2 * reps);
-    for (cudaEvent_t& e : events_) FG_CUDA_CHECK(cudaEventCreate(&e));
-  }
-  ~Timer() {
-    for (cudaEvent_t e : events_) cudaEventDestroy(e);
-  }
-  Timer(const Timer&) = delete;
-  Timer& operator=(const Timer&) = delete;
-
-  // Median device milliseconds of f(i), i the repetition (to rotate inputs).
-  double median_ms(const std::function<void(int)>& f) {
-    for (int i = 0; i < warmup_; ++i) f(i);
-    FG_CUDA_CHECK(cudaStreamSynchronize(fg::cuda::stream()));
-    spin_kernel<<<1, 1, 0, fg::cuda::stream()>>>(spin_cycles_);
-    FG_CUDA_CHECK(cudaGetLastError());
-    for (int i = 0; i < reps_; ++i) {
-      FG_CUDA_CHECK(cudaEventRecord(events_[2 * i], fg::cuda::stream()));
-      f(warmup_ + i);
-      FG_CUDA_CHECK(cudaEventRecord(events_[2 * i + 1], fg::cuda::stream()));
-    }
-    FG_CUDA_CHECK(cudaStreamSynchronize(fg::cuda::stream()));
-    std::vector<float> ms(reps_);
-    for (int i = 0; i < reps_; ++i)
-      FG_CUDA_CHECK(cudaEventElapsedTime(&ms[i], events_[2 * i], events_[2 * i + 1]));
-    std::sort(ms.begin(), ms.end());
-    return reps_ % 2 ? ms[reps_ / 2] : 0.5 * (ms[reps_ / 2 - 1] + ms[reps_ / 2]);
-  }
-
- private:
-  int warmup_, reps_;
-  long long spin_cycles_ = 0;
-  std::vector<cudaEvent_t> events_;
-};
-
 // Device-to-device copy bandwidth (bytes read + written per second): the memory ceiling.
-double copy_gbps(Timer& timer) {
+double copy_gbps(const GpuTimer& timer) {
   const int64_t bytes = 1ll << 30;
   Tensor a = Tensor::zeros({bytes / 4}, DType::F32, Device::cuda(0));
   Tensor b = Tensor::empty({bytes / 4}, DType::F32, Device::cuda(0));
@@ -130,7 +86,7 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-Row bench_shape(const BenchShape& s, Timer& timer, std::vector<Stage>& stages) {
+Row bench_shape(const BenchShape& s, const GpuTimer& timer, std::vector<Stage>& stages) {
   const Device gpu = Device::cuda(0);
   const DType bf = DType::BF16;
   ops::QKVRoPEConfig cfg;
@@ -170,22 +126,23 @@ Row bench_shape(const BenchShape& s, Timer& timer, std::vector<Stage>& stages) {
   Row r{};
   r.shape = s;
   // (a) the fused forward, (b) forward + backward.
-  r.fwd = timer.median_ms(
-      [&](int i) { ops::rmsnorm_qkv_rope_forward(cfg, at(x, i), pos, at(res, i), g, w, bias); });
-  r.fwd_bwd = timer.median_ms([&](int i) {
+  auto fused_forward = [&](int i) {
+    ops::rmsnorm_qkv_rope_forward(cfg, at(x, i), pos, at(res, i), g, w, bias);
+  };
+  auto fused_forward_backward = [&](int i) {
     ops::QKVRoPEOut o = ops::rmsnorm_qkv_rope_forward(cfg, at(x, i), pos, at(res, i), g, w, bias);
     ops::rmsnorm_qkv_rope_backward(cfg, at(dq, i), at(dk, i), at(dv, i), at(dh, i), o.h, o.rstd,
                                    pos, g, w);
-  });
+  };
   // (c) cuBLASLt: the QKV GEMM alone; (d) the three GEMMs of forward + backward.
   Tensor qkv_out = Tensor::empty({rows, N}, bf, gpu), dn_out = Tensor::empty({rows, D}, bf, gpu);
   Tensor dw_out = Tensor::empty({N, D}, bf, gpu);
-  r.gemm = timer.median_ms([&](int i) { ops::gemm(rows2d(at(x, i)), false, w, true, qkv_out); });
-  r.gemm3 = timer.median_ms([&](int i) {
+  auto qkv_gemm = [&](int i) { ops::gemm(rows2d(at(x, i)), false, w, true, qkv_out); };
+  auto three_gemms = [&](int i) {
     ops::gemm(rows2d(at(x, i)), false, w, true, qkv_out);
     ops::gemm(at(dqkv, i), false, w, false, dn_out);
     ops::gemm(at(dqkv, i), true, rows2d(at(x, i)), false, dw_out);
-  });
+  };
   // (e) our ops one pass each: add, rmsnorm, linear (bias in its epilogue), rope on q
   // and on k, v copied out; and backward the same way (rope backward twice, the dqkv
   // pack, linear backward, rmsnorm backward, the dh add).
@@ -199,8 +156,7 @@ Row bench_shape(const BenchShape& s, Timer& timer, std::vector<Stage>& stages) {
     Tensor v = heads.slice(2, H + Hkv, H + 2 * Hkv).contiguous();
     return std::vector<Tensor>{h, n.y, n.rstd};
   };
-  r.unfused = timer.median_ms([&](int i) { unfused_forward(i); });
-  r.unfused_fwd_bwd = timer.median_ms([&](int i) {
+  auto unfused_forward_backward = [&](int i) {
     std::vector<Tensor> f = unfused_forward(i);
     Tensor dqr = ops::rope_backward(at(dq, i), pos, cfg.rotary_dim, cfg.rope_theta);
     Tensor dkr = ops::rope_backward(at(dk, i), pos, cfg.rotary_dim, cfg.rope_theta);
@@ -211,9 +167,19 @@ Row bench_shape(const BenchShape& s, Timer& timer, std::vector<Stage>& stages) {
     ops::LinearGrads lg = ops::linear_backward(packed.view({s.B, s.T, N}), f[1], w, s.bias);
     ops::RMSNormGrads ng = ops::rmsnorm_backward(lg.dx, f[0], g, f[2]);
     ops::add_inplace(ng.dx, at(dh, i));
-  });
+  };
+  // The summary's ratios are among these six: timed together.
+  const std::vector<double> summary_ms =
+      timer.median_ms({fused_forward, fused_forward_backward, qkv_gemm, three_gemms,
+                       unfused_forward, unfused_forward_backward});
+  r.fwd = summary_ms[0];
+  r.fwd_bwd = summary_ms[1];
+  r.gemm = summary_ms[2];
+  r.gemm3 = summary_ms[3];
+  r.unfused = summary_ms[4];
+  r.unfused_fwd_bwd = summary_ms[5];
 
-  // The passes of the fused path, one by one.
+  // The passes of the fused path, a row each: the forward's timed together, then the backward's.
   Tensor h_t = Tensor::empty({rows, D}, bf, gpu), n_t = Tensor::empty({rows, D}, bf, gpu);
   Tensor rstd_t = Tensor::empty({rows}, DType::F32, gpu);
   Tensor qk_t = Tensor::empty({rows, qk}, bf, gpu), q_t = Tensor::empty({s.B, s.T, H, hd}, bf, gpu);
@@ -223,9 +189,22 @@ Row bench_shape(const BenchShape& s, Timer& timer, std::vector<Stage>& stages) {
   Tensor dx_t = Tensor::empty({rows, D}, bf, gpu), dg_t = Tensor::empty({D}, bf, gpu);
   ops::detail::rmsnorm_rows_forward(x[0], res[0], g, cfg.eps, h_t, n_t, rstd_t);
   const double gemm_flops = 2.0 * rows * D * N;
+  // stage() collects a pass; time_stages() times those collected together and records them.
+  std::vector<Stage> untimed;
+  std::vector<std::function<void(int)>> untimed_runs;
   auto stage = [&](const std::string& name, double bytes, double flops,
-                   const std::function<void(int)>& f) {
-    stages.push_back({s.name + ": " + name, timer.median_ms(f), bytes, flops});
+                   std::function<void(int)> f) {
+    untimed.push_back({s.name + ": " + name, 0, bytes, flops});
+    untimed_runs.push_back(std::move(f));
+  };
+  auto time_stages = [&] {
+    const std::vector<double> ms = timer.median_ms(untimed_runs);
+    for (size_t k = 0; k < untimed.size(); ++k) {
+      untimed[k].ms = ms[k];
+      stages.push_back(untimed[k]);
+    }
+    untimed.clear();
+    untimed_runs.clear();
   };
   stage("fwd add+rmsnorm (h, n, rstd)", e2 * rows * D * 4 + 4.0 * rows, 0, [&](int i) {
     ops::detail::rmsnorm_rows_forward(rows2d(at(x, i)), rows2d(at(res, i)), g, cfg.eps, h_t, n_t,
@@ -243,19 +222,21 @@ Row bench_shape(const BenchShape& s, Timer& timer, std::vector<Stage>& stages) {
         {{src.slice(2, 0, H), q_t, true}, {src.slice(2, H, H + Hkv), k_t, true}}, pos,
         cfg.rotary_dim, cfg.rope_theta, false);
   });
+  // The Hopper projection's outputs, declared here to outlive the timing below.
+  ops::QKVRoPEOut hopper_out;
   if (ops::detail::gemm_hopper_available()) {  // what the forward runs there instead of both
-    ops::QKVRoPEOut o;
-    o.q = q_t;
-    o.k = k_t;
-    o.v = Tensor::empty({s.B, s.T, Hkv, hd}, bf, gpu);
+    hopper_out.q = q_t;
+    hopper_out.k = k_t;
+    hopper_out.v = Tensor::empty({s.B, s.T, Hkv, hd}, bf, gpu);
     for (ops::detail::GemmSchedule schedule : ops::detail::kGemmSchedules)
       stage(std::string("fwd Hopper GEMM, bias + RoPE epilogue -> q, k, v (") +
                 ops::detail::gemm_schedule_name(schedule) + ")",
-            0, gemm_flops, [&](int i) {
-              ops::detail::qkv_rope_projection_cuda(cfg, rows2d(at(x, i)), w, bias, pos, s.T, o,
-                                                    schedule);
+            0, gemm_flops, [&, schedule](int i) {
+              ops::detail::qkv_rope_projection_cuda(cfg, rows2d(at(x, i)), w, bias, pos, s.T,
+                                                    hopper_out, schedule);
             });
   }
+  time_stages();
   stage("bwd pack [rope^-1 dq | rope^-1 dk | dv] + dbias", e2 * rows * N * 2, 0, [&](int i) {
     Tensor heads = at(dqkv, i).view({s.B, s.T, H + 2 * Hkv, hd});
     ops::detail::rope_segments({{at(dq, i), heads.slice(2, 0, H), true},
@@ -278,6 +259,7 @@ Row bench_shape(const BenchShape& s, Timer& timer, std::vector<Stage>& stages) {
     ops::rmsnorm_qkv_rope_backward(cfg, at(dq, i), at(dk, i), at(dv, i), at(dh, i), fo.h, fo.rstd,
                                    pos, g, w);
   });
+  time_stages();
 
   r.kept_bytes = e2 * rows * D + 4.0 * rows;
   r.fwd_floor_bytes =
@@ -328,7 +310,7 @@ int main(int argc, char** argv) {
     FG_CHECK(fg::cuda_available(), "bench_fused_qkv: no CUDA device");
     cudaDeviceProp prop{};
     FG_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    Timer timer(args.warmup, args.reps);
+    const GpuTimer timer(args.warmup, args.reps);
     const double gbps = copy_gbps(timer);
 
     std::vector<Row> rows;
@@ -344,7 +326,8 @@ int main(int argc, char** argv) {
     std::ostringstream md;
     md << "GPU: " << prop.name << " (" << prop.multiProcessorCount << " SMs, L2 "
        << prop.l2CacheSize / (1 << 20) << " MB); bf16; medians of " << args.reps << " after "
-       << args.warmup << " warm-up; device copy " << fmt("%.0f", gbps) << " GB/s (read+write)\n\n";
+       << args.warmup << " warm-up, what is compared interleaved; device copy " << fmt("%.0f", gbps)
+       << " GB/s (read+write)\n\n";
     md << "| shape | (a) fused fwd | (c) QKV GEMM | (a)/(c) | (b) fused fwd+bwd | (d) 3 GEMMs | "
           "(b)/(d) | (e) unfused fwd | (e)/(a) | unfused fwd+bwd | kept for bwd (h + rstd) |\n"
        << "|---|---|---|---|---|---|---|---|---|---|---|\n";

@@ -1,9 +1,11 @@
 // GEMM benchmark: the Hopper GEMM (ops/gemm/gemm_hopper.cuh through gemm_hopper_bf16, bf16
 // out), in each of its schedules, against cuBLASLt (fg::ops::gemm, b transposed) at the seed
 // and GPT-2 projection shapes, c = a (M, K) @ b (N, K)^T, measured in the same run, and the
-// largest difference between each result and cuBLASLt's. The operands rotate over enough
-// copies to exceed L2 twice, so every call reads them from device memory. Prints markdown;
-// --out FILE writes it too, row by row (a hang leaves the rows before it).
+// largest difference between each result and cuBLASLt's. cuBLASLt and the schedules are timed
+// interleaved (bench/common/gpu_timer.cuh), so a clock drop under load weighs on each alike. The
+// operands rotate over enough copies to exceed L2 twice, so every call reads them from device
+// memory. Prints markdown; --out FILE writes it too, shape by shape (a hang leaves the shapes
+// before it).
 //   bench_gemm [--out FILE] [--commit HASH] [--reps N] [--warmup N] [--bias]
 //              [--schedules cooperative,pingpong,...]
 #include <cuda_runtime.h>
@@ -20,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/common/median_ms.cuh"
+#include "bench/common/gpu_timer.cuh"
 #include "core/cuda_utils.h"
 #include "core/tensor.h"
 #include "ops/gemm/gemm.h"
@@ -30,8 +32,6 @@ using fg::Device;
 using fg::DType;
 using fg::Tensor;
 using fg::ops::detail::GemmSchedule;
-
-using fg::bench::median_ms;
 
 namespace {
 
@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
     std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
     const int64_t rotate_bytes = 2 * static_cast<int64_t>(prop.l2CacheSize);
+    const fg::bench::GpuTimer timer(warmup, reps);
 
     std::vector<GemmSchedule> schedules;
     for (const std::string& name : schedule_names) {
@@ -134,7 +135,8 @@ int main(int argc, char** argv) {
     head << "# bf16 GEMM: Hopper kernel vs cuBLASLt\n\n"
          << "GPU: " << prop.name << ", commit " << commit << ", " << date << ". c = a (M, K) @ b "
          << "(N, K)^T" << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median "
-         << "of " << reps << " calls (CUDA events) after " << warmup << "; operands rotate over "
+         << "of " << reps << " calls (CUDA events) after " << warmup << ", cuBLASLt and every "
+         << "schedule interleaved call by call; operands rotate over "
          << "copies totalling at least " << rotate_bytes / (1 << 20) << " MB (2x L2). cuBLASLt "
          << "through fg::ops::gemm (its heuristic's first algorithm). schedule: the Hopper "
          << "kernel's (GemmSchedule). speed = cuBLASLt ms / ours ms (> 1: ours faster). max diff = max |ours - cuBLASLt| / max |cuBLASLt|; rel = ||ours - "
@@ -160,18 +162,25 @@ int main(int argc, char** argv) {
       auto cublas = [&](int i) {
         fg::ops::gemm(a[i % sets], false, b[i % sets], true, c_ref, 1.0, 0.0, bias);
       };
-      const double ms_ref = median_ms(cublas, warmup, reps);
-      cublas(0);  // c_ref: the product of operand set 0, which each schedule's first call uses
-      const double flops = 2.0 * s.M * s.N * s.K;
+      cublas(0);  // c_ref: the product of operand set 0, which each schedule's check uses
+      // Each schedule checked against cuBLASLt first, then cuBLASLt and all of them timed.
+      std::vector<std::function<void(int)>> candidates = {cublas};
+      std::vector<std::pair<double, double>> diffs;
       for (GemmSchedule schedule : schedules) {
-        const char* name = fg::ops::detail::gemm_schedule_name(schedule);
-        auto ours = [&](int i) {
+        auto ours = [&, schedule](int i) {
           fg::ops::detail::gemm_hopper_bf16(a[i % sets], b[i % sets], c_ours, bias, schedule);
         };
         c_ours.fill_(NAN);  // what a schedule leaves unwritten shows as a NaN difference
         ours(0);
-        const auto [max_diff, rel] = differences(c_ours, c_ref);
-        const double ms_ours = median_ms(ours, warmup, reps);
+        diffs.push_back(differences(c_ours, c_ref));
+        candidates.push_back(ours);
+      }
+      const std::vector<double> ms = timer.median_ms(candidates);
+      const double flops = 2.0 * s.M * s.N * s.K, ms_ref = ms[0];
+      for (size_t k = 0; k < schedules.size(); ++k) {
+        const char* name = fg::ops::detail::gemm_schedule_name(schedules[k]);
+        const double ms_ours = ms[k + 1];
+        const auto [max_diff, rel] = diffs[k];
         emit("| " + std::string(s.name) + " | " + std::to_string(s.M) + " | " +
              std::to_string(s.N) + " | " + std::to_string(s.K) + " | " + name + " | " +
              fmt("%.3f", ms_ours) + " | " + fmt("%.1f", flops / (ms_ours * 1e-3) / 1e12) + " | " +
