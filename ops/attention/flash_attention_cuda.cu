@@ -6,7 +6,8 @@
 // Forward: a block owns kBlockM query rows of one (b, h), each warp 16 * kMTiles
 // of them; it walks the key tiles up to the causal diagonal with an online
 // softmax and writes out and lse. On Hopper (sm_90a) the default forward does
-// the same with warpgroup MMAs (wgmma) instead. Backward: D = rowsum(dO * O) first; then a
+// the same warp-specialized, as FlashAttention-3: TMA loads from a producer
+// warpgroup, warpgroup MMAs (wgmma), the softmax under the products. Backward: D = rowsum(dO * O) first; then a
 // block owns kBlockN = 16 * kWarps key rows of one kv head (a warp 16 of them)
 // and walks the query tiles at or after the diagonal of every query head of
 // the group, so dK and dV are summed over the group in registers (no atomics);
@@ -22,6 +23,7 @@
 #include "core/cuda_utils.h"
 #include "core/wgmma.cuh"
 #include "ops/attention/attention.h"
+#include "ops/gemm/gemm_hopper.cuh"
 
 namespace fg::ops::detail {
 namespace {
@@ -761,50 +763,124 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uin
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <int kHeadDim_, int kBlockN_>
-struct HopperFwdTraits {
-  static constexpr int kHeadDim = kHeadDim_, kBlockN = kBlockN_;
-  static constexpr int kThreads = 256, kBlockM = 128;  // two warpgroups of 64 rows
+// ---- forward on Hopper, warp-specialized (FlashAttention-3's schedule) ----
+//
+// Three warpgroups. The producer's one elected thread loads the block's Q once and K, V key
+// tile by key tile by TMA (128-byte swizzle, the layout load_wgmma_tile_async writes) into a
+// ring of kStages, each tile completing on a "full" mbarrier and freed by the consumers on an
+// "empty" one; K and V have barriers of their own, so S = Q K^T starts before V lands. Two
+// consumers own 64 query rows each. Per key tile a consumer issues S(n) = Q K(n)^T and
+// O += P(n-1) V(n-1) together, then runs the softmax of S(n) under the P V product; the two
+// take turns issuing (named barriers), so one's softmax also runs under the other's
+// products. The key tiles are walked from the diagonal down: only the first needs the mask.
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Rows [row0, row0 + kRows) of sequence b of a (B, T, row) operand's TMA map (attention_map),
+// columns [col0, col0 + kHd), into the wgmma tile at dst (64-column chunks kRows * 128 bytes
+// apart, as load_wgmma_tile_async writes them), counted on `full` with all its bytes.
+template <int kRows, int kHd>
+__device__ __forceinline__ void tma_load_tile(uint32_t dst, const CUtensorMap* map,
+                                              uint64_t* full, int col0, int row0, int b) {
+  hopper::mbar_expect_tx(full, kRows * kHd * 2);
+#pragma unroll
+  for (int c = 0; c < kHd / 64; ++c)
+    hopper::tma_load_3d(dst + c * kRows * 128, map, full, col0 + c * 64, row0, b);
+}
+#endif
+
+template <int kHeadDim_>
+struct HopperWsFwdTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
+  static constexpr int kThreads = 384;  // producer + two consumers of 64 rows
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128*24 + 256*240 <= 64K
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
-  static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes + 1024;  // + room to align to 1024
-  static_assert(kBlockN == 128, "S = Q K^T is one m64n128 product per k16 step");
+  static constexpr int kBarrierOffset = kQBytes + 2 * kStages * kKVBytes;
+  static constexpr int kBarriers = 1 + 4 * kStages;  // Q; K, V full and empty per stage
+  static constexpr int kSmemBytes = kBarrierOffset + kBarriers * 8 + 1024;  // + room to align
+  static_assert(kBlockM == kBlockN, "a block's key tiles end at its own diagonal tile");
 };
 
+// Synchronization, every wait with the arrivals that end it:
+// - full_q (count 1 + bytes), full_k[s], full_v[s] (the same): the producer's
+//   arrive.expect_tx and the copy engine's bytes; consumers wait at the tile's parity.
+// - empty_k[s], empty_v[s] (count 8): one arrival per consumer warp once the wgmma that read
+//   the tile retired; the producer waits at the opposite parity before refilling.
+// - Turns, named barriers 1 (consumer 0 may issue) and 2 (consumer 1), 256 threads each: the
+//   waiting consumer's bar.sync + the other's bar.arrive. Both walk the same n_tiles + 1
+//   issue steps (n_tiles S products, then the last P V); consumer 1 opens with an arrival
+//   on turn 0 and skips its last one, so every arrival is waited for.
 // Grid (ceil(T / 128), H, B), the diagonal-heavy (last) query blocks first.
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
-    flash_attention_forward_hopper_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                          const bf16* __restrict__ v, bf16* __restrict__ out,
-                                          float* __restrict__ lse, FlashDims d) {
+    flash_attention_forward_ws_kernel(const __grid_constant__ CUtensorMap q_map,
+                                      const __grid_constant__ CUtensorMap k_map,
+                                      const __grid_constant__ CUtensorMap v_map,
+                                      bf16* __restrict__ out, float* __restrict__ lse,
+                                      FlashDims d) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
-  constexpr int kNt = kBn / 8;  // score n8 tiles per warp row block
-  constexpr int kDt = kHd / 8;  // output n8 tiles
-  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int kStages = Tr::kStages;
+  constexpr int kNt = kBn / 8, kDt = kHd / 8;              // score and output n8 tiles
+  extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_q = (smem_addr(smem) + 1023) & ~1023u;  // swizzle atoms start at 1024
-  const uint32_t s_k = s_q + Tr::kQBytes, s_v = s_k + 2 * Tr::kKVBytes;
-  const int wg = threadIdx.x / 128, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
-  const int quad_row = lane / 4, quad_col = lane % 4 * 2;  // accumulator element (row, col)
+  const uint32_t s_k = s_q + Tr::kQBytes, s_v = s_k + kStages * Tr::kKVBytes;
+  uint64_t* full_q =
+      reinterpret_cast<uint64_t*>(smem + (s_q - smem_addr(smem)) + Tr::kBarrierOffset);
+  uint64_t* full_k = full_q + 1;
+  uint64_t* full_v = full_k + kStages;
+  uint64_t* empty_k = full_v + kStages;
+  uint64_t* empty_v = empty_k + kStages;
   const int m_block = gridDim.x - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, g = h / d.group;
-  const int m0 = m_block * kBm, warp_row0 = m0 + wg * 64 + warp * 16;
+  const int m0 = m_block * kBm;
+  const int n_tiles = m_block + 1;  // key tiles up to and including the diagonal one
+
+  if (threadIdx.x == 0) {
+    hopper::mbar_init(full_q, 1);
+    for (int s = 0; s < kStages; ++s) {
+      hopper::mbar_init(&full_k[s], 1);
+      hopper::mbar_init(&full_v[s], 1);
+      hopper::mbar_init(&empty_k[s], 8);
+      hopper::mbar_init(&empty_v[s], 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to TMA
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {  // producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tr::kProducerRegs));
+    if (threadIdx.x == 0) {
+      tma_load_tile<kBm, kHd>(s_q, &q_map, full_q, h * kHd, m0, b);
+      for (int i = 0; i < n_tiles; ++i) {
+        const int n = n_tiles - 1 - i, stage = i % kStages;
+        const uint32_t parity = (i / kStages) & 1, off = stage * Tr::kKVBytes;
+        hopper::mbar_wait(&empty_k[stage], parity ^ 1);
+        tma_load_tile<kBn, kHd>(s_k + off, &k_map, &full_k[stage], g * kHd, n * kBn, b);
+        hopper::mbar_wait(&empty_v[stage], parity ^ 1);
+        tma_load_tile<kBn, kHd>(s_v + off, &v_map, &full_v[stage], g * kHd, n * kBn, b);
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tr::kConsumerRegs));
+  const int cw = wg - 1, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
+  const int quad_row = lane / 4, quad_col = lane % 4 * 2;  // accumulator element (row, col)
+  const int warp_row0 = m0 + cw * 64 + warp * 16;
   const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
-  const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
-  const int n_tiles = (min(m0 + kBm, d.seq) + kBn - 1) / kBn;  // key tiles up to the diagonal
-
-  auto load_kv = [&](int n, int stage) {
-    load_wgmma_tile_async<kBn, kHd, Tr::kThreads>(s_k + stage * Tr::kKVBytes, k + kv_off,
-                                                  d.kv_row, n * kBn, d.seq);
-    load_wgmma_tile_async<kBn, kHd, Tr::kThreads>(s_v + stage * Tr::kKVBytes, v + kv_off,
-                                                  d.kv_row, n * kBn, d.seq);
+  auto take_turn = [&] { hopper::named_sync(1 + cw, 256); };
+  auto pass_turn = [&] { hopper::named_arrive(2 - cw, 256); };
+  auto release = [&](uint64_t* bar) {  // after the wgmma_wait that retired the tile's reads
+    __syncwarp();
+    if (lane == 0) hopper::mbar_arrive(bar);
   };
-  load_wgmma_tile_async<kBm, kHd, Tr::kThreads>(s_q, q + q_off, d.q_row, m0, d.seq);
-  load_kv(0, 0);
-  cp_async_commit();
 
-  float o[kHd / 2];  // n8 tile dt, element e at o[4 dt + e]
+  float o[kHd / 2], s[kBn / 2];  // n8 tile t, element e at [4 t + e]
   float m_run[2], l_run[2];
+  uint32_t p[kBn / 16][4];  // P of the last key tile, as bf16 A fragments
 #pragma unroll
   for (int i = 0; i < kHd / 2; ++i) o[i] = 0.f;
 #pragma unroll
@@ -813,31 +889,72 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     l_run[hf] = 0.f;
   }
 
-  for (int n = 0; n < n_tiles; ++n) {
-    const int stage = n & 1;
-    const uint32_t s_kn = s_k + stage * Tr::kKVBytes, s_vn = s_v + stage * Tr::kKVBytes;
-    cp_async_wait<0>();   // K(n), V(n) (and Q) landed
-    fence_proxy_async();  // ... and are visible to the tensor cores' (async) reads
-    __syncthreads();      // ... for every thread's copies; everyone is past tile n - 1
-    if (n + 1 < n_tiles) load_kv(n + 1, stage ^ 1);
-    cp_async_commit();
-
-    // S = Q K^T: (64, kBn) per warpgroup, (16, kBn) per warp.
-    float s[kBn / 2];
+  auto issue_s = [&](int stage) {  // S = Q K^T: (64, kBn) per consumer
 #pragma unroll
     for (int i = 0; i < kBn / 2; ++i) s[i] = 0.f;
+    pin(s);  // the zeros are written before the fence, not sunk past it
     wgmma_fence();
+    const uint32_t k_tile = s_k + stage * Tr::kKVBytes;
 #pragma unroll
     for (int ks = 0; ks < kHd / 16; ++ks) {
       const uint32_t chunk = (ks / 4) * 128, col = (ks % 4) * 32;  // 64-column chunk, k16 step
-      wgmma_ss_n128<0, 0>(s, wgmma_desc(s_q + chunk * kBm + wg * 64 * 128 + col, 16, 1024),
-                    wgmma_desc(s_kn + chunk * kBn + col, 16, 1024));
+      wgmma_ss_n128<0, 0>(s, wgmma_desc(s_q + chunk * kBm + cw * 64 * 128 + col, 16, 1024),
+                          wgmma_desc(k_tile + chunk * kBn + col, 16, 1024));
     }
     wgmma_commit();
+  };
+  auto issue_pv = [&](int stage) {  // O += P V; V's k16 step kk is 16 key rows, 2048 bytes on
+    const uint32_t v_tile = s_v + stage * Tr::kKVBytes;
+#pragma unroll
+    for (int kk = 0; kk < kBn / 16; ++kk)
+      wgmma_rs<kHd>(o, p[kk], wgmma_desc(v_tile + kk * 2048, kBn * 128, 1024));
+    wgmma_commit();
+  };
+  // The online softmax of s (in place, to unnormalized P in fp32); alpha rescales O.
+  auto softmax = [&](float (&alpha)[2]) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = m_run[hf];
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+        mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+      const float m_scaled = mx == -INFINITY ? 0.f : mx * d.scale_log2;
+      alpha[hf] = fast_exp2(m_run[hf] * d.scale_log2 - m_scaled);
+      m_run[hf] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pv = fast_exp2(fmaf(s[4 * nt + 2 * hf + e], d.scale_log2, -m_scaled));
+          s[4 * nt + 2 * hf + e] = pv;
+          sum += pv;
+        }
+      l_run[hf] = l_run[hf] * alpha[hf] + sum;
+    }
+  };
+  // P as bf16 A fragments: n8 tiles 2kk, 2kk+1 of S are k16 step kk of P.
+  auto make_p = [&] {
+#pragma unroll
+    for (int kk = 0; kk < kBn / 16; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+  };
+
+  hopper::mbar_wait(full_q, 0);
+  if (cw == 1) pass_turn();  // consumer 0 issues first
+
+  {  // the diagonal tile: S alone, masked
+    const int n = n_tiles - 1;
+    hopper::mbar_wait(&full_k[0], 0);
+    take_turn();
+    issue_s(0);
+    pass_turn();
     wgmma_wait<0>();
     pin(s);
-
-    // Causal mask where this tile reaches past the warp's first row.
+    release(&empty_k[0]);
     if ((n + 1) * kBn - 1 > warp_row0) {
 #pragma unroll
       for (int nt = 0; nt < kNt; ++nt)
@@ -848,49 +965,39 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
           if (col > row) s[4 * nt + e] = -INFINITY;
         }
     }
-
-    // Online softmax: the row max over the quad of lanes that shares a row.
+    float alpha[2];
+    softmax(alpha);  // O is zero: nothing to rescale
+    make_p();
+  }
+  for (int i = 1; i < n_tiles; ++i) {
+    const int stage = i % kStages, prev = (i - 1) % kStages;
+    hopper::mbar_wait(&full_k[stage], (i / kStages) & 1);
+    hopper::mbar_wait(&full_v[prev], ((i - 1) / kStages) & 1);
+    take_turn();
+    issue_s(stage);
+    issue_pv(prev);
+    pass_turn();
+    wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run
+    pin(s);
+    release(&empty_k[stage]);
+    float alpha[2];
+    softmax(alpha);
+    wgmma_wait<0>();
+    pin(o);
+    release(&empty_v[prev]);
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float mx = m_run[hf];
+    for (int dt = 0; dt < kDt; ++dt)
 #pragma unroll
-      for (int nt = 0; nt < kNt; ++nt)
-        mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
-      const float m_scaled = mx == -INFINITY ? 0.f : mx * d.scale_log2;
-      const float alpha = fast_exp2(m_run[hf] * d.scale_log2 - m_scaled);
-      m_run[hf] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float p = fast_exp2(fmaf(s[4 * nt + 2 * hf + e], d.scale_log2, -m_scaled));
-          s[4 * nt + 2 * hf + e] = p;
-          sum += p;
-        }
-      l_run[hf] = l_run[hf] * alpha + sum;
-#pragma unroll
-      for (int dt = 0; dt < kDt; ++dt) {
-        o[4 * dt + 2 * hf] *= alpha;
-        o[4 * dt + 2 * hf + 1] *= alpha;
-      }
-    }
-
-    // O += P V, P as bf16 A fragments (n8 tiles 2kk, 2kk+1 of S are k16 step kk of P),
-    // all made before the first product reads them; V's k16 step kk is 16 key rows,
-    // 2048 bytes on.
-    uint32_t p[kBn / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kBn / 16; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+      for (int e = 0; e < 4; ++e) o[4 * dt + e] *= alpha[e >> 1];
+    make_p();
+  }
+  {  // the last P V
+    const int last = n_tiles - 1, stage = last % kStages;
+    hopper::mbar_wait(&full_v[stage], (last / kStages) & 1);
+    take_turn();
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBn / 16; ++kk)
-      wgmma_rs<kHd>(o, p[kk], wgmma_desc(s_vn + kk * 2048, kBn * 128, 1024));
-    wgmma_commit();
+    issue_pv(stage);
+    if (cw == 0) pass_turn();
     wgmma_wait<0>();
     pin(o);
   }
@@ -1235,15 +1342,36 @@ void launch_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
+// q, k or v (B, T, heads, hd), contiguous, as a 3-D tensor map (row elements, T, B) read in
+// boxes of 64 columns (128 bytes, the swizzle's row) by box_rows positions of one sequence;
+// positions past T read as zeros.
+CUtensorMap attention_map(const Tensor& t, int box_rows) {
+  const auto B = static_cast<cuuint64_t>(t.size(0)), T = static_cast<cuuint64_t>(t.size(1));
+  const auto row = static_cast<cuuint64_t>(t.size(2) * t.size(3));
+  const cuuint64_t dims[3] = {row, T, B};
+  const cuuint64_t strides[2] = {row * 2, T * row * 2};  // bytes, of dims 1 and 2
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = hopper::tensor_map_encoder()(
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, t.raw_data(), dims, strides, box, elem_strides,
+      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FG_CHECK(r == CUDA_SUCCESS, "flash attention: cuTensorMapEncodeTiled failed (",
+           static_cast<int>(r), ") for ", t.describe());
+  return map;
+}
+
 template <class Tr>
-void launch_flash_forward_hopper(const Tensor& q, const Tensor& k, const Tensor& v,
-                                 const Tensor& out, const Tensor& lse) {
+void launch_flash_forward_ws(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                             const Tensor& lse) {
   const FlashDims d = flash_dims(q, k);
-  auto kernel = flash_attention_forward_hopper_kernel<Tr>;
+  auto kernel = flash_attention_forward_ws_kernel<Tr>;
   allow_smem(kernel, Tr::kSmemBytes);
   dim3 grid(cuda::grid_for(d.seq, Tr::kBlockM), d.heads, static_cast<unsigned>(q.size(0)));
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda::stream()>>>(
-      q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), out.data<bf16>(), lse.data<float>(), d);
+      attention_map(q, Tr::kBlockM), attention_map(k, Tr::kBlockN), attention_map(v, Tr::kBlockN),
+      out.data<bf16>(), lse.data<float>(), d);
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1300,18 +1428,18 @@ struct Variant {
   bool hopper = false;  // the wgmma kernel: only an sm_90a build on a Hopper GPU runs it
 };
 
-// On an H200 (bench_attention, 2026-11-29) the wgmma forward runs 1.33-1.36x the
-// mma.sync one at head_dim 128 (387 vs 291 TFLOP/s at T = 4096) but 0.9-1.0x at
-// 64, where the 64-wide products are too small to hide the softmax between them:
-// it is the default at 128 only. The wgmma backward runs 1.16-1.20x the mma.sync
-// one at 128 (258 vs 222 TFLOP/s at T = 4096) and 1.04-1.09x at 64: the default at both.
+// On an H200 (bench_attention, 2026-11-30) the warp-specialized wgmma forward runs
+// 1.16-1.48x the best mma.sync tiling (575 vs 298 TFLOP/s at hd 128, T = 4096; 255 vs 220
+// at the GPT-2-small shape): the default at both head dims. The wgmma backward runs
+// 1.16-1.20x the mma.sync one at 128 (258 vs 222 TFLOP/s at T = 4096) and 1.04-1.09x at
+// 64: the default at both.
 constexpr Variant<ForwardLauncher> kForward64[] = {
+    {"wgmma_ws_bm128_bn128", launch_flash_forward_ws<HopperWsFwdTraits<64>>, true},
     {"bm128_bn64_w4", launch_flash_forward<FwdTraits<64, 4, 2, 64>>},
     {"bm64_bn64_w4", launch_flash_forward<FwdTraits<64, 4, 1, 64>>},
-    {"wgmma_bm128_bn128", launch_flash_forward_hopper<HopperFwdTraits<64, 128>>, true},
 };
 constexpr Variant<ForwardLauncher> kForward128[] = {
-    {"wgmma_bm128_bn128", launch_flash_forward_hopper<HopperFwdTraits<128, 128>>, true},
+    {"wgmma_ws_bm128_bn128", launch_flash_forward_ws<HopperWsFwdTraits<128>>, true},
     {"bm64_bn64_w4", launch_flash_forward<FwdTraits<128, 4, 1, 64>>},
     {"bm128_bn32_w4", launch_flash_forward<FwdTraits<128, 4, 2, 32>>},
 };

@@ -181,6 +181,18 @@ __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtens
       : "memory");
 }
 
+// The box of a 3-D `map` at (inner, middle, outer) into shared memory, counted on `bar`;
+// elements out of bounds arrive as zeros (and count as bytes). For flash attention's
+// (B, T, row) operands: rows past T read as zeros, not as the next sequence's.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint64_t* bar,
+                                            int inner, int middle, int outer) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(dst),
+      "l"(map), "r"(smem_addr(bar)), "r"(inner), "r"(middle), "r"(outer)
+      : "memory");
+}
+
 // One arrival on the mbarrier at bar's offset in the block of rank `rank` of this cluster
 // (this block's own rank included). The default .release.cta, as CUTLASS's ClusterBarrier:
 // the stage's reads were by wgmmas that wgmma.wait_group retired, and .release.cluster
