@@ -5,13 +5,16 @@
 //
 // Forward: a block owns kBlockM query rows of one (b, h), each warp 16 * kMTiles
 // of them; it walks the key tiles up to the causal diagonal with an online
-// softmax and writes out and lse. On Hopper (sm_90a) the default forward does
-// the same warp-specialized, as FlashAttention-3: TMA loads from a producer
-// warpgroup, warpgroup MMAs (wgmma), the softmax under the products. Backward: D = rowsum(dO * O) first; then a
+// softmax and writes out and lse. Backward: D = rowsum(dO * O) first; then a
 // block owns kBlockN = 16 * kWarps key rows of one kv head (a warp 16 of them)
 // and walks the query tiles at or after the diagonal of every query head of
 // the group, so dK and dV are summed over the group in registers (no atomics);
 // dQ goes through an f32 (B, T, H, hd) buffer by float2 atomics, then to bf16.
+//
+// On Hopper (sm_90a) both passes default to warp-specialized kernels, as
+// FlashAttention-3: a producer warpgroup feeding TMA loads through mbarriers,
+// two consumer warpgroups on warpgroup MMAs (wgmma); the forward's softmax runs
+// under the products, the backward adds dQ by TMA reductions instead of atomics.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -390,7 +393,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
 template <int kHeadDim_, int kWarps_, int kBlockM_>
 struct BwdTraits {
-  static constexpr bool kHopper = false;
+  static constexpr bool kWarpSpecialized = false;
   static constexpr int kHeadDim = kHeadDim_, kWarps = kWarps_, kBlockM = kBlockM_;
   static constexpr int kBlockN = 16 * kWarps;  // each warp owns 16 keys
   static constexpr int kThreads = kWarps * kWarpSize;
@@ -688,10 +691,6 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr, uint32_t leading, 
          (static_cast<uint64_t>((stride & 0x3FFFF) >> 4) << 32) | (1ull << 62);
 }
 
-// The 128 threads of warpgroup `wg` (barrier 1 + wg; 0 is __syncthreads').
-__device__ __forceinline__ void warpgroup_sync(int wg) {
-  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-}
 // The accumulators an asynchronous wgmma wrote are read only after it is done:
 // these empty statements keep the compiler from moving their uses above the wait.
 template <int N>
@@ -738,6 +737,18 @@ __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, ui
                : "l"(desc_a), "l"(desc_b), "n"(kMajorA), "n"(kMajorB));
 }
 
+// D (64 x 32, fp32) += A (64 x 16) B (16 x 32), both from shared memory; majors as above.
+template <int kMajorA, int kMajorB>
+__device__ __forceinline__ void wgmma_ss_n32(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+               "%16, %17, 1, 1, 1, %18, %19;\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+               : "l"(desc_a), "l"(desc_b), "n"(kMajorA), "n"(kMajorB));
+}
+
 // D (64 x 128, fp32) += A (64 x 16) B (16 x 128), both from shared memory; majors as above.
 template <int kMajorA, int kMajorB>
 __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
@@ -757,7 +768,8 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 }
 template <int N, int kMajorA, int kMajorB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
-  if constexpr (N == 64) wgmma_ss_n64<kMajorA, kMajorB>(d, desc_a, desc_b);
+  if constexpr (N == 32) wgmma_ss_n32<kMajorA, kMajorB>(d, desc_a, desc_b);
+  else if constexpr (N == 64) wgmma_ss_n64<kMajorA, kMajorB>(d, desc_a, desc_b);
   else wgmma_ss_n128<kMajorA, kMajorB>(d, desc_a, desc_b);
 }
 
@@ -1024,144 +1036,173 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #endif
 }
 
-// ---- backward on Hopper (sm_90a): warpgroup MMAs ----
+// ---- backward on Hopper, warp-specialized ----
 //
-// The walk of flash_attention_backward_kernel with its five products on wgmma:
-// a block of two warpgroups owns 128 keys of one kv head (64 per warpgroup) and
-// walks query tiles of 64 rows. Per tile, each warpgroup: S^T = K Q^T and
-// dP^T = V dO^T (both operands from shared memory, K-major); P^T and dS^T in
-// registers; dV += P^T dO and dK += dS^T Q (A from registers, B = dO and Q
-// N-major); dS^T to shared memory, and its share of dQ = dS K over its own 64
-// keys (A = dS M-major, B = K N-major), added into the f32 buffer by atomics.
+// A block owns 128 keys of one kv head and walks the query tiles (64 rows) at or after its
+// diagonal, for every query head of the group, so dK and dV are summed in registers. The
+// producer warpgroup's first warp loads K and V once, then per query tile Q and dO by TMA and
+// lse and D by cp.async into a ring of kStages ("full" when all landed, "empty" when both
+// consumers are done); its second warp adds each tile's dQ into the f32 buffer by TMA
+// reductions. Two consumer warpgroups own 64 keys each: S^T = K Q^T and dP^T = V dO^T (both
+// operands from shared memory); P^T and dS^T in registers as the A operands of dV += P^T dO
+// and dK += dS^T Q; dS^T to shared memory (double-buffered, so a consumer may run a tile
+// ahead), and after one 256-thread barrier consumer c computes dQ's column half c = dS K
+// over all 128 keys and stages it for the reduction. No atomics; the copy engine adds
+// whole boxes (at hd 128, T = 4096: 428 TFLOP/s against 337 with float4 atomics from the
+// consumers, bench/RESULTS.md).
 
 template <int kHeadDim_>
-struct HopperBwdTraits {
-  static constexpr bool kHopper = true;
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kThreads = 256, kBlockN = 128, kBlockM = 64;
+struct HopperWsBwdTraits {
+  static constexpr bool kWarpSpecialized = true;
+  static constexpr int kHeadDim = kHeadDim_, kStages = 2;
+  static constexpr int kThreads = 384, kBlockN = 128, kBlockM = 64;  // producer + 2 consumers
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;  // K, V
-  static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // Q, dO (two stages each)
-  static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dS^T
-  static constexpr int kStatBytes = kBlockM * 4;           // lse, D (two stages each)
-  static constexpr int kSwapBytes = kThreads * kHeadDim;   // half of each thread's dQ, f32
-  static_assert(kHeadDim % 32 == 0, "dQ splits into two column halves of whole n8 tiles");
-  static constexpr int kSmemBytes =
-      2 * kKVBytes + 4 * kQBytes + kDsBytes + 4 * kStatBytes + 2 * kSwapBytes + 1024;  // + align
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // Q, dO (per stage each)
+  static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dS^T (two buffers)
+  static constexpr int kStatBytes = kBlockM * 4;           // lse, D (per stage each)
+  static constexpr int kDqBytes = kBlockM * kHeadDim / 2 * 4;  // f32 dQ half, per consumer
+  static constexpr int kDqOffset =
+      2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kStages * kStatBytes;
+  static constexpr int kBarrierOffset = kDqOffset + 2 * kDqBytes;
+  static constexpr int kSmemBytes = kBarrierOffset + (5 + 2 * kStages) * 8 + 1024;  // + align
+  // A query tile's stage is full after the producer thread's two arrive.expect_tx (Q, dO)
+  // and its warp's 32 cp.async arrivals (lse, D).
+  static constexpr int kFullArrivals = 2 + 32;
 };
 
 // Grid (ceil(T / 128), Hkv, B); the first key blocks (the most query tiles) first.
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
-    flash_attention_backward_hopper_kernel(const bf16* __restrict__ dout,
-                                           const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                           const bf16* __restrict__ v,
-                                           const float* __restrict__ lse,
-                                           const float* __restrict__ delta,
-                                           float* __restrict__ dq_acc, bf16* __restrict__ dk,
-                                           bf16* __restrict__ dv, FlashDims d) {
+    flash_attention_backward_ws_kernel(const __grid_constant__ CUtensorMap q_map,
+                                       const __grid_constant__ CUtensorMap k_map,
+                                       const __grid_constant__ CUtensorMap v_map,
+                                       const __grid_constant__ CUtensorMap dout_map,
+                                       const __grid_constant__ CUtensorMap dq_map,
+                                       const float* __restrict__ lse,
+                                       const float* __restrict__ delta,
+                                       float* __restrict__ dq_acc, bf16* __restrict__ dk,
+                                       bf16* __restrict__ dv, FlashDims d) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
+  constexpr int kStages = Tr::kStages;
   constexpr int kQt = kBm / 8;  // query n8 tiles of S^T
-  constexpr int kDt = kHd / 8;  // dK / dV / dQ n8 tiles
-  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int kDt = kHd / 8;  // dK / dV n8 tiles (dQ: half of them per consumer)
+  extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_k = (smem_addr(smem) + 1023) & ~1023u;
   const uint32_t s_v = s_k + Tr::kKVBytes, s_q = s_v + Tr::kKVBytes;
-  const uint32_t s_do = s_q + 2 * Tr::kQBytes, s_ds = s_do + 2 * Tr::kQBytes;
-  const uint32_t s_lse = s_ds + Tr::kDsBytes, s_delta = s_lse + 2 * Tr::kStatBytes;
-  const uint32_t s_swap = s_delta + 2 * Tr::kStatBytes;
-  unsigned char* smem_k = smem + (s_k - smem_addr(smem));
-  const float* lse_tiles = reinterpret_cast<const float*>(smem_k + (s_lse - s_k));
-  const float* delta_tiles = reinterpret_cast<const float*>(smem_k + (s_delta - s_k));
-  float* dq_swap = reinterpret_cast<float*>(smem_k + (s_swap - s_k));
+  const uint32_t s_do = s_q + kStages * Tr::kQBytes, s_ds = s_do + kStages * Tr::kQBytes;
+  const uint32_t s_lse = s_ds + 2 * Tr::kDsBytes, s_delta = s_lse + kStages * Tr::kStatBytes;
+  unsigned char* base = smem + (s_k - smem_addr(smem));
+  const float* lse_tiles = reinterpret_cast<const float*>(base + (s_lse - s_k));
+  const float* delta_tiles = reinterpret_cast<const float*>(base + (s_delta - s_k));
+  uint64_t* full_kv = reinterpret_cast<uint64_t*>(base + Tr::kBarrierOffset);
+  uint64_t* full = full_kv + 1;
+  uint64_t* empty = full + kStages;
+  uint64_t* dq_full = empty + kStages;  // per consumer: its dQ half is in s_dq
+  uint64_t* dq_empty = dq_full + 2;     // ... and was read by the copy engine
+  const uint32_t s_dq = s_k + Tr::kDqOffset;  // per consumer, 32-column boxes (128-byte swizzle)
   const int wg = threadIdx.x / 128, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
-  const int quad_row = lane / 4, quad_col = lane % 4 * 2;
   const int g = blockIdx.y, b = blockIdx.z;
   const int n0 = blockIdx.x * kBn;
-  const int key_row = wg * 64 + warp * 16 + quad_row;  // the lane's first key in the tile
-  const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
   const int m_first = n0 / kBm, m_count = (d.seq + kBm - 1) / kBm - m_first;
   const int iters = d.group * m_count;  // (query head, query tile) pairs
-
-  load_wgmma_tile_async<kBn, kHd, Tr::kThreads>(s_k, k + kv_off, d.kv_row, n0, d.seq);
-  load_wgmma_tile_async<kBn, kHd, Tr::kThreads>(s_v, v + kv_off, d.kv_row, n0, d.seq);
-  auto issue = [&](int it, int stage) {
-    const int h = g * d.group + it / m_count, m0 = (m_first + it % m_count) * kBm;
-    const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
-    load_wgmma_tile_async<kBm, kHd, Tr::kThreads>(s_q + stage * Tr::kQBytes, q + q_off, d.q_row,
-                                                  m0, d.seq);
-    load_wgmma_tile_async<kBm, kHd, Tr::kThreads>(s_do + stage * Tr::kQBytes, dout + q_off,
-                                                  d.q_row, m0, d.seq);
-    if (threadIdx.x < kBm) {
-      const int t = m0 + threadIdx.x;
-      const bool valid = t < d.seq;
-      const int64_t stat = (static_cast<int64_t>(b) * d.heads + h) * d.seq + (valid ? t : 0);
-      cp_async_4(s_lse + stage * Tr::kStatBytes + 4 * threadIdx.x, lse + stat, valid);
-      cp_async_4(s_delta + stage * Tr::kStatBytes + 4 * threadIdx.x, delta + stat, valid);
-    }
+  auto tile_of = [&](int it, int& h, int& m0) {
+    h = g * d.group + it / m_count;
+    m0 = (m_first + it % m_count) * kBm;
   };
-  issue(0, 0);
-  cp_async_commit();
+
+  if (threadIdx.x == 0) {
+    hopper::mbar_init(full_kv, 2);  // K's and V's arrive.expect_tx
+    for (int s = 0; s < kStages; ++s) {
+      hopper::mbar_init(&full[s], Tr::kFullArrivals);
+      hopper::mbar_init(&empty[s], 8);  // one per consumer warp
+    }
+    for (int c = 0; c < 2; ++c) {
+      hopper::mbar_init(&dq_full[c], 128);  // every thread of the consumer
+      hopper::mbar_init(&dq_empty[c], 1);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to TMA
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer: warp 0 loads, warp 1 adds dQ into the f32 buffer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tr::kProducerRegs));
+    if (warp == 1 && lane == 0) {
+      for (int it = 0; it < iters; ++it) {
+        int h, m0;
+        tile_of(it, h, m0);
+        for (int c = 0; c < 2; ++c) {
+          hopper::mbar_wait(&dq_full[c], it & 1);
+#pragma unroll
+          for (int box = 0; box < kHd / 64; ++box)  // 32 f32 columns (128 bytes) each
+            hopper::tma_reduce_add_3d(&dq_map, s_dq + c * Tr::kDqBytes + box * kBm * 128,
+                                      h * kHd + c * (kHd / 2) + box * 32, m0, b);
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+          asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+          hopper::mbar_arrive(&dq_empty[c]);
+        }
+      }
+      asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+    }
+    if (warp != 0) return;
+    if (lane == 0) {
+      tma_load_tile<kBn, kHd>(s_k, &k_map, full_kv, g * kHd, n0, b);
+      tma_load_tile<kBn, kHd>(s_v, &v_map, full_kv, g * kHd, n0, b);
+    }
+    for (int it = 0; it < iters; ++it) {
+      const int stage = it % kStages;
+      int h, m0;
+      tile_of(it, h, m0);
+      hopper::mbar_wait(&empty[stage], ((it / kStages) & 1) ^ 1);
+      if (lane == 0) {
+        tma_load_tile<kBm, kHd>(s_q + stage * Tr::kQBytes, &q_map, &full[stage], h * kHd, m0, b);
+        tma_load_tile<kBm, kHd>(s_do + stage * Tr::kQBytes, &dout_map, &full[stage], h * kHd,
+                                m0, b);
+      }
+      const int64_t stats = (static_cast<int64_t>(b) * d.heads + h) * d.seq;
+#pragma unroll
+      for (int j = 0; j < kBm / 32; ++j) {  // queries past T read as zeros
+        const int row = lane + 32 * j, t = m0 + row;
+        const bool valid = t < d.seq;
+        const uint32_t dst = stage * Tr::kStatBytes + 4 * row;
+        cp_async_4(s_lse + dst, lse + stats + (valid ? t : 0), valid);
+        cp_async_4(s_delta + dst, delta + stats + (valid ? t : 0), valid);
+      }
+      asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(
+                       smem_addr(&full[stage]))
+                   : "memory");
+    }
+    cp_async_wait<0>();
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tr::kConsumerRegs));
+  const int cw = wg - 1;  // consumer: keys cw * 64.. of the block, dQ columns cw * kHd / 2..
+  const int quad_row = lane / 4, quad_col = lane % 4 * 2;
+  const int key_row = cw * 64 + warp * 16 + quad_row;  // the lane's first key in the tile
+  const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
+  constexpr int kHalf = kHd / 4;  // floats of a thread's dQ half
+  // This consumer's dQ columns of K (N-major B: 64-column chunks kBn * 128 bytes apart).
+  const uint32_t s_k_half = s_k + (cw * kHd / 2) / 64 * (kBn * 128) + (cw * kHd / 2) % 64 * 2;
+  float dq[kHalf];
 
   float dk_acc[kHd / 2], dv_acc[kHd / 2];
 #pragma unroll
   for (int i = 0; i < kHd / 2; ++i) dk_acc[i] = dv_acc[i] = 0.f;
-
-  // The two warpgroups' dQ cover the same elements: warpgroup wg adds column
-  // half wg of both into global memory, so each element takes one atomic per
-  // tile. The other half goes through shared memory in fragment order (slot i
-  // of thread t at i * 256 + t: no bank conflicts; two buffers by tile parity)
-  // to the thread t ^ 128 that holds the same elements. With kDeferDq a tile's
-  // atomics run in the next step, under its S^T and dP^T products, after the
-  // barrier at the top of that step, which is the one the exchange needs.
-  constexpr int kHalf = kHd / 4;
-  // Deferred, the backward runs 7 % faster at hd 64; at 128 the registers that
-  // keeps live spill (9 % slower, measured).
-  constexpr bool kDeferDq = kHd == 64;
-  float dq_mine[kHalf];  // this warpgroup's half of the last tile's dQ
-  auto flush_dq = [&](int it) {
-    const int h = g * d.group + it / m_count, m0 = (m_first + it % m_count) * kBm;
-    const float* other = dq_swap + (it & 1) * kHalf * Tr::kThreads + (threadIdx.x ^ 128);
-#pragma unroll
-    for (int i = 0; i < kHalf; ++i) dq_mine[i] += other[i * Tr::kThreads];
-    // 16-byte atomics (half as many as 8-byte ones; 7 % faster at hd 128, measured):
-    // of two neighbouring lanes (same row, columns 2q..2q+1 and 2q+2..2q+3 of each
-    // n8 tile), the even one adds the four columns of tile 2j, the odd one those
-    // of tile 2j + 1, after swapping a pair with shuffles.
-    const int odd = lane & 1;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int row = m0 + warp * 16 + quad_row + hf * 8;
-      float4 packs[kDt / 4];
-#pragma unroll
-      for (int j = 0; j < kDt / 4; ++j) {
-        const float* a = dq_mine + 4 * (2 * j) + 2 * hf;      // tile 2j, this lane's pair
-        const float* c = dq_mine + 4 * (2 * j + 1) + 2 * hf;  // tile 2j + 1
-        const float x = __shfl_xor_sync(kFullMask, odd ? a[0] : c[0], 1);
-        const float y = __shfl_xor_sync(kFullMask, odd ? a[1] : c[1], 1);
-        packs[j] = odd ? make_float4(x, y, c[0], c[1]) : make_float4(a[0], a[1], x, y);
-      }
-      if (row >= d.seq) continue;  // after the shuffles: every lane takes part in them
-      float* dst = dq_acc + (static_cast<int64_t>(b) * d.seq + row) * d.q_row + h * kHd +
-                   wg * (kHd / 2) + quad_col - 2 * odd;
-#pragma unroll
-      for (int j = 0; j < kDt / 4; ++j)
-        atomicAdd(reinterpret_cast<float4*>(dst + (2 * j + odd) * 8), packs[j]);
-    }
-  };
+  hopper::mbar_wait(full_kv, 0);
 
   for (int it = 0; it < iters; ++it) {
-    const int stage = it & 1;
-    const int m0 = (m_first + it % m_count) * kBm;
-    cp_async_wait<0>();   // step `it` (and K, V) landed
-    fence_proxy_async();  // ... visible to the tensor cores
-    __syncthreads();      // ... for every thread's copies; everyone is past step it - 1
-    if (it + 1 < iters) issue(it + 1, stage ^ 1);
-    cp_async_commit();
+    const int stage = it % kStages;
+    int h, m0;
+    tile_of(it, h, m0);
     const uint32_t s_qs = s_q + stage * Tr::kQBytes, s_dos = s_do + stage * Tr::kQBytes;
+    const uint32_t s_dsb = s_ds + (it & 1) * Tr::kDsBytes;
     const float* lse_s = lse_tiles + stage * kBm;
     const float* delta_s = delta_tiles + stage * kBm;
+    hopper::mbar_wait(&full[stage], (it / kStages) & 1);
 
-    // S^T = K Q^T and dP^T = V dO^T: (64 keys, 64 queries) per warpgroup.
+    // S^T = K Q^T and dP^T = V dO^T: (64 keys, 64 queries) per consumer.
     float st[kBm / 2], dpt[kBm / 2];
 #pragma unroll
     for (int i = 0; i < kBm / 2; ++i) st[i] = dpt[i] = 0.f;
@@ -1171,14 +1212,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
     for (int ks = 0; ks < kHd / 16; ++ks) {
       const uint32_t chunk = (ks / 4) * 128, col = (ks % 4) * 32;
-      const uint32_t rows = chunk * kBn + wg * 64 * 128 + col;
+      const uint32_t rows = chunk * kBn + cw * 64 * 128 + col;
       wgmma_ss_n64<0, 0>(st, wgmma_desc(s_k + rows, 16, 1024),
                          wgmma_desc(s_qs + chunk * kBm + col, 16, 1024));
       wgmma_ss_n64<0, 0>(dpt, wgmma_desc(s_v + rows, 16, 1024),
-                   wgmma_desc(s_dos + chunk * kBm + col, 16, 1024));
+                         wgmma_desc(s_dos + chunk * kBm + col, 16, 1024));
     }
     wgmma_commit();
-    if (kDeferDq && it > 0) flush_dq(it - 1);
     wgmma_wait<0>();
     pin(st);
     pin(dpt);
@@ -1217,51 +1257,52 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
     wgmma_commit();
 
-    // dS^T (the warpgroup's 64 keys) into its rows of the shared tile, in the
-    // wgmma layout (one 64-query chunk: piece j of row r at j ^ (r % 8)).
+    // dS^T (this consumer's 64 keys) into its rows of the tile's buffer, in the wgmma
+    // layout (one 64-query chunk: piece j of row r at j ^ (r % 8)).
 #pragma unroll
     for (int kk = 0; kk < kBm / 16; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int row = key_row + (r & 1) * 8, col = kk * 16 + (r >> 1) * 8 + quad_col;
-        st_shared_u32(s_ds + row * 128 + ((((col >> 3) ^ (row & 7))) << 4) + (col & 7) * 2,
+        st_shared_u32(s_dsb + row * 128 + ((((col >> 3) ^ (row & 7))) << 4) + (col & 7) * 2,
                       ds_frag[kk][r]);
       }
     fence_proxy_async();
-    warpgroup_sync(wg);
+    hopper::named_sync(1, 256);  // both consumers' dS^T
 
-    // dQ (64 queries, kHd) += dS K over this warpgroup's 64 keys.
-    float dq[kHd / 2];
+    // dQ (64 queries, this consumer's kHd / 2 columns) = dS K over all 128 keys.
 #pragma unroll
-    for (int i = 0; i < kHd / 2; ++i) dq[i] = 0.f;
+    for (int i = 0; i < kHalf; ++i) dq[i] = 0.f;
     pin(dq);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t rows = (wg * 64 + kk * 16) * 128;
-      wgmma_ss<kHd, 1, 1>(dq, wgmma_desc(s_ds + rows, 1024, 1024),
-                          wgmma_desc(s_k + rows, kBn * 128, 1024));
-    }
+    for (int kk = 0; kk < kBn / 16; ++kk)
+      wgmma_ss<kHd / 2, 1, 1>(dq, wgmma_desc(s_dsb + kk * 2048, 1024, 1024),
+                              wgmma_desc(s_k_half + kk * 2048, kBn * 128, 1024));
     wgmma_commit();
     wgmma_wait<0>();
     pin(dq);
     pin(dk_acc);
     pin(dv_acc);
-
-    float* swap = dq_swap + (it & 1) * kHalf * Tr::kThreads + threadIdx.x;
+    __syncwarp();
+    if (lane == 0) hopper::mbar_arrive(&empty[stage]);  // Q, dO, lse, D of the stage are read
+    // dQ into this consumer's boxes once the copy engine has read the last tile's: element
+    // (row, col) of box col / 32 at row * 128 + 16-byte piece (col % 32 / 4) ^ (row % 8).
+    if (it > 0) hopper::mbar_wait(&dq_empty[cw], (it - 1) & 1);
+    const uint32_t dq_box = s_dq + cw * Tr::kDqBytes;
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i) {  // selects, not indices, keep dq in registers
-      swap[i * Tr::kThreads] = wg == 0 ? dq[kHalf + i] : dq[i];
-      dq_mine[i] = wg == 0 ? dq[i] : dq[kHalf + i];
-    }
-    if (!kDeferDq) {
-      __syncthreads();  // the exchange
-      flush_dq(it);
-    }
-  }
-  if (kDeferDq && iters > 0) {
-    __syncthreads();  // the last tile's exchange
-    flush_dq(iters - 1);
+    for (int t = 0; t < kDt / 2; ++t)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int row = warp * 16 + quad_row + hf * 8, col = (t % 4) * 8 + quad_col;
+        const uint32_t addr = dq_box + (t / 4) * (kBm * 128) + row * 128 +
+                              (((col / 4) ^ (row % 8)) << 4) + (col % 4) * 4;
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(dq[4 * t + 2 * hf]),
+                     "f"(dq[4 * t + 2 * hf + 1])
+                     : "memory");
+      }
+    fence_proxy_async();  // visible to the copy engine
+    hopper::mbar_arrive(&dq_full[cw]);
   }
 
   // dK = scale * sum dS^T Q, dV = sum P^T dO over the group's heads.
@@ -1342,19 +1383,23 @@ void launch_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
-// q, k or v (B, T, heads, hd), contiguous, as a 3-D tensor map (row elements, T, B) read in
-// boxes of 64 columns (128 bytes, the swizzle's row) by box_rows positions of one sequence;
-// positions past T read as zeros.
+// A contiguous (B, T, heads, hd) bf16 or f32 tensor as a 3-D tensor map (row elements, T, B)
+// in boxes of 128 bytes (64 bf16 or 32 f32 columns, the swizzle's row) by box_rows positions
+// of one sequence; positions past T read as zeros and are not written.
 CUtensorMap attention_map(const Tensor& t, int box_rows) {
+  const bool f32 = t.dtype() == DType::F32;
+  const cuuint64_t elem = f32 ? 4 : 2;
   const auto B = static_cast<cuuint64_t>(t.size(0)), T = static_cast<cuuint64_t>(t.size(1));
   const auto row = static_cast<cuuint64_t>(t.size(2) * t.size(3));
   const cuuint64_t dims[3] = {row, T, B};
-  const cuuint64_t strides[2] = {row * 2, T * row * 2};  // bytes, of dims 1 and 2
-  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint64_t strides[2] = {row * elem, T * row * elem};  // bytes, of dims 1 and 2
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(128 / elem), static_cast<cuuint32_t>(box_rows),
+                             1};
   const cuuint32_t elem_strides[3] = {1, 1, 1};
   CUtensorMap map;
   const CUresult r = hopper::tensor_map_encoder()(
-      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, t.raw_data(), dims, strides, box, elem_strides,
+      &map, f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
+      t.raw_data(), dims, strides, box, elem_strides,
       CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   FG_CHECK(r == CUDA_SUCCESS, "flash attention: cuTensorMapEncodeTiled failed (",
@@ -1393,17 +1438,24 @@ void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
           dout.data<bf16>(), out.data<bf16>(), delta.data<float>(), rows, d.seq, d.heads);
   FG_CUDA_CHECK(cudaGetLastError());
 
-  auto kernel = [] {
-    if constexpr (Tr::kHopper)
-      return flash_attention_backward_hopper_kernel<Tr>;
-    else
-      return flash_attention_backward_kernel<Tr>;
-  }();
-  allow_smem(kernel, Tr::kSmemBytes);
   dim3 grid(cuda::grid_for(d.seq, Tr::kBlockN), d.kv_heads, static_cast<unsigned>(B));
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
-      dout.data<bf16>(), q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), lse.data<float>(),
-      delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(), d);
+  if constexpr (Tr::kWarpSpecialized) {
+    auto kernel = flash_attention_backward_ws_kernel<Tr>;
+    allow_smem(kernel, Tr::kSmemBytes);
+    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
+        attention_map(q, Tr::kBlockM), attention_map(k, Tr::kBlockN),
+        attention_map(v, Tr::kBlockN), attention_map(dout, Tr::kBlockM),
+        attention_map(dq_acc, Tr::kBlockM), lse.data<float>(),
+        delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(),
+        d);
+  } else {
+    auto kernel = flash_attention_backward_kernel<Tr>;
+    allow_smem(kernel, Tr::kSmemBytes);
+    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
+        dout.data<bf16>(), q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), lse.data<float>(),
+        delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(),
+        d);
+  }
   FG_CUDA_CHECK(cudaGetLastError());
 
   const int64_t n4 = q.numel() / 4;
@@ -1428,11 +1480,10 @@ struct Variant {
   bool hopper = false;  // the wgmma kernel: only an sm_90a build on a Hopper GPU runs it
 };
 
-// On an H200 (bench_attention, 2026-11-30) the warp-specialized wgmma forward runs
-// 1.16-1.48x the best mma.sync tiling (575 vs 298 TFLOP/s at hd 128, T = 4096; 255 vs 220
-// at the GPT-2-small shape): the default at both head dims. The wgmma backward runs
-// 1.16-1.20x the mma.sync one at 128 (258 vs 222 TFLOP/s at T = 4096) and 1.04-1.09x at
-// 64: the default at both.
+// On an H200 (bench_attention, 2026-11-30) the warp-specialized Hopper kernels run
+// 1.16-1.95x the best mma.sync tiling: forward 582 vs 297 TFLOP/s at hd 128, T = 4096,
+// 257 vs 223 at the GPT-2-small shape; backward 428 vs 221 and 202 vs 150. They are the
+// default wherever they run.
 constexpr Variant<ForwardLauncher> kForward64[] = {
     {"wgmma_ws_bm128_bn128", launch_flash_forward_ws<HopperWsFwdTraits<64>>, true},
     {"bm128_bn64_w4", launch_flash_forward<FwdTraits<64, 4, 2, 64>>},
@@ -1444,12 +1495,12 @@ constexpr Variant<ForwardLauncher> kForward128[] = {
     {"bm128_bn32_w4", launch_flash_forward<FwdTraits<128, 4, 2, 32>>},
 };
 constexpr Variant<BackwardLauncher> kBackward64[] = {
-    {"wgmma_bm64_bn128", launch_flash_backward<HopperBwdTraits<64>>, true},
+    {"wgmma_ws_bm64_bn128", launch_flash_backward<HopperWsBwdTraits<64>>, true},
     {"bm64_bn64_w4", launch_flash_backward<BwdTraits<64, 4, 64>>},
     {"bm64_bn128_w8", launch_flash_backward<BwdTraits<64, 8, 64>>},
 };
 constexpr Variant<BackwardLauncher> kBackward128[] = {
-    {"wgmma_bm64_bn128", launch_flash_backward<HopperBwdTraits<128>>, true},
+    {"wgmma_ws_bm64_bn128", launch_flash_backward<HopperWsBwdTraits<128>>, true},
     {"bm64_bn128_w8", launch_flash_backward<BwdTraits<128, 8, 64>>},
     {"bm64_bn64_w4", launch_flash_backward<BwdTraits<128, 4, 64>>},
 };

@@ -193,6 +193,17 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// The box of shared memory at src added element-wise into a 3-D `map` at (inner, middle,
+// outer) by the copy engine, in this thread's bulk group; the parts outside are not written.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, uint32_t src, int inner,
+                                                  int middle, int outer) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+      " [%0, {%2, %3, %4}], [%1];" ::"l"(map),
+      "r"(src), "r"(inner), "r"(middle), "r"(outer)
+      : "memory");
+}
+
 // One arrival on the mbarrier at bar's offset in the block of rank `rank` of this cluster
 // (this block's own rank included). The default .release.cta, as CUTLASS's ClusterBarrier:
 // the stage's reads were by wgmmas that wgmma.wait_group retired, and .release.cluster
