@@ -740,13 +740,14 @@ __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, ui
 // D (64 x 32, fp32) += A (64 x 16) B (16 x 32), both from shared memory; majors as above.
 template <int kMajorA, int kMajorB>
 __device__ __forceinline__ void wgmma_ss_n32(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-               "%16, %17, 1, 1, 1, %18, %19;\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-                 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-                 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-               : "l"(desc_a), "l"(desc_b), "n"(kMajorA), "n"(kMajorB));
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "%16, %17, 1, 1, 1, %18, %19;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "n"(kMajorA), "n"(kMajorB));
 }
 
 // D (64 x 128, fp32) += A (64 x 16) B (16 x 128), both from shared memory; majors as above.
@@ -768,14 +769,21 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 }
 template <int N, int kMajorA, int kMajorB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
-  if constexpr (N == 32) wgmma_ss_n32<kMajorA, kMajorB>(d, desc_a, desc_b);
-  else if constexpr (N == 64) wgmma_ss_n64<kMajorA, kMajorB>(d, desc_a, desc_b);
+  if constexpr (N == 32)
+    wgmma_ss_n32<kMajorA, kMajorB>(d, desc_a, desc_b);
+  else if constexpr (N == 64)
+    wgmma_ss_n64<kMajorA, kMajorB>(d, desc_a, desc_b);
   else wgmma_ss_n128<kMajorA, kMajorB>(d, desc_a, desc_b);
 }
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // ---- forward on Hopper, warp-specialized (FlashAttention-3's schedule) ----
+
+// Registers per thread a block of 384 threads is launched with (65536 / 384, rounded down to
+// a multiple of 8). setmaxnreg moves registers between the block's warpgroups, never beyond
+// this total: a consumer's .inc past it waits forever (a hang, measured).
+constexpr int kLaunchRegs = 168;
 //
 // Three warpgroups. The producer's one elected thread loads the block's Q once and K, V key
 // tile by key tile by TMA (128-byte swizzle, the layout load_wgmma_tile_async writes) into a
@@ -791,8 +799,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uin
 // columns [col0, col0 + kHd), into the wgmma tile at dst (64-column chunks kRows * 128 bytes
 // apart, as load_wgmma_tile_async writes them), counted on `full` with all its bytes.
 template <int kRows, int kHd>
-__device__ __forceinline__ void tma_load_tile(uint32_t dst, const CUtensorMap* map,
-                                              uint64_t* full, int col0, int row0, int b) {
+__device__ __forceinline__ void tma_load_tile(uint32_t dst, const CUtensorMap* map, uint64_t* full,
+                                              int col0, int row0, int b) {
   hopper::mbar_expect_tx(full, kRows * kHd * 2);
 #pragma unroll
   for (int c = 0; c < kHd / 64; ++c)
@@ -805,7 +813,9 @@ struct HopperWsFwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
   static constexpr int kThreads = 384;  // producer + two consumers of 64 rows
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128*24 + 256*240 <= 64K
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kLaunchRegs * 384,
+                "setmaxnreg.inc would wait for registers the block does not have");
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
   static constexpr int kBarrierOffset = kQBytes + 2 * kStages * kKVBytes;
@@ -834,7 +844,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
   constexpr int kStages = Tr::kStages;
-  constexpr int kNt = kBn / 8, kDt = kHd / 8;              // score and output n8 tiles
+  constexpr int kNt = kBn / 8, kDt = kHd / 8;  // score and output n8 tiles
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_q = (smem_addr(smem) + 1023) & ~1023u;  // swizzle atoms start at 1024
   const uint32_t s_k = s_q + Tr::kQBytes, s_v = s_k + kStages * Tr::kKVBytes;
@@ -923,7 +933,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     wgmma_commit();
   };
   // The online softmax of s (in place, to unnormalized P in fp32); alpha rescales O.
-  auto softmax = [&](float (&alpha)[2]) {
+  auto softmax = [&](float(&alpha)[2]) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       float mx = m_run[hf];
@@ -1056,7 +1066,10 @@ struct HopperWsBwdTraits {
   static constexpr bool kWarpSpecialized = true;
   static constexpr int kHeadDim = kHeadDim_, kStages = 2;
   static constexpr int kThreads = 384, kBlockN = 128, kBlockM = 64;  // producer + 2 consumers
+  // Below 40 registers the producer spills.
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kLaunchRegs * 384,
+                "setmaxnreg.inc would wait for registers the block does not have");
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;  // K, V
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // Q, dO (per stage each)
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dS^T (two buffers)
@@ -1080,9 +1093,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                                        const __grid_constant__ CUtensorMap dout_map,
                                        const __grid_constant__ CUtensorMap dq_map,
                                        const float* __restrict__ lse,
-                                       const float* __restrict__ delta,
-                                       float* __restrict__ dq_acc, bf16* __restrict__ dk,
-                                       bf16* __restrict__ dv, FlashDims d) {
+                                       const float* __restrict__ delta, float* __restrict__ dq_acc,
+                                       bf16* __restrict__ dk, bf16* __restrict__ dv, FlashDims d) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
   constexpr int kStages = Tr::kStages;
@@ -1099,8 +1111,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   uint64_t* full_kv = reinterpret_cast<uint64_t*>(base + Tr::kBarrierOffset);
   uint64_t* full = full_kv + 1;
   uint64_t* empty = full + kStages;
-  uint64_t* dq_full = empty + kStages;  // per consumer: its dQ half is in s_dq
-  uint64_t* dq_empty = dq_full + 2;     // ... and was read by the copy engine
+  uint64_t* dq_full = empty + kStages;        // per consumer: its dQ half is in s_dq
+  uint64_t* dq_empty = dq_full + 2;           // ... and was read by the copy engine
   const uint32_t s_dq = s_k + Tr::kDqOffset;  // per consumer, 32-column boxes (128-byte swizzle)
   const int wg = threadIdx.x / 128, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
   const int g = blockIdx.y, b = blockIdx.z;
@@ -1157,8 +1169,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       hopper::mbar_wait(&empty[stage], ((it / kStages) & 1) ^ 1);
       if (lane == 0) {
         tma_load_tile<kBm, kHd>(s_q + stage * Tr::kQBytes, &q_map, &full[stage], h * kHd, m0, b);
-        tma_load_tile<kBm, kHd>(s_do + stage * Tr::kQBytes, &dout_map, &full[stage], h * kHd,
-                                m0, b);
+        tma_load_tile<kBm, kHd>(s_do + stage * Tr::kQBytes, &dout_map, &full[stage], h * kHd, m0,
+                                b);
       }
       const int64_t stats = (static_cast<int64_t>(b) * d.heads + h) * d.seq;
 #pragma unroll
@@ -1169,9 +1181,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         cp_async_4(s_lse + dst, lse + stats + (valid ? t : 0), valid);
         cp_async_4(s_delta + dst, delta + stats + (valid ? t : 0), valid);
       }
-      asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(
-                       smem_addr(&full[stage]))
-                   : "memory");
+      asm volatile(
+          "cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_addr(&full[stage]))
+          : "memory");
     }
     cp_async_wait<0>();
     return;
@@ -1399,8 +1411,8 @@ CUtensorMap attention_map(const Tensor& t, int box_rows) {
   CUtensorMap map;
   const CUresult r = hopper::tensor_map_encoder()(
       &map, f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
-      t.raw_data(), dims, strides, box, elem_strides,
-      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      t.raw_data(), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   FG_CHECK(r == CUDA_SUCCESS, "flash attention: cuTensorMapEncodeTiled failed (",
            static_cast<int>(r), ") for ", t.describe());
@@ -1443,18 +1455,15 @@ void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
     auto kernel = flash_attention_backward_ws_kernel<Tr>;
     allow_smem(kernel, Tr::kSmemBytes);
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
-        attention_map(q, Tr::kBlockM), attention_map(k, Tr::kBlockN),
-        attention_map(v, Tr::kBlockN), attention_map(dout, Tr::kBlockM),
-        attention_map(dq_acc, Tr::kBlockM), lse.data<float>(),
-        delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(),
-        d);
+        attention_map(q, Tr::kBlockM), attention_map(k, Tr::kBlockN), attention_map(v, Tr::kBlockN),
+        attention_map(dout, Tr::kBlockM), attention_map(dq_acc, Tr::kBlockM), lse.data<float>(),
+        delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(), d);
   } else {
     auto kernel = flash_attention_backward_kernel<Tr>;
     allow_smem(kernel, Tr::kSmemBytes);
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
         dout.data<bf16>(), q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), lse.data<float>(),
-        delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(),
-        d);
+        delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(), d);
   }
   FG_CUDA_CHECK(cudaGetLastError());
 
