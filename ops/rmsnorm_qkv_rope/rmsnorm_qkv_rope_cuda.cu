@@ -150,11 +150,10 @@ bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const T
       reinterpret_cast<float2*>(table.raw_data()));
   FG_CUDA_CHECK(cudaGetLastError());
   const bool per_row = positions.dim() == 2;
-  // H200, bench_fused_qkv (bench/RESULTS.md): at K = 4096 the cooperative schedule is 4-10 %
-  // ahead of the others; at K = 768 and 384 ping-pong, whose epilogues overlap the other
-  // consumer's products, is 13 % ahead (a tile's products are short there).
-  const GemmSchedule chosen =
-      schedule.value_or(D <= 1024 ? GemmSchedule::kPingPong : GemmSchedule::kCooperative);
+  // Ping-pong: one consumer's epilogue (the RoPE and the TMA stores) runs under the other's
+  // products. H200, bench_fused_qkv with the schedules timed interleaved (bench/RESULTS.md):
+  // 4-5 % ahead of cooperative at K = 4096, 12-13 % at K = 768, within 1 % of the 2-CTA forms.
+  const GemmSchedule chosen = schedule.value_or(GemmSchedule::kPingPong);
   if (hd == 64 && half == 32) launch<64, 32>(cfg, n, wqkv, bias, table, per_row, T, out, chosen);
   if (hd == 64 && half == 16) launch<64, 16>(cfg, n, wqkv, bias, table, per_row, T, out, chosen);
   if (hd == 128 && half == 64) launch<128, 64>(cfg, n, wqkv, bias, table, per_row, T, out, chosen);
