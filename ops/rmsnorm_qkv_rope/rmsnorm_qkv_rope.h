@@ -61,7 +61,7 @@ namespace detail {
 // false, having done nothing, where it does not apply: not bf16, not a Hopper GPU
 // with an sm_90a build, head_dim other than 64 or 128, rotary_dim other than
 // head_dim or head_dim / 2, operands not 16-byte aligned. `schedule`: the GEMM's; by
-// default the one that measured fastest for the hidden size (bench_fused_qkv times each).
+// default ping-pong, the fastest at every hidden size measured (bench_fused_qkv times each).
 bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const Tensor& wqkv,
                               const Tensor& bias, const Tensor& positions, int64_t T,
                               const QKVRoPEOut& out,
