@@ -23,6 +23,11 @@ cudaStream_t stream();
 // Sets the current device and checks it exists.
 void set_device(int index);
 
+// Whether the current device is a Hopper GPU and this build holds the sm_90a image
+// (wgmma, TMA, setmaxnreg): the gate in front of every Hopper-only kernel, whose
+// other images trap.
+bool sm90a_kernels_run();
+
 inline unsigned grid_for(int64_t n, int block) {
   return static_cast<unsigned>((n + block - 1) / block);
 }

@@ -20,7 +20,6 @@
 #include <cmath>
 #include <cstdint>
 #include <iterator>
-#include <mutex>
 #include <vector>
 
 #include "core/cuda_utils.h"
@@ -1042,7 +1041,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
           (m_run[hf] * d.scale_log2 + log2f(l)) * kLn2;
   }
 #else
-  __trap();  // not an sm_90a build: hopper_kernels_run() keeps callers away
+  __trap();  // not an sm_90a build: cuda::sm90a_kernels_run() keeps callers away
 #endif
 }
 
@@ -1332,33 +1331,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
   }
 #else
-  __trap();  // not an sm_90a build: hopper_kernels_run() keeps callers away
+  __trap();  // not an sm_90a build: cuda::sm90a_kernels_run() keeps callers away
 #endif
-}
-
-// 1 in the sm_90a image, 0 in any other: read once per device to learn which one runs.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ int g_hopper_kernels_built = 1;
-#else
-__device__ int g_hopper_kernels_built = 0;
-#endif
-
-// Whether the current device runs the sm_90a kernels of this file.
-bool hopper_kernels_run() {
-  static std::mutex mu;
-  static std::vector<int> known;  // per device: -1 unknown, 0 no, 1 yes
-  int device = 0;
-  FG_CUDA_CHECK(cudaGetDevice(&device));
-  std::lock_guard<std::mutex> lock(mu);
-  if (static_cast<int>(known.size()) <= device) known.resize(device + 1, -1);
-  if (known[device] < 0) {
-    int major = 0, built = 0;
-    FG_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    if (major == 9)
-      FG_CUDA_CHECK(cudaMemcpyFromSymbol(&built, g_hopper_kernels_built, sizeof(int)));
-    known[device] = major == 9 && built == 1;
-  }
-  return known[device] == 1;
 }
 
 // ---- launchers ----
@@ -1520,7 +1494,7 @@ template <class Launcher, size_t N>
 std::vector<const Variant<Launcher>*> runnable(const Variant<Launcher> (&list)[N]) {
   std::vector<const Variant<Launcher>*> r;
   for (const Variant<Launcher>& v : list)
-    if (!v.hopper || hopper_kernels_run()) r.push_back(&v);
+    if (!v.hopper || cuda::sm90a_kernels_run()) r.push_back(&v);
   return r;
 }
 

@@ -9,6 +9,7 @@
 // for f32 and bf16 (f64 for f64); no (N, V) buffer.
 #include <cmath>
 #include <cub/block/block_reduce.cuh>
+#include <type_traits>
 
 #include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
@@ -23,9 +24,17 @@ constexpr int kUnroll = 4;         // logits a thread loads before it computes o
 constexpr int kReduceBlock = 256;  // threads of the one-block reductions (count, mean)
 
 // e^x: for fp32 one multiply and the hardware's exp2 (2 ulp, as expf, at a third
-// of its instructions: at vocabulary sizes the kernels are as much issue- as
-// bandwidth-bound); f64 keeps exp.
-__device__ __forceinline__ float exp_of(float x) { return exp2f(x * 1.4426950408889634f); }
+// of its instructions: at vocabulary sizes these kernels are as much issue- as
+// bandwidth-bound, so a logit costs as few instructions as it can); f64 keeps exp.
+constexpr float kLog2e = 1.4426950408889634f;
+__device__ __forceinline__ float exp2_approx(float x) {  // results below 2^-126 flush to 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float exp_of(float x) {
+  return exp2_approx(x * kLog2e);
+}
 __device__ __forceinline__ double exp_of(double x) { return exp(x); }
 
 // Sum of exp(x - max) over a set of logits, with that set's max.
@@ -147,6 +156,24 @@ __device__ C row_log_sum_exp(const T* x, int64_t vocab) {
   return result;
 }
 
+// Rounds kVec computed values into one pack of T at p (bf16 two at a time).
+template <class T, class C, int kVec>
+__device__ __forceinline__ void store_rounded(T* p, const C (&g)[kVec]) {
+  T out[kVec];
+  if constexpr (std::is_same_v<T, bf16> && kVec % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < kVec; i += 2) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(g[i], g[i + 1]);
+      out[i] = bf16{__bfloat16_as_ushort(pair.x)};
+      out[i + 1] = bf16{__bfloat16_as_ushort(pair.y)};
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) out[i] = from_compute<T>(g[i]);
+  }
+  store_pack<T, kVec>(p, out);
+}
+
 // d = scale * (softmax(x) - onehot(target)) for the row x with log-sum-exp lse;
 // zeros when scale is 0 (an ignored row, or count 0). d may be x itself: each
 // thread reads its pack before it writes it.
@@ -154,6 +181,12 @@ template <class T, class C, int kBlock, int kVec>
 __device__ void write_row_grad(const T* x, T* d, int64_t vocab, C lse, C scale, int32_t target) {
   constexpr int kPacks = unroll_of(kVec);
   const int64_t packs = vocab / kVec;
+  if (scale == C(0)) {
+    const C zeros[kVec] = {};
+    for (int64_t p = threadIdx.x; p < packs; p += kBlock)
+      store_rounded<T, C, kVec>(d + p * kVec, zeros);
+    return;
+  }
   for (int64_t base = threadIdx.x; base < packs; base += kBlock * kPacks) {
     T raw[kPacks][kVec];
 #pragma unroll
@@ -163,12 +196,12 @@ __device__ void write_row_grad(const T* x, T* d, int64_t vocab, C lse, C scale, 
     for (int u = 0; u < kPacks; ++u) {
       const int64_t p = base + u * kBlock;
       if (p >= packs) break;
+      const int at = static_cast<int>(target - p * kVec);  // the target's place, if in this pack
+      C g[kVec];
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) {
-        const C prob = scale == C(0) ? C(0) : exp_of(to_compute(raw[u][i]) - lse);
-        raw[u][i] = from_compute<T>(scale * (p * kVec + i == target ? prob - C(1) : prob));
-      }
-      store_pack<T, kVec>(d + p * kVec, raw[u]);
+      for (int i = 0; i < kVec; ++i)
+        g[i] = scale * exp_of(to_compute(raw[u][i]) - lse) - (i == at ? scale : C(0));
+      store_rounded<T, C, kVec>(d + p * kVec, g);
     }
   }
 }

@@ -1,5 +1,7 @@
 // Embedding: the public entries (checks, device dispatch) and the CPU reference.
 #include <algorithm>
+#include <numeric>
+#include <vector>
 
 #include "ops/embedding/embedding.h"
 
@@ -42,26 +44,44 @@ Tensor embedding_forward(const Tensor& weight, const Tensor& ids) {
   return out;
 }
 
-Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t vocab_size) {
-  check_defined("embedding_backward", "grad_out", grad_out);
-  check_defined("embedding_backward", "ids", ids);
-  check_float("embedding_backward", "grad_out", grad_out);
-  check_ids("embedding_backward", ids, grad_out, "grad_out");
-  FG_CHECK(vocab_size > 0, "embedding_backward: vocab size must be positive, got ", vocab_size);
-  FG_CHECK(grad_out.dim() == ids.dim() + 1, "embedding_backward: grad_out is ",
-           grad_out.shape_str(), " but ids is ", ids.shape_str(), " (expected ids.shape + (D))");
-  Shape lead(grad_out.shape().begin(), grad_out.shape().end() - 1);
-  FG_CHECK(lead == ids.shape(), "embedding_backward: grad_out is ", grad_out.shape_str(),
+bool embedding_backward_accepts(DType grad, DType into) {
+  return grad == into || (grad == DType::BF16 && into == DType::F32) ||
+         (grad == DType::F32 && into == DType::F64);
+}
+
+Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t vocab_size,
+                          const Tensor& into, bool add) {
+  const char* op = "embedding_backward";
+  check_defined(op, "grad_out", grad_out);
+  check_defined(op, "ids", ids);
+  check_float(op, "grad_out", grad_out);
+  check_ids(op, ids, grad_out, "grad_out");
+  FG_CHECK(vocab_size > 0, op, ": vocab size must be positive, got ", vocab_size);
+  FG_CHECK(grad_out.dim() == ids.dim() + 1, op, ": grad_out is ", grad_out.shape_str(),
            " but ids is ", ids.shape_str(), " (expected ids.shape + (D))");
-  Tensor grad_weight =
-      Tensor::empty({vocab_size, grad_out.size(-1)}, grad_out.dtype(), grad_out.device());
+  Shape lead(grad_out.shape().begin(), grad_out.shape().end() - 1);
+  FG_CHECK(lead == ids.shape(), op, ": grad_out is ", grad_out.shape_str(), " but ids is ",
+           ids.shape_str(), " (expected ids.shape + (D))");
+  const Shape weight_shape{vocab_size, grad_out.size(-1)};
+  Tensor grad_weight = into;
+  if (into.defined()) {
+    FG_CHECK(into.shape() == weight_shape && into.is_contiguous(), op, ": into is ",
+             into.describe(), " but the gradient is a contiguous ", shape_str(weight_shape));
+    FG_CHECK(embedding_backward_accepts(grad_out.dtype(), into.dtype()), op, ": into is ",
+             dtype_name(into.dtype()), " but grad_out is ", dtype_name(grad_out.dtype()),
+             " (expected the same dtype or a wider one)");
+    check_same_device(op, "into", into, "grad_out", grad_out);
+  } else {
+    add = false;
+    grad_weight = Tensor::empty(weight_shape, grad_out.dtype(), grad_out.device());
+  }
 #ifdef FG_CUDA
   if (grad_out.is_cuda()) {
-    detail::embedding_backward_cuda(grad_out.contiguous(), ids.contiguous(), grad_weight);
+    detail::embedding_backward_cuda(grad_out.contiguous(), ids.contiguous(), grad_weight, add);
     return grad_weight;
   }
 #endif
-  detail::embedding_backward_cpu(grad_out.contiguous(), ids.contiguous(), grad_weight);
+  detail::embedding_backward_cpu(grad_out.contiguous(), ids.contiguous(), grad_weight, add);
   return grad_weight;
 }
 
@@ -81,17 +101,32 @@ void embedding_forward_cpu(const Tensor& weight, const Tensor& ids, const Tensor
   });
 }
 
-void embedding_backward_cpu(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight) {
-  int64_t n = ids.numel(), vocab = grad_weight.size(0), d = grad_weight.size(1);
+void embedding_backward_cpu(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight,
+                            bool add) {
+  const int64_t n = ids.numel(), vocab = grad_weight.size(0), d = grad_weight.size(1);
   const int32_t* pid = ids.data<int32_t>();
   check_id_range("embedding_backward", pid, n, vocab);
-  dispatch_float("embedding_backward", grad_out.dtype(), [&]<class T>() {
-    const T* pg = grad_out.data<T>();
+  // The GPU's order: each row's gradients summed by position in the compute
+  // type, then added to what the row holds.
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return pid[a] < pid[b]; });
+  const Tensor g = grad_out.to(grad_weight.dtype());  // bf16 -> f32 is exact
+  dispatch_float("embedding_backward", grad_weight.dtype(), [&]<class T>() {
+    const T* pg = g.data<T>();
     T* pw = grad_weight.data<T>();
-    std::fill(pw, pw + vocab * d, T(0));
-    for (int64_t i = 0; i < n; ++i) {  // repeated ids accumulate
-      T* row = pw + pid[i] * d;
-      for (int64_t j = 0; j < d; ++j) row[j] += pg[i * d + j];
+    std::vector<T> sum(d);
+    size_t at = 0;
+    for (int64_t row = 0; row < vocab; ++row) {
+      if (at == order.size() || pid[order[at]] != row) {
+        if (!add) std::fill(pw + row * d, pw + (row + 1) * d, T(0));
+        continue;
+      }
+      std::fill(sum.begin(), sum.end(), T(0));
+      for (; at < order.size() && pid[order[at]] == row; ++at)
+        for (int64_t j = 0; j < d; ++j) sum[j] += pg[order[at] * d + j];
+      for (int64_t j = 0; j < d; ++j) pw[row * d + j] = sum[j] + (add ? pw[row * d + j] : T(0));
     }
   });
 }

@@ -1,34 +1,11 @@
 // gemm_hopper_bf16: the Hopper GEMM of gemm_hopper.cuh with its plain epilogue (bf16 out,
-// optional bias), behind Tensors; and the check that the sm_90a kernel can run here.
+// optional bias), behind Tensors.
 #include <utility>
 
 #include "ops/gemm/gemm_hopper.cuh"
 #include "ops/gemm/gemm_hopper.h"
 
 namespace fg::ops::detail {
-
-namespace hopper {
-
-// 1 in the sm_90a image, 0 in any other: read once per device to learn which one runs.
-// Every .cu of fg_ops is built for the same architectures, so this answers for the
-// launch_gemm_tn instantiations of other files too.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ int g_gemm_tn_built = 1;
-#else
-__device__ int g_gemm_tn_built = 0;
-#endif
-
-bool gemm_tn_runs(int device) {
-  static PerDevice runs;
-  return runs.get(device, [](int d) {
-    int major = 0, built = 0;
-    FG_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d));
-    if (major == 9) FG_CUDA_CHECK(cudaMemcpyFromSymbol(&built, g_gemm_tn_built, sizeof(int)));
-    return static_cast<int>(major == 9 && built == 1);
-  }) == 1;
-}
-
-}  // namespace hopper
 
 const char* gemm_schedule_name(GemmSchedule schedule) {
   switch (schedule) {
@@ -51,9 +28,7 @@ std::optional<GemmSchedule> gemm_schedule_from_name(std::string_view name) {
 }
 
 bool gemm_hopper_available() {
-  int device = 0;
-  FG_CUDA_CHECK(cudaGetDevice(&device));
-  return hopper::gemm_tn_runs(device);
+  return cuda::sm90a_kernels_run();
 }
 
 void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& bias,

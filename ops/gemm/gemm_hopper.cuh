@@ -538,7 +538,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The last stores read shared memory before the block exits.
   if (threadIdx.x % kWarpgroup == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
 #else
-  __trap();  // not an sm_90a build: gemm_tn_runs() keeps launch_gemm_tn away
+  __trap();  // not an sm_90a build: cuda::sm90a_kernels_run() keeps launch_gemm_tn away
 #endif
 }
 
@@ -559,9 +559,6 @@ class PerDevice {
   std::mutex mu_;
   std::vector<int> values_;
 };
-
-// Whether `device` is a Hopper GPU and this build holds the sm_90a kernel (gemm_hopper.cu).
-bool gemm_tn_runs(int device);
 
 inline int sm_count(int device) {
   static PerDevice counts;
@@ -622,7 +619,7 @@ void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int 
   if (M == 0 || N == 0) return;
   int device = 0;
   FG_CUDA_CHECK(cudaGetDevice(&device));
-  FG_CHECK(gemm_tn_runs(device),
+  FG_CHECK(cuda::sm90a_kernels_run(),
            "gemm_tn: needs a Hopper GPU (compute capability 9.0) and a "
            "build for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a)");
   const auto kernel = gemm_tn_kernel<kSchedule, Epi>;

@@ -139,6 +139,29 @@ TEST(Engine, BackwardWritesIntoTheLeafsBuffer) {
   EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{3, 1.5}));
 }
 
+// The embedding of a table cast from a parameter sums its rows straight into the
+// parameter's wider buffer, beside another use of the same cast (a tied head).
+TEST(Engine, EmbeddingSumsIntoTheParametersBuffer) {
+  Variable table(Tensor::from_vector({1, 2, 3, 4, 5, 6}, {3, 2}, DType::F64), true);
+  Tensor ids = Tensor::from_ints({2, 0, 2}, {3});
+  auto step = [&] {
+    Variable w = cast(table, DType::F32);
+    Variable rows = embedding(w, ids);  // (3, 2)
+    // d/dtable = 3 (the tied use) + row 0: dy[1] = 1, row 2: dy[0] + dy[2] = 2
+    backward({rows, times3(w)}, {Tensor::ones({3, 2}), Tensor::ones({3, 2})});
+  };
+  step();  // no buffer yet: returned as usual
+  EXPECT_EQ(table.grad().to_vector(), (std::vector<double>{4, 4, 3, 3, 5, 5}));
+  const void* buffer = table.grad().raw_data();
+  step();  // added to in place
+  EXPECT_EQ(table.grad().raw_data(), buffer);
+  EXPECT_EQ(table.grad().to_vector(), (std::vector<double>{8, 8, 6, 6, 10, 10}));
+  table.zero_grad_in_place();
+  step();  // overwritten in place
+  EXPECT_EQ(table.grad().raw_data(), buffer);
+  EXPECT_EQ(table.grad().to_vector(), (std::vector<double>{4, 4, 3, 3, 5, 5}));
+}
+
 TEST(Engine, DiamondRunsEachNodeOnce) {
   Variable a = leaf({1});
   Variable m = times3(a);

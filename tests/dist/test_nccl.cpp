@@ -56,10 +56,9 @@ TEST(Nccl, CollectivesOfAWorldOfOne) {
                   "is on cpu but the nccl communicator works on cuda:");
 }
 
-// The reference is the non-distributed run, and its own rerun measures how
-// far the GPU is from bitwise reproducible (the embedding backward adds with
-// atomics): a world of one must match bit for bit where the rerun does, and
-// stay within the rerun's f32 tolerance otherwise.
+// The reference is the non-distributed run, and its own rerun checks that the
+// GPU run is bitwise reproducible: a replicated world of one must then match
+// it bit for bit, and otherwise stay within f32 (bf16) tolerance.
 TEST(Nccl, WorldOfOneTrainsLikeTheNonDistributedRun) {
   FG_REQUIRE_GPU();
   struct Case {
@@ -110,7 +109,9 @@ TEST(Nccl, WorldOfOneTrainsLikeTheNonDistributedRun) {
         "%s: NCCL world of one vs non-distributed: max relative difference %.3g (losses %.3g); "
         "non-distributed rerun: %.3g (losses %.3g)\n",
         what.c_str(), diff, loss_diff, noise, loss_noise);
-    if (noise == 0 && loss_noise == 0) {
+    // Replicated, the step rounds as the single-device one; ZeRO-1 clips in its
+    // own pass by a norm summed over the shards, so it agrees to rounding only.
+    if (noise == 0 && loss_noise == 0 && c.zero == 0) {
       EXPECT_EQ(diff, 0) << what;  // bit for bit
       EXPECT_EQ(one.losses, single.losses) << what;
     } else {

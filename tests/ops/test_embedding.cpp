@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/embedding/embedding.h"
+#include "ops/grad_norm/grad_norm.h"
 #include "test_util.h"
 
 using fg::test::f64;
@@ -42,6 +43,23 @@ TEST(Embedding, BackwardAccumulatesRepeatedIds) {
   EXPECT_EQ(gw.dtype(), DType::F64);
   // row 0 <- g[1]; row 2 <- g[0] + g[2] + g[3]; rows 1 and 3 untouched
   EXPECT_EQ(gw.to_vector(), (std::vector<double>{3, 4, 0, 0, 1 + 5 + 7, 2 + 6 + 8, 0, 0}));
+}
+
+TEST(Embedding, BackwardIntoABufferOverwritesOrAdds) {
+  Tensor ids = Tensor::from_ints({2, 0, 2}, {3});
+  Tensor g = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {3, 2});  // f32 into f64
+  Tensor into = Tensor::full({3, 2}, 10, DType::F64);
+  Tensor out = embedding_backward(g, ids, 3, into, false);
+  EXPECT_EQ(out.raw_data(), into.raw_data());
+  EXPECT_EQ(into.to_vector(), (std::vector<double>{3, 4, 0, 0, 6, 8}));
+  embedding_backward(g, ids, 3, into, true);  // untouched rows keep their value
+  EXPECT_EQ(into.to_vector(), (std::vector<double>{6, 8, 0, 0, 12, 16}));
+  EXPECT_FG_ERROR(embedding_backward(g, ids, 3, Tensor::zeros({3, 2}, DType::F64).transpose(0, 1)),
+                  "embedding_backward: into is (2, 3)");
+  EXPECT_FG_ERROR(embedding_backward(g, ids, 4, into), "but the gradient is a contiguous (4, 2)");
+  EXPECT_FG_ERROR(embedding_backward(g.to(DType::F64), ids, 3, Tensor::zeros({3, 2})),
+                  "embedding_backward: into is f32 but grad_out is f64 (expected the same dtype or "
+                  "a wider one)");
 }
 
 TEST(Embedding, NonContiguousWeightAndIds) {
@@ -151,12 +169,42 @@ TEST(EmbeddingCudaEdge, KernelsWriteEveryElement) {
     fg::ops::detail::embedding_forward_cuda(w, ids, out);
     EXPECT_FALSE(fg::has_non_finite(out)) << dtype_name(dtype);
     Tensor gw = Tensor::full({37, 19}, NAN, dtype, gpu);
-    fg::ops::detail::embedding_backward_cuda(Tensor::ones({5, 3, 19}, dtype, gpu), ids, gw);
+    fg::ops::detail::embedding_backward_cuda(Tensor::ones({5, 3, 19}, dtype, gpu), ids, gw, false);
     EXPECT_FALSE(fg::has_non_finite(gw)) << dtype_name(dtype);
     EXPECT_EQ(fg::sum(gw), 5 * 3 * 19) << dtype_name(dtype);
   }
 }
 #endif
+
+TEST(EmbeddingCudaEdge, Bf16IntoF32BufferMatchesCpu) {
+  FG_REQUIRE_GPU();
+  // bf16 gradients summed into an f32 buffer (a master gradient), overwritten
+  // then added to, against the CPU in f64 on the same bf16 values.
+  Device gpu = Device::cuda(0);
+  Generator gen(21);
+  Tensor ids = random_ids({4, 300}, 97, 22);
+  Tensor dout = Tensor::randn({4, 300, 40}, gen, DType::BF16, gpu);
+  Tensor into = Tensor::full({97, 40}, NAN, DType::F32, gpu);
+  Tensor want = embedding_backward(f64(dout), ids, 97);
+  EXPECT_EQ(embedding_backward(dout, ids.to(gpu), 97, into).raw_data(), into.raw_data());
+  EXPECT_TRUE(close_rel(into, want, 1e-6));
+  embedding_backward(dout, ids.to(gpu), 97, into, true);
+  fg::ops::scale_grads({want}, 2.0);
+  EXPECT_TRUE(close_rel(into, want, 1e-6));
+}
+
+TEST(EmbeddingCudaEdge, BackwardGivesTheSameBitsEveryRun) {
+  FG_REQUIRE_GPU();
+  // Thousands of f32 rows into a few ids: summed by atomics, their order (and so
+  // the last bits) would follow the scheduler.
+  Device gpu = Device::cuda(0);
+  Generator gen(23);
+  Tensor ids = random_ids({16, 1024}, 7, 24).to(gpu);
+  Tensor dout = Tensor::randn({16, 1024, 64}, gen, DType::F32, gpu);
+  const std::vector<double> first = embedding_backward(dout, ids, 7).to_vector();
+  for (int run = 0; run < 5; ++run)
+    EXPECT_EQ(embedding_backward(dout, ids, 7).to_vector(), first) << "run " << run;
+}
 
 TEST(EmbeddingCudaEdge, OutOfRangeIdGivesNanRow) {
   FG_REQUIRE_GPU();

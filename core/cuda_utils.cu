@@ -1,0 +1,35 @@
+// sm90a_kernels_run: which image of this build the current device runs.
+#include <mutex>
+#include <vector>
+
+#include "core/cuda_utils.h"
+
+namespace fg::cuda {
+namespace {
+// 1 in the sm_90a image, 0 in any other: read once per device to learn which one runs.
+// Every .cu of the project is built for the same architectures, so this answers for
+// the Hopper kernels of every file.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ int g_sm90a_built = 1;
+#else
+__device__ int g_sm90a_built = 0;
+#endif
+}  // namespace
+
+bool sm90a_kernels_run() {
+  static std::mutex mu;
+  static std::vector<int> known;  // per device: -1 unknown, 0 no, 1 yes
+  int device = 0;
+  FG_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  if (static_cast<int>(known.size()) <= device) known.resize(device + 1, -1);
+  if (known[device] < 0) {
+    int major = 0, built = 0;
+    FG_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major == 9) FG_CUDA_CHECK(cudaMemcpyFromSymbol(&built, g_sm90a_built, sizeof(int)));
+    known[device] = major == 9 && built == 1;
+  }
+  return known[device] == 1;
+}
+
+}  // namespace fg::cuda
