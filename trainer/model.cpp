@@ -162,7 +162,7 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
       Variable attn_out = recompute == Recompute::Attn ? ag::checkpoint(attend, {r.q, r.k, r.v})[0]
                                                        : attend({r.q, r.k, r.v})[0];
       ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, r.h, use(lp.mlp_norm), cfg_.norm_eps);
-      Variable mlp = ag::linear(ag::swiglu(ag::linear(n2.y, use(lp.w_gate_up))), use(lp.w_down));
+      Variable mlp = ag::linear(ag::gate_up_swiglu(n2.y, use(lp.w_gate_up)), use(lp.w_down));
       return std::vector<Variable>{mlp, n2.h};
     };
     std::vector<Variable> in = delta.defined() ? std::vector<Variable>{delta, h}

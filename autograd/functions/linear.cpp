@@ -7,8 +7,12 @@
 namespace fg::ag {
 
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
+  Tensor y = ops::linear_forward(x.data(), weight.data(), bias.defined() ? bias.data() : Tensor());
+  return record_linear(x, weight, bias, std::move(y));
+}
+
+Variable record_linear(const Variable& x, const Variable& weight, const Variable& bias, Tensor y) {
   bool has_bias = bias.defined();
-  Tensor y = ops::linear_forward(x.data(), weight.data(), has_bias ? bias.data() : Tensor());
   // A weight cast from a parameter: its gradient goes straight into the
   // parameter's buffer (autograd/function.h), so the parameter is the input.
   const Variable master = cast_source(weight);

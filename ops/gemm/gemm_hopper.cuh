@@ -81,6 +81,11 @@ struct ScheduleConfig {
 struct Problem {
   int M, N, K;
   int units_m, tiles_n, k_tiles;  // units_m: row units of kCluster * kBlockM rows
+  // 0, or B is two stacked halves of b_half rows whose rows pair up (a gate and an up
+  // projection): then column tile n0 holds rows n0/2 .. n0/2 + 127 of the first half in its
+  // columns 0..127 and the same rows of the second half in columns 128..255, so a thread's
+  // fragment holds both columns of each pair (see gemm_tn_kernel).
+  int b_half;
 };
 
 // The box of shared memory at src (64 x 64 bf16, 128-byte rows, 128-byte swizzle) stored by
@@ -103,6 +108,11 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
 //   M come too (their values are dropped; apply must not read past its tables for them).
 // - store(box, row0, col0): TMA-stores (tma_store_2d) the bf16 64 x 64 box at shared address
 //   `box`, rows row0.., columns col0.. of the product, or nothing for columns past it.
+// One with a second output made from the same tile (SwiGLU's product beside the gate and up it
+// came from) also has kSecondBoxes (its width in 64-column boxes), apply_second (as apply, on
+// the accumulators again; it leaves the output in v's first 16 kSecondBoxes values) and
+// store_second (as store, with col0 a column of the tile): staged and stored once the
+// buffer's first stores have read it.
 
 // The plain epilogue: c = bf16(acc + bias), c (M, N) clipped by TMA at its edges.
 struct StoreBf16 {
@@ -401,17 +411,28 @@ __global__ void __launch_bounds__(kThreads, 1)
         // tile counts). Such a box is read from the last row instead: whatever it holds only
         // reaches outputs past M or N, which the epilogue drops.
         const int a_row = min(m0, p.M - 1);
-        const int b_row = min(n0 + static_cast<int>(rank) * (kBlockN / C::kCluster), p.N - 1);
+        // First row of B's half tile h (128 rows; with one CTA and no b_half, the whole tile).
+        const auto b_row = [&](int h) {
+          return min(p.b_half ? h * p.b_half + n0 / 2 : n0 + h * (kBlockN / 2), p.N - 1);
+        };
         for (int kt = 0; kt < p.k_tiles; ++kt) {
           mbar_wait(&empty[pos.stage], pos.phase ^ 1);  // the consumers' previous trip is done
           mbar_expect_tx(&full[pos.stage], kStageBytes);
           const uint32_t dst = ring + pos.stage * kStageBytes;
           tma_load_2d(dst, &a_map, &full[pos.stage], kt * kBlockK, a_row);
-          if constexpr (C::kCluster == 1)
-            tma_load_2d(dst + C::kTileBytesA, &b_map, &full[pos.stage], kt * kBlockK, b_row);
-          else
+          if constexpr (C::kCluster == 1) {
+            if (p.b_half == 0) {
+              tma_load_2d(dst + C::kTileBytesA, &b_map, &full[pos.stage], kt * kBlockK, b_row(0));
+            } else {  // b_map's boxes are half tiles
+              tma_load_2d(dst + C::kTileBytesA, &b_map, &full[pos.stage], kt * kBlockK, b_row(0));
+              tma_load_2d(dst + C::kTileBytesA + kTileBytesB / 2, &b_map, &full[pos.stage],
+                          kt * kBlockK, b_row(1));
+            }
+          } else {
             tma_load_2d_multicast(dst + C::kTileBytesA + rank * (kTileBytesB / C::kCluster), &b_map,
-                                  &full[pos.stage], kt * kBlockK, b_row, (1u << C::kCluster) - 1);
+                                  &full[pos.stage], kt * kBlockK, b_row(static_cast<int>(rank)),
+                                  (1u << C::kCluster) - 1);
+          }
           pos.advance();
         }
       }
@@ -504,35 +525,50 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool leader = threadIdx.x % kWarpgroup == 0;
     const int out_bar = 3 + consumer;  // named barrier of this consumer's 128 threads
     const int row0 = m0 + (C::kPingPong ? 0 : consumer * 64);
-    if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-    named_sync(out_bar, kWarpgroup);
+    // The tile's first kBoxes 64-column boxes as `apply` leaves them, staged and stored by
+    // the leader with `store`.
+    auto stage = [&](auto boxes, auto&& apply, auto&& store) {
+      constexpr int kBoxes = decltype(boxes)::value;
+      if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+      named_sync(out_bar, kWarpgroup);
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = warp * 16 + lane / 4 + 8 * half;  // r % 8 = lane / 4
-      float v[64];
+      for (int half = 0; half < 2; ++half) {
+        const int r = warp * 16 + lane / 4 + 8 * half;  // r % 8 = lane / 4
+        float v[64];
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        v[2 * j] = acc[4 * j + 2 * half];
-        v[2 * j + 1] = acc[4 * j + 2 * half + 1];
+        for (int j = 0; j < 32; ++j) {
+          v[2 * j] = acc[4 * j + 2 * half];
+          v[2 * j + 1] = acc[4 * j + 2 * half + 1];
+        }
+        apply(row0 + r, n0 + 2 * (lane % 4), v);
+#pragma unroll
+        for (int j = 0; j < 8 * kBoxes; ++j) {
+          const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+          const uint32_t addr = out + (j / 8) * (kStoreBox * 128) + r * 128 +
+                                (((j % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
+          asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
+                       "r"(*reinterpret_cast<const uint32_t*>(&pair))
+                       : "memory");
+        }
       }
-      epi.apply(row0 + r, n0 + 2 * (lane % 4), v);
+      fence_proxy_async();  // the buffer's writes, visible to the copy engine
+      named_sync(out_bar, kWarpgroup);
+      if (leader) {
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-        const uint32_t addr = out + (j / 8) * (kStoreBox * 128) + r * 128 +
-                              (((j % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
-        asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
-                     "r"(*reinterpret_cast<const uint32_t*>(&pair))
-                     : "memory");
+        for (int box = 0; box < kBoxes; ++box)
+          store(out + box * (kStoreBox * 128), row0, n0 + box * kStoreBox);
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
       }
-    }
-    fence_proxy_async();  // the buffer's writes, visible to the copy engine
-    named_sync(out_bar, kWarpgroup);
-    if (leader) {
-#pragma unroll
-      for (int box = 0; box < kBlockN / kStoreBox; ++box)
-        epi.store(out + box * (kStoreBox * 128), row0, n0 + box * kStoreBox);
-      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    };
+    stage(
+        std::integral_constant<int, kBlockN / kStoreBox>{},
+        [&](int row, int col0, float(&v)[64]) { epi.apply(row, col0, v); },
+        [&](uint32_t box, int r0, int col) { epi.store(box, r0, col); });
+    if constexpr (requires { Epi::kSecondBoxes; }) {
+      stage(
+          std::integral_constant<int, Epi::kSecondBoxes>{},
+          [&](int row, int col0, float(&v)[64]) { epi.apply_second(row, col0, v); },
+          [&](uint32_t box, int r0, int col) { epi.store_second(box, r0, col); });
     }
   }
   // The last stores read shared memory before the block exits.
@@ -604,9 +640,10 @@ inline CUtensorMap kmajor_map(const bf16* base, int64_t rows, int64_t cols, int6
 
 // acc = a (M, K; row stride lda) @ b (N, K; row stride ldb)^T, handed to epi tile by tile
 // (see gemm_tn_kernel), on `stream` of the current device, with the schedule kSchedule.
+// paired_halves: b's two halves (N / 2 rows each) pair up in each column tile (Problem).
 template <GemmSchedule kSchedule = GemmSchedule::kCooperative, class Epi>
 void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int M, int N, int K,
-                    const Epi& epi, cudaStream_t stream) {
+                    const Epi& epi, cudaStream_t stream, bool paired_halves = false) {
   using C = ScheduleConfig<kSchedule>;
   FG_CHECK(M >= 0 && N >= 0 && K > 0, "gemm_tn: M = ", M, ", N = ", N, ", K = ", K,
            " (K must be positive)");
@@ -616,6 +653,7 @@ void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int 
            " and multiples of 8 elements (16 bytes, for TMA)");
   FG_CHECK(reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0,
            "gemm_tn: a and b must start 16-byte aligned (TMA)");
+  FG_CHECK(!paired_halves || N % 2 == 0, "gemm_tn: N = ", N, " is not two halves");
   if (M == 0 || N == 0) return;
   int device = 0;
   FG_CUDA_CHECK(cudaGetDevice(&device));
@@ -649,12 +687,19 @@ void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int 
   const auto tiles_of = [](int64_t n, int block) {
     return static_cast<int>((n + block - 1) / block);
   };
-  const Problem p{
-      M, N, K, tiles_of(M, C::kBlockM * C::kCluster), tiles_of(N, kBlockN), tiles_of(K, kBlockK)};
+  const Problem p{M,
+                  N,
+                  K,
+                  tiles_of(M, C::kBlockM * C::kCluster),
+                  tiles_of(N, kBlockN),
+                  tiles_of(K, kBlockK),
+                  paired_halves ? N / 2 : 0};
   const int64_t units = static_cast<int64_t>(p.units_m) * p.tiles_n;
   FG_CHECK(units < (int64_t{1} << 31), "gemm_tn: ", M, " x ", N, " has too many tiles");
   const CUtensorMap a_map = kmajor_map(a, M, K, lda, C::kBlockM);
-  const CUtensorMap b_map = kmajor_map(b, N, K, ldb, kBlockN / C::kCluster);  // its share of B
+  // Boxes of its share of B: a half tile with 2 CTAs or paired halves, else the whole tile.
+  const CUtensorMap b_map =
+      kmajor_map(b, N, K, ldb, paired_halves ? kBlockN / 2 : kBlockN / C::kCluster);
   const int clusters = static_cast<int>(std::min<int64_t>(units, max_clusters));
   if constexpr (C::kCluster == 1) {
     kernel<<<clusters, kThreads, C::kSmemBytes, stream>>>(a_map, b_map, p, epi);

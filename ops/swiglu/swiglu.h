@@ -11,12 +11,25 @@ Tensor swiglu_forward(const Tensor& gu);
 // dout (..., F), gu (..., 2F) -> dgu (..., 2F)
 Tensor swiglu_backward(const Tensor& dout, const Tensor& gu);
 
+// The MLP's first half: gu = x @ w^T and out = swiglu(gu), x (..., D) and w (2F, D),
+// gate rows first. On Hopper in bf16 one GEMM whose epilogue writes out beside gu
+// (SwiGLU of the fp32 products, before gu is rounded); elsewhere linear_forward,
+// then swiglu_forward.
+struct GateUpSwiGLU {
+  Tensor gu;   // (..., 2F), what swiglu_backward needs
+  Tensor out;  // (..., F)
+};
+GateUpSwiGLU gate_up_swiglu(const Tensor& x, const Tensor& w);
+
 namespace detail {
 // Checked, contiguous operands; outputs allocated by the caller.
 void swiglu_forward_cpu(const Tensor& gu, const Tensor& out);
 void swiglu_forward_cuda(const Tensor& gu, const Tensor& out);
 void swiglu_backward_cpu(const Tensor& dout, const Tensor& gu, const Tensor& dgu);
 void swiglu_backward_cuda(const Tensor& dout, const Tensor& gu, const Tensor& dgu);
+// x (rows, D), w (2F, D), gu (rows, 2F), out (rows, F); returns false, touching
+// nothing, where the fused GEMM does not run (not Hopper, not bf16, misaligned).
+bool gate_up_swiglu_cuda(const Tensor& x, const Tensor& w, const Tensor& gu, const Tensor& out);
 }  // namespace detail
 
 }  // namespace fg::ops

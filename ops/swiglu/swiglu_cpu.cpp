@@ -1,6 +1,7 @@
 // SwiGLU: the public entries (checks, device dispatch) and the CPU reference.
 #include <cmath>
 
+#include "ops/linear/linear.h"
 #include "ops/swiglu/swiglu.h"
 
 namespace fg::ops {
@@ -25,6 +26,29 @@ T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 }  // namespace
+
+GateUpSwiGLU gate_up_swiglu(const Tensor& x, const Tensor& w) {
+  const char* op = "gate_up_swiglu";
+  check_defined(op, "x", x);
+  check_defined(op, "w", w);
+  FG_CHECK(x.dim() >= 1 && w.dim() == 2 && w.size(1) == x.size(-1) && w.size(0) % 2 == 0, op,
+           ": x is ", x.shape_str(), " but w is ", w.shape_str(), " (expected (2F, ",
+           x.dim() >= 1 ? x.size(-1) : 0, "))");
+#ifdef FG_CUDA
+  if (x.is_cuda() && x.dtype() == w.dtype() && w.device() == x.device() && x.size(-1) > 0) {
+    const Tensor x2 = x.contiguous().reshape({x.numel() / x.size(-1), x.size(-1)});
+    const Tensor wc = w.contiguous();
+    Shape gu_shape = x.shape(), out_shape = x.shape();
+    gu_shape.back() = w.size(0);
+    out_shape.back() = w.size(0) / 2;
+    GateUpSwiGLU r{Tensor::empty(gu_shape, x.dtype(), x.device()),
+                   Tensor::empty(out_shape, x.dtype(), x.device())};
+    if (detail::gate_up_swiglu_cuda(x2, wc, r.gu, r.out)) return r;
+  }
+#endif
+  Tensor gu = linear_forward(x, w, Tensor());
+  return {gu, swiglu_forward(gu)};
+}
 
 Tensor swiglu_forward(const Tensor& gu) {
   check_gu("swiglu", gu);

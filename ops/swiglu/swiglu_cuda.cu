@@ -1,12 +1,15 @@
 // SwiGLU on the GPU: each thread takes a 16-byte pack of outputs of (rows, F)
 // (one element when F or the buffers do not allow it), reading the gate g and
-// up u from the two halves of gu's row; fp32 math for f32 and bf16.
+// up u from the two halves of gu's row; fp32 math for f32 and bf16. On Hopper the
+// forward also runs inside the gate/up GEMM's epilogue (gate_up_swiglu_cuda).
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
 
 #include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
+#include "ops/gemm/gemm_hopper.cuh"
+#include "ops/gemm/gemm_hopper.h"
 #include "ops/swiglu/swiglu.h"
 
 namespace fg::ops::detail {
@@ -14,11 +17,15 @@ namespace {
 
 constexpr int kBlock = 256;
 
-// exp(100) = inf gives 0, not NaN. fp32: the hardware's exp2 (2 ulp, as expf)
-// and a correctly rounded reciprocal, a third of expf's and the division's
-// instructions (these passes are as much issue- as bandwidth-bound).
+// exp(100) = inf gives 0, not NaN. fp32: the hardware's exp2 and reciprocal (2 and
+// 1 ulp; subnormal results flush to 0), a fraction of expf's and the division's
+// instructions (these passes, and the GEMM epilogue, are as much issue- as
+// bandwidth-bound).
 __device__ __forceinline__ float sigmoid(float x) {
-  return __frcp_rn(1.f + exp2f(x * -1.4426950408889634f));
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
+  return r;
 }
 __device__ __forceinline__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
@@ -47,28 +54,69 @@ __global__ void swiglu_forward_kernel(const T* gu, T* out, int64_t rows, int64_t
   *reinterpret_cast<Pack<T, V>*>(out + i * V) = o;
 }
 
-// dgu (rows, 2F) = [dout u s (1 + g (1 - s)) | dout g s] with s = sigmoid(g).
-template <class T, int V>
+// dgu (rows, 2F) = [dout u s (1 + g (1 - s)) | dout g s] with s = sigmoid(g). Each
+// thread takes kPacks adjacent packs of V and issues all their loads first: five
+// streams (three read, two written) want more bytes in flight than one pack each.
+template <class T, int V, int kPacks>
 __global__ void swiglu_backward_kernel(const T* dout, const T* gu, T* dgu, int64_t rows,
                                        int64_t f) {
   const int64_t fv = f / V;
-  int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= rows * fv) return;
-  int64_t r = i / fv, gi = r * 2 * f + (i - r * fv) * V, ui = gi + f;
-  const Pack<T, V> g = *reinterpret_cast<const Pack<T, V>*>(gu + gi);
-  const Pack<T, V> u = *reinterpret_cast<const Pack<T, V>*>(gu + ui);
-  const Pack<T, V> d = *reinterpret_cast<const Pack<T, V>*>(dout + i * V);
-  Pack<T, V> dg, du;
+  const int64_t first = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * kPacks;
+  Pack<T, V> g[kPacks], u[kPacks], d[kPacks];
+  int64_t gi[kPacks];
 #pragma unroll
-  for (int k = 0; k < V; ++k) {
-    auto gk = to_compute(g.v[k]), uk = to_compute(u.v[k]), dk = to_compute(d.v[k]);
-    auto sk = sigmoid(gk);
-    dg.v[k] = from_compute<T>(dk * uk * sk * (1 + gk * (1 - sk)));
-    du.v[k] = from_compute<T>(dk * gk * sk);
+  for (int q = 0; q < kPacks; ++q) {
+    const int64_t i = first + q;
+    if (i >= rows * fv) break;
+    const int64_t r = i / fv;
+    gi[q] = r * 2 * f + (i - r * fv) * V;
+    g[q] = *reinterpret_cast<const Pack<T, V>*>(gu + gi[q]);
+    u[q] = *reinterpret_cast<const Pack<T, V>*>(gu + gi[q] + f);
+    d[q] = *reinterpret_cast<const Pack<T, V>*>(dout + i * V);
   }
-  *reinterpret_cast<Pack<T, V>*>(dgu + gi) = dg;
-  *reinterpret_cast<Pack<T, V>*>(dgu + ui) = du;
+#pragma unroll
+  for (int q = 0; q < kPacks; ++q) {
+    if (first + q >= rows * fv) break;
+    Pack<T, V> dg, du;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      auto gk = to_compute(g[q].v[k]), uk = to_compute(u[q].v[k]), dk = to_compute(d[q].v[k]);
+      auto sk = sigmoid(gk);
+      dg.v[k] = from_compute<T>(dk * uk * sk * (1 + gk * (1 - sk)));
+      du.v[k] = from_compute<T>(dk * gk * sk);
+    }
+    *reinterpret_cast<Pack<T, V>*>(dgu + gi[q]) = dg;
+    *reinterpret_cast<Pack<T, V>*>(dgu + gi[q] + f) = du;
+  }
 }
+
+// The gate/up product's epilogue (gemm_hopper.cuh, B's gate and up halves paired): a tile's
+// columns 0..127 are the gate of features n0/2 .. n0/2 + 127 and columns 128..255 the up of
+// the same features, so a thread holds g and u of each of its features. The tile leaves as
+// is into gu; its second output is out = silu(g) u, from the fp32 products (before gu is
+// rounded), 128 columns staged and stored by TMA like the first.
+struct SwiGLUStore {
+  static constexpr int kSecondBoxes = 2;
+  CUtensorMap g_map, u_map;  // gu's halves, (rows, F) each with row stride 2F
+  CUtensorMap out_map;       // (rows, F)
+
+  __device__ __forceinline__ void apply(int, int, float (&)[64]) const {}
+  __device__ __forceinline__ void store(uint32_t box, int row0, int col) const {
+    const int b = (col % hopper::kBlockN) / hopper::kStoreBox;  // 0, 1 gate; 2, 3 up
+    hopper::tma_store_2d(b < 2 ? &g_map : &u_map, box, feature_of(col) - 128 * (b / 2), row0);
+  }
+  __device__ __forceinline__ void apply_second(int, int, float (&v)[64]) const {
+#pragma unroll
+    for (int j = 0; j < 32; ++j) v[j] = v[j] * sigmoid(v[j]) * v[j + 32];  // v[j + 32]: its up
+  }
+  __device__ __forceinline__ void store_second(uint32_t box, int row0, int col) const {
+    hopper::tma_store_2d(&out_map, box, feature_of(col), row0);
+  }
+  // The feature of a tile's gate column (n0/2 + c for column c of tile n0).
+  __device__ __forceinline__ static int feature_of(int col) {
+    return (col - col % hopper::kBlockN) / 2 + col % hopper::kBlockN;
+  }
+};
 
 // 16-byte packs when every row start is aligned to one (F a multiple of the pack
 // and the buffers aligned); single elements otherwise.
@@ -102,8 +150,10 @@ void launch_backward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) {
   int64_t f = dout.size(-1), total = dout.numel();
   if (total == 0) return;
   auto launch = [&]<int V>() {
-    swiglu_backward_kernel<T, V><<<cuda::grid_for(total / V, kBlock), kBlock, 0, cuda::stream()>>>(
-        dout.data<T>(), gu.data<T>(), dgu.data<T>(), total / f, f);
+    constexpr int kPacks = 2;
+    swiglu_backward_kernel<T, V, kPacks>
+        <<<cuda::grid_for(total / V, kBlock * kPacks), kBlock, 0, cuda::stream()>>>(
+            dout.data<T>(), gu.data<T>(), dgu.data<T>(), total / f, f);
   };
   if (packable(f, kPack<T>, {&dout, &gu, &dgu}))
     launch.template operator()<kPack<T>>();
@@ -113,6 +163,28 @@ void launch_backward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) {
 }
 
 }  // namespace
+
+bool gate_up_swiglu_cuda(const Tensor& x, const Tensor& w, const Tensor& gu, const Tensor& out) {
+  const int64_t rows = x.size(0), D = x.size(1), f = out.size(-1);
+  const auto aligned16 = [](const Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0;
+  };
+  if (x.dtype() != DType::BF16 || w.dtype() != DType::BF16 || rows == 0 ||
+      rows >= (int64_t{1} << 31) || 2 * f >= (int64_t{1} << 31) || D % 8 != 0 || f % 8 != 0 ||
+      !aligned16(x) || !aligned16(w) || !aligned16(gu) || !aligned16(out) ||
+      !gemm_hopper_available())
+    return false;
+  const auto half_map = [&](const bf16* base) {
+    return hopper::kmajor_map(base, rows, f, 2 * f, hopper::kStoreBox);
+  };
+  const SwiGLUStore epi{half_map(gu.data<bf16>()), half_map(gu.data<bf16>() + f),
+                        hopper::kmajor_map(out.data<bf16>(), rows, f, f, hopper::kStoreBox)};
+  // Ping-pong: one consumer's epilogue (SwiGLU, its stores) runs under the other's products.
+  hopper::launch_gemm_tn<GemmSchedule::kPingPong>(
+      x.data<bf16>(), D, w.data<bf16>(), D, static_cast<int>(rows), static_cast<int>(2 * f),
+      static_cast<int>(D), epi, cuda::stream(), /*paired_halves=*/true);
+  return true;
+}
 
 void swiglu_forward_cuda(const Tensor& gu, const Tensor& out) {
   switch (gu.dtype()) {

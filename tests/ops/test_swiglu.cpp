@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "ops/gemm/gemm_hopper.h"
+#include "ops/linear/linear.h"
 #include "ops/swiglu/swiglu.h"
 #include "test_util.h"
 
@@ -17,6 +19,8 @@ using fg::DType;
 using fg::Generator;
 using fg::Shape;
 using fg::Tensor;
+using fg::ops::gate_up_swiglu;
+using fg::ops::linear_forward;
 using fg::ops::swiglu_backward;
 using fg::ops::swiglu_forward;
 
@@ -79,6 +83,20 @@ TEST(Swiglu, ErrorsNameTheShapes) {
                   "swiglu_backward: dout is (2, 4) but gu is (2, 6)");
   EXPECT_FG_ERROR(swiglu_backward(Tensor::zeros({2, 3}, DType::F64), Tensor::zeros({2, 6})),
                   "swiglu_backward: dout is f64 but gu is f32");
+}
+
+TEST(GateUpSwiglu, IsLinearThenSwiglu) {
+  Generator gen(5);
+  Tensor x = Tensor::randn({2, 3, 8}, gen, DType::F64);
+  Tensor w = Tensor::randn({12, 8}, gen, DType::F64);
+  fg::ops::GateUpSwiGLU r = gate_up_swiglu(x, w);
+  EXPECT_EQ(r.gu.shape(), (Shape{2, 3, 12}));
+  EXPECT_EQ(r.out.shape(), (Shape{2, 3, 6}));
+  Tensor gu = linear_forward(x, w, Tensor());
+  EXPECT_EQ(fg::max_abs_diff(r.gu, gu), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(r.out, swiglu_forward(gu)), 0.0);
+  EXPECT_FG_ERROR(gate_up_swiglu(x, Tensor::zeros({11, 8}, DType::F64)),
+                  "gate_up_swiglu: x is (2, 3, 8) but w is (11, 8) (expected (2F, 8))");
 }
 
 // ---------------------------------------------------------------------------
@@ -151,6 +169,64 @@ TEST(SwigluCudaEdge, KernelsWriteEveryElement) {
   }
 }
 #endif
+
+// The gate/up GEMM with SwiGLU in its epilogue (Hopper, bf16) against the CPU in f64 on the
+// same inputs: rows that end mid-tile, F that ends mid-tile (192) or mid-box (200, 8), K not
+// a multiple of the k tile (72). Outputs start as NaN: every element must be written.
+struct GateUpCase {
+  int64_t rows, d, f;
+};
+
+class GateUpSwigluCuda : public ::testing::TestWithParam<GateUpCase> {};
+
+TEST_P(GateUpSwigluCuda, FusedMatchesCpu) {
+  FG_REQUIRE_GPU();
+  if (!fg::ops::detail::gemm_hopper_available()) GTEST_SKIP() << "needs Hopper and sm_90a";
+  const GateUpCase c = GetParam();
+  Device gpu = Device::cuda(0);
+  Generator gen(31 + c.f);
+  Tensor x = Tensor::randn({c.rows, c.d}, gen, DType::BF16, gpu);
+  Tensor w = Tensor::randn({2 * c.f, c.d}, gen, DType::BF16, gpu, 0.0, 0.1);
+  Tensor gu = Tensor::full({c.rows, 2 * c.f}, NAN, DType::BF16, gpu);
+  Tensor out = Tensor::full({c.rows, c.f}, NAN, DType::BF16, gpu);
+  ASSERT_TRUE(fg::ops::detail::gate_up_swiglu_cuda(x, w, gu, out));
+  Tensor want_gu = linear_forward(f64(x), f64(w), Tensor());
+  EXPECT_FALSE(fg::has_non_finite(gu));
+  EXPECT_FALSE(fg::has_non_finite(out));
+  EXPECT_TRUE(close_rel(gu, want_gu, 1e-2)) << "gu";
+  EXPECT_TRUE(close_rel(out, swiglu_forward(want_gu), 1e-2)) << "out";
+  // The public entry, leading dimensions kept, gives the same bits.
+  fg::ops::GateUpSwiGLU r = gate_up_swiglu(x.reshape({1, c.rows, c.d}), w);
+  EXPECT_EQ(r.out.shape(), (Shape{1, c.rows, c.f}));
+  EXPECT_EQ(fg::max_abs_diff(r.out.reshape({c.rows, c.f}), out), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(r.gu.reshape({c.rows, 2 * c.f}), gu), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, GateUpSwigluCuda,
+                         ::testing::Values(GateUpCase{1, 64, 64}, GateUpCase{67, 72, 192},
+                                           GateUpCase{300, 768, 200}, GateUpCase{5, 64, 8},
+                                           GateUpCase{129, 768, 2048}, GateUpCase{1000, 384, 1024}),
+                         [](const auto& info) {
+                           const GateUpCase& c = info.param;
+                           return "rows" + std::to_string(c.rows) + "_d" + std::to_string(c.d) +
+                                  "_f" + std::to_string(c.f);
+                         });
+
+TEST(GateUpSwigluCudaEdge, OtherShapesTakeTheComposedPath) {
+  FG_REQUIRE_GPU();
+  // F = 6 is no whole 16-byte row of a half: the fused GEMM declines, the composition runs.
+  Device gpu = Device::cuda(0);
+  Generator gen(33);
+  Tensor x = Tensor::randn({9, 64}, gen, DType::BF16, gpu);
+  Tensor w = Tensor::randn({12, 64}, gen, DType::BF16, gpu, 0.0, 0.1);
+  Tensor gu = Tensor::empty({9, 12}, DType::BF16, gpu),
+         out = Tensor::empty({9, 6}, DType::BF16, gpu);
+  EXPECT_FALSE(fg::ops::detail::gate_up_swiglu_cuda(x, w, gu, out));
+  fg::ops::GateUpSwiGLU r = gate_up_swiglu(x, w);
+  Tensor want_gu = linear_forward(f64(x), f64(w), Tensor());
+  EXPECT_TRUE(close_rel(r.gu, want_gu, 1e-2));
+  EXPECT_TRUE(close_rel(r.out, swiglu_forward(want_gu), 1e-2));
+}
 
 TEST(SwigluCudaEdge, DeviceMismatchIsAnError) {
   FG_REQUIRE_GPU();
