@@ -106,8 +106,8 @@ void embedding_backward_cpu(const Tensor& grad_out, const Tensor& ids, const Ten
   const int64_t n = ids.numel(), vocab = grad_weight.size(0), d = grad_weight.size(1);
   const int32_t* pid = ids.data<int32_t>();
   check_id_range("embedding_backward", pid, n, vocab);
-  // The GPU's order: each row's gradients summed by position in the compute
-  // type, then added to what the row holds.
+  // Each row's gradients summed in position order, then added to what the row
+  // holds (the GPU sums pieces of 16 first: the same sums up to rounding).
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),

@@ -1,7 +1,7 @@
-// Embedding on the GPU: a row gather forward; a deterministic backward (sorted
-// ids, each row's gradients summed in order in fp32 for bf16, rounded once). Ids are not
-// range-checked on the host (that would need a sync): a bad id reads as a NaN row and adds to no
-// row.
+// Embedding on the GPU: a row gather forward; a deterministic backward (sorted ids, each
+// row's gradients summed in order, in fp32 for bf16, rounded once). Ids are not
+// range-checked on the host (that would need a sync): a bad id reads as a NaN row and
+// adds to no row.
 #include <algorithm>
 #include <cmath>
 #include <cub/device/device_radix_sort.cuh>
@@ -40,7 +40,7 @@ __global__ void embedding_forward_kernel(const T* weight, const int32_t* ids, T*
 // small vocabulary, a padding token) is not one thread's long loop: the ids are
 // sorted stably with their positions; each row's run of the sorted ids is cut
 // into pieces of kPiece, one block sums each piece's rows into a scratch row; then
-// one thread per (row, column) adds its row's pieces in order and writes.
+// one block per row adds its row's pieces in order and writes the row.
 constexpr int kPiece = 16;
 
 // keys[i] = ids[i], or vocab (sorted last, summed into no row) when out of range.
@@ -164,6 +164,7 @@ void launch_backward(const Tensor& grad_out, const Tensor& ids, const Tensor& gr
   // pieces -> piece_start, in place: piece_start[vocab] = the number of pieces (<= n).
   FG_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.raw_data(), scan_bytes, pieces, pieces,
                                               static_cast<int>(vocab + 1), s));
+  // Room for the most pieces there can be (every id its own row): n rows.
   Tensor scratch = Tensor::empty({std::max<int64_t>(n, 1), dim}, dtype_of<Acc>(), dev);
   if (n > 0) {
     embedding_piece_sums_kernel<T, Acc><<<static_cast<unsigned>(n), kBlock, 0, s>>>(
