@@ -894,10 +894,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
   auto take_turn = [&] { hopper::named_sync(1 + cw, 256); };
   auto pass_turn = [&] { hopper::named_arrive(2 - cw, 256); };
-  auto release = [&](uint64_t* bar) {  // after the wgmma_wait that retired the tile's reads
-    __syncwarp();
-    if (lane == 0) hopper::mbar_arrive(bar);
-  };
 
   float o[kHd / 2], s[kBn / 2];  // n8 tile t, element e at [4 t + e]
   float m_run[2], l_run[2];
@@ -975,7 +971,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     pass_turn();
     wgmma_wait<0>();
     pin(s);
-    release(&empty_k[0]);
+    hopper::mbar_arrive_warp(&empty_k[0]);  // after the wait that retired its reads
     if ((n + 1) * kBn - 1 > warp_row0) {
 #pragma unroll
       for (int nt = 0; nt < kNt; ++nt)
@@ -1000,12 +996,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     pass_turn();
     wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run
     pin(s);
-    release(&empty_k[stage]);
+    hopper::mbar_arrive_warp(&empty_k[stage]);
     float alpha[2];
     softmax(alpha);
     wgmma_wait<0>();
     pin(o);
-    release(&empty_v[prev]);
+    hopper::mbar_arrive_warp(&empty_v[prev]);
 #pragma unroll
     for (int dt = 0; dt < kDt; ++dt)
 #pragma unroll
@@ -1295,8 +1291,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     pin(dq);
     pin(dk_acc);
     pin(dv_acc);
-    __syncwarp();
-    if (lane == 0) hopper::mbar_arrive(&empty[stage]);  // Q, dO, lse, D of the stage are read
+    hopper::mbar_arrive_warp(&empty[stage]);  // Q, dO, lse, D of the stage are read
     // dQ into this consumer's boxes once the copy engine has read the last tile's: element
     // (row, col) of box col / 32 at row * 128 + 16-byte piece (col % 32 / 4) ^ (row % 8).
     if (it > 0) hopper::mbar_wait(&dq_empty[cw], (it - 1) & 1);

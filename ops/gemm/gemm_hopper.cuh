@@ -153,6 +153,12 @@ __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
 }
+// One arrival per warp, once every lane of it is done with what the barrier guards (a
+// consumer warp releasing a ring stage whose reads its wgmma_wait retired).
+__device__ __forceinline__ void mbar_arrive_warp(uint64_t* bar) {
+  __syncwarp();
+  if (threadIdx.x % 32 == 0) mbar_arrive(bar);
+}
 // Returns once the phase of parity `parity` has completed (parity 1 on a fresh barrier:
 // at once, the phase "before" the first counts as completed).
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
