@@ -1,9 +1,10 @@
 // Fused multi-tensor AdamW on the GPU: up to 256 parameters per launch
 // (multi_tensor.cuh). Each tensor's slot (param, grad, exp_avg, exp_avg_sq and
-// optional bf16 copy pointers, size, decay flag) travels in a kernel-parameter pack; each block
-// updates one fixed-size chunk. The step's values (lr, t, gradient norm, loss)
-// are read from device memory by every block, so the launch can be captured in
-// a CUDA graph and replayed with the current values. The element math is
+// optional bf16 copy pointers, size, decay flag) travels in a kernel-parameter
+// pack; each block updates one fixed-size chunk. The step's values (lr, t,
+// gradient norm, loss) are read from device memory by a one-thread kernel that
+// leaves the coefficients there, so the launches can be captured in a CUDA graph
+// and replayed with the current values. The element math is
 // detail::adamw_update, shared with the CPU reference.
 #include <vector>
 
@@ -78,21 +79,20 @@ __device__ __forceinline__ bool aligned(const AdamWSlot<F>& s) {
          a(s.copy, 2 * 16 / sizeof(F));
 }
 
+// The step's values turned into coefficients once, in f64 as the CPU reference does, by
+// one thread before the update: in every block (a quarter-million at the seed size) the
+// loads and pows held the block's first loads back.
+__global__ void adamw_coeffs_kernel(const __grid_constant__ AdamWStepRefs step, AdamWCoeffs* out) {
+  AdamWStepValues values{step.lr_step[0], step.lr_step[1], multi_tensor::load(step.grad_norm, 0.0),
+                         multi_tensor::load(step.loss, 0.0)};
+  *out = adamw_coeffs(step.hyper, values, step.max_norm);
+}
+
 template <class F>
 __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>> pack,
-                                   const __grid_constant__ AdamWStepRefs step) {
-  // Thread 0 turns the step's values into coefficients once per block, in f64
-  // as the CPU reference does; the few loads and pows are nothing next to the
-  // chunk's traffic, and no separate kernel or buffer is needed.
-  __shared__ AdamWCoeffs coeffs;
-  if (threadIdx.x == 0) {
-    AdamWStepValues values{step.lr_step[0], step.lr_step[1],
-                           multi_tensor::load(step.grad_norm, 0.0),
-                           multi_tensor::load(step.loss, 0.0)};
-    coeffs = adamw_coeffs(step.hyper, values, step.max_norm);
-  }
-  __syncthreads();
-  const AdamWCoeffs c = coeffs;
+                                   const __grid_constant__ AdamWStepRefs step,
+                                   const AdamWCoeffs* coeffs) {
+  const AdamWCoeffs c = *coeffs;
   if (c.skip) return;  // a non-finite norm or loss: nothing changes
 
   const AdamWSlot<F>& s = multi_tensor::find_slot(pack);
@@ -170,9 +170,14 @@ void launch_adamw(const std::vector<AdamWTensors>& params, const AdamWHyper& hyp
   AdamWStepRefs step{hyper, inputs.lr_step.data<double>(),
                      multi_tensor::device_scalar(inputs.grad_norm),
                      multi_tensor::device_scalar(inputs.loss), inputs.max_norm};
+  const Tensor coeffs = Tensor::empty(
+      {static_cast<int64_t>((sizeof(AdamWCoeffs) + 7) / 8)}, DType::F64, params[0].param.device());
+  AdamWCoeffs* c = reinterpret_cast<AdamWCoeffs*>(coeffs.raw_data());
+  adamw_coeffs_kernel<<<1, 1, 0, cuda::stream()>>>(step, c);
+  FG_CUDA_CHECK(cudaGetLastError());
   multi_tensor::launch_packs(
       "adamw", slots, [&](const SlotPack<AdamWSlot<F>>& pack, unsigned grid, int64_t) {
-        adamw_multi_kernel<F><<<grid, kBlock, 0, cuda::stream()>>>(pack, step);
+        adamw_multi_kernel<F><<<grid, kBlock, 0, cuda::stream()>>>(pack, step, c);
         FG_CUDA_CHECK(cudaGetLastError());
       });
 }
