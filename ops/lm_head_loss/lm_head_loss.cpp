@@ -40,7 +40,9 @@ LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Te
   Tensor one;  // () dloss of each chunk: the chunks' losses add up to the mean
   if (need_grads) {
     r.dy = Tensor::empty({N, D}, y.dtype(), y.device());
-    r.dweight = Tensor::zeros({V, D}, weight.dtype(), weight.device());
+    // The first chunk's product writes it (beta 0), the others add to it: no zero pass.
+    r.dweight = N > 0 ? Tensor::empty({V, D}, weight.dtype(), weight.device())
+                      : Tensor::zeros({V, D}, weight.dtype(), weight.device());
     one = Tensor::ones({}, loss_dtype, y.device());
   }
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
@@ -56,7 +58,7 @@ LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Te
     add_inplace(r.loss, cross_entropy_with_grad(logits, t_c, r.count, one).loss);
     const Tensor& dlogits = logits;
     gemm(dlogits, false, weight, false, r.dy.slice(0, r0, r1));  // dy_c = dlogits @ W
-    gemm(dlogits, true, y_c, false, r.dweight, 1.0, 1.0);        // dW += dlogits^T @ y_c
+    gemm(dlogits, true, y_c, false, r.dweight, 1.0, r0 == 0 ? 0.0 : 1.0);  // dW (+)= dlogits^T y_c
   }
   return r;
 }

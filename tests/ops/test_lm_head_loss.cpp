@@ -102,6 +102,15 @@ TEST(LMHeadLoss, AllIgnoredGivesZeroLossAndGrads) {
   }
 }
 
+TEST(LMHeadLoss, NoRowsGiveZeroGradients) {
+  // No chunk runs, so no product writes dW: it must still come back as zeros.
+  Problem p = make(0, 4, 7, DType::F32, Device::cpu(), {});
+  ops::LMHeadLossOut r = ops::lm_head_loss(p.y, p.w, p.targets, true, 0);
+  EXPECT_EQ(r.loss.item(), 0.0);
+  EXPECT_EQ(r.dy.shape(), (fg::Shape{0, 4}));
+  EXPECT_EQ(max_abs_diff(r.dweight, Tensor::zeros({7, 4})), 0.0);
+}
+
 TEST(LMHeadLoss, ErrorsNameTheShapes) {
   Problem p = make(6, 4, 9, DType::F32, Device::cpu());
   EXPECT_FG_ERROR(ops::lm_head_loss(p.y, Tensor::zeros({9, 5}), p.targets, false),
