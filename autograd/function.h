@@ -47,5 +47,13 @@ struct GradBuffer {
   bool add = false;  // what the buffer holds counts: add to it; else overwrite it
 };
 GradBuffer leaf_grad_buffer(const Variable& leaf);
+// The same, or none when the backward cannot write the buffer's dtype
+// (accepts(dtype) is false): it then returns a gradient as usual.
+template <class Accepts>
+GradBuffer leaf_grad_buffer(const Variable& leaf, Accepts accepts) {
+  GradBuffer into = leaf_grad_buffer(leaf);
+  if (into.buffer.defined() && !accepts(into.buffer.dtype())) return {};
+  return into;
+}
 
 }  // namespace fg::ag

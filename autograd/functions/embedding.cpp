@@ -15,10 +15,9 @@ Variable embedding(const Variable& weight, const Tensor& ids) {
   // Backward scatter-adds rows: it needs the ids and the vocab size, not the weight.
   return record("embedding", {w_in}, {out},
                 [ids, vocab_size, master](const std::vector<Tensor>& g) {
-                  GradBuffer into = leaf_grad_buffer(master);
-                  if (into.buffer.defined() &&
-                      !ops::embedding_backward_accepts(g[0].dtype(), into.buffer.dtype()))
-                    into = {};
+                  const GradBuffer into = leaf_grad_buffer(master, [&](DType c) {
+                    return ops::embedding_backward_accepts(g[0].dtype(), c);
+                  });
                   return std::vector<Tensor>{
                       ops::embedding_backward(g[0], ids, vocab_size, into.buffer, into.add)};
                 })[0];

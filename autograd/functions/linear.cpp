@@ -22,10 +22,11 @@ Variable record_linear(const Variable& x, const Variable& weight, const Variable
   return record("linear", {x, w_in, bias}, {y},
                 [xd = x.data(), wd = weight.data(), master, has_bias, x_grad, w_grad,
                  b_grad](const std::vector<Tensor>& g) {
-                  GradBuffer into = w_grad ? leaf_grad_buffer(master) : GradBuffer{};
-                  if (into.buffer.defined() &&
-                      !ops::gemm_accepts(xd.dtype(), into.buffer.dtype(), xd.device()))
-                    into = {};
+                  // master is defined only for a weight cast from a parameter that wants
+                  // a gradient (cast_source), so w_grad holds whenever there is a buffer.
+                  const GradBuffer into = leaf_grad_buffer(master, [&](DType c) {
+                    return ops::gemm_accepts(xd.dtype(), c, xd.device());
+                  });
                   ops::LinearGrads d = ops::linear_backward(g[0], xd, wd, has_bias && b_grad,
                                                             into.buffer, into.add);
                   return std::vector<Tensor>{x_grad ? d.dx : Tensor(),

@@ -22,9 +22,8 @@ QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
       "rmsnorm_qkv_rope", {x, residual, norm_weight, w_in, bias}, {out.q, out.k, out.v, out.h},
       [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(), w = wqkv.data(),
        master](const std::vector<Tensor>& g) {
-        GradBuffer into = leaf_grad_buffer(master);
-        if (into.buffer.defined() && !ops::gemm_accepts(h.dtype(), into.buffer.dtype(), h.device()))
-          into = {};
+        const GradBuffer into = leaf_grad_buffer(
+            master, [&](DType c) { return ops::gemm_accepts(h.dtype(), c, h.device()); });
         ops::QKVRoPEGrads d = ops::rmsnorm_qkv_rope_backward(
             cfg, g[0], g[1], g[2], g[3], h, rstd, positions, wn, w, into.buffer, into.add);
         return std::vector<Tensor>{d.dx, cfg.add_residual ? d.dx : Tensor(), d.dnorm_weight,
