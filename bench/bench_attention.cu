@@ -115,6 +115,7 @@ int main(int argc, char** argv) {
     const std::vector<Shape> shapes = {
         {4, 4096, 16, 16, 128}, {16, 1024, 16, 16, 128}, {4, 4096, 32, 32, 64},
         {16, 1024, 32, 32, 64}, {4, 4096, 32, 8, 128},   {16, 1024, 12, 12, 64},
+        {1, 4096, 32, 32, 128},  // the seed model's layer
     };
     const fg::bench::GpuTimer timer(3, reps);
     for (const Shape& s : shapes) {

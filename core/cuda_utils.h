@@ -28,6 +28,9 @@ void set_device(int index);
 // other images trap.
 bool sm90a_kernels_run();
 
+// The current device's streaming multiprocessors.
+int sm_count();
+
 inline unsigned grid_for(int64_t n, int block) {
   return static_cast<unsigned>((n + block - 1) / block);
 }

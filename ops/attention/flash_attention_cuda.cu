@@ -15,6 +15,9 @@
 // FlashAttention-3: a producer warpgroup feeding TMA loads through mbarriers,
 // two consumer warpgroups on warpgroup MMAs (wgmma); the forward's softmax runs
 // under the products, the backward adds dQ by TMA reductions instead of atomics.
+//
+// Every kernel's grid is 1-D, its blocks walking heads in groups, heaviest tiles first
+// within a group (grid_order.h), so the grid ends on light tiles.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -25,6 +28,7 @@
 #include "core/cuda_utils.h"
 #include "core/wgmma.cuh"
 #include "ops/attention/attention.h"
+#include "ops/attention/grid_order.h"
 #include "ops/gemm/gemm_hopper.cuh"
 
 namespace fg::ops::detail {
@@ -163,6 +167,7 @@ struct LaneAddr {
 // Shapes of one call.
 struct FlashDims {
   int seq, heads, kv_heads, group;
+  int grid_groups;        // grid_order.h: the 1-D grid's groups of sequence-heads
   int64_t q_row, kv_row;  // elements between consecutive positions: H*hd, Hkv*hd
   float scale, scale_log2;
 };
@@ -203,8 +208,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const SwzLane<kHd> q_lane(warp * Tr::kWarpRows + la.a_row, la.a_col);  // A from Q
   const SwzLane<kHd> k_lane(la.b_row, la.b_col);                         // B from K
   const SwzLane<kHd> v_lane(la.bt_row, la.bt_col);                       // B from V (.trans)
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z, g = h / d.group;
+  const int m_blocks = (d.seq + kBm - 1) / kBm;
+  const GridTile tile = grid_tile(blockIdx.x, m_blocks, gridDim.x / m_blocks, d.grid_groups);
+  const int m_block = m_blocks - 1 - tile.rank;
+  const int h = tile.seq_head % d.heads, b = tile.seq_head / d.heads, g = h / d.group;
   const int m0 = m_block * kBm, warp_row0 = m0 + warp * Tr::kWarpRows;
   const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
   const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
@@ -473,8 +480,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int quad_row = lane / 4, quad_col = lane % 4 * 2;
   const LaneAddr la(lane);
-  const int g = blockIdx.y, b = blockIdx.z;
-  const int n0 = blockIdx.x * kBn, key_row0 = warp * 16;        // the warp's keys within the tile
+  const int n_blocks = (d.seq + kBn - 1) / kBn;
+  const GridTile tile = grid_tile(blockIdx.x, n_blocks, gridDim.x / n_blocks, d.grid_groups);
+  const int g = tile.seq_head % d.kv_heads, b = tile.seq_head / d.kv_heads;
+  const int n0 = tile.rank * kBn, key_row0 = warp * 16;         // the warp's keys within the tile
   const SwzLane<kHd> kv_lane(key_row0 + la.a_row, la.a_col);    // A from K, V
   const SwzLane<kHd> qn_lane(la.b_row, la.b_col);               // B from Q, dO as [n][k]
   const SwzLane<kHd> qk_lane(la.bt_row, la.bt_col);             // B from Q, dO, K as [k][n]
@@ -853,8 +862,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   uint64_t* full_v = full_k + kStages;
   uint64_t* empty_k = full_v + kStages;
   uint64_t* empty_v = empty_k + kStages;
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z, g = h / d.group;
+  const int m_blocks = (d.seq + kBm - 1) / kBm;
+  const GridTile tile = grid_tile(blockIdx.x, m_blocks, gridDim.x / m_blocks, d.grid_groups);
+  const int m_block = m_blocks - 1 - tile.rank;
+  const int h = tile.seq_head % d.heads, b = tile.seq_head / d.heads, g = h / d.group;
   const int m0 = m_block * kBm;
   const int n_tiles = m_block + 1;  // key tiles up to and including the diagonal one
 
@@ -1110,8 +1121,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   uint64_t* dq_empty = dq_full + 2;           // ... and was read by the copy engine
   const uint32_t s_dq = s_k + Tr::kDqOffset;  // per consumer, 32-column boxes (128-byte swizzle)
   const int wg = threadIdx.x / 128, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
-  const int g = blockIdx.y, b = blockIdx.z;
-  const int n0 = blockIdx.x * kBn;
+  const int n_blocks = (d.seq + kBn - 1) / kBn;
+  const GridTile tile = grid_tile(blockIdx.x, n_blocks, gridDim.x / n_blocks, d.grid_groups);
+  const int g = tile.seq_head % d.kv_heads, b = tile.seq_head / d.kv_heads;
+  const int n0 = tile.rank * kBn;
   const int m_first = n0 / kBm, m_count = (d.seq + kBm - 1) / kBm - m_first;
   const int iters = d.group * m_count;  // (query head, query tile) pairs
   auto tile_of = [&](int it, int& h, int& m0) {
@@ -1334,17 +1347,26 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 
 FlashDims flash_dims(const Tensor& q, const Tensor& k) {
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Hkv = k.size(2), hd = q.size(3);
-  FG_CHECK(B <= 65535 && H <= 65535 && T < (int64_t{1} << 30), "attention: q ", q.shape_str(),
-           " is too large for the CUDA grid (B and H at most 65535)");
+  // One block per 64 positions of each sequence-head at most: the 1-D grid's limit.
+  FG_CHECK(T < (int64_t{1} << 30) && B * H * ((T + 63) / 64) < (int64_t{1} << 31), "attention: q ",
+           q.shape_str(), " is too large for the CUDA grid (B * H * T / 64 at most 2^31)");
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   return {static_cast<int>(T),
           static_cast<int>(H),
           static_cast<int>(Hkv),
           static_cast<int>(H / Hkv),
+          1,
           H * hd,
           Hkv * hd,
           static_cast<float>(scale),
           static_cast<float>(scale * 1.4426950408889634)};
+}
+
+// The 1-D grid of `tiles` blocks per sequence-head, walked in grid_order.h's order.
+unsigned ordered_grid(FlashDims& d, int64_t tiles, int64_t seq_heads) {
+  d.grid_groups =
+      grid_groups(static_cast<int>(tiles), static_cast<int>(seq_heads), cuda::sm_count());
+  return static_cast<unsigned>(tiles * seq_heads);
 }
 
 template <class Kernel>
@@ -1355,10 +1377,10 @@ void allow_smem(Kernel kernel, int bytes) {
 template <class Tr>
 void launch_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                           const Tensor& lse) {
-  const FlashDims d = flash_dims(q, k);
+  FlashDims d = flash_dims(q, k);
   auto kernel = flash_attention_forward_kernel<Tr>;
   allow_smem(kernel, Tr::kSmemBytes);
-  dim3 grid(cuda::grid_for(d.seq, Tr::kBlockM), d.heads, static_cast<unsigned>(q.size(0)));
+  const unsigned grid = ordered_grid(d, cuda::grid_for(d.seq, Tr::kBlockM), q.size(0) * d.heads);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda::stream()>>>(
       q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), out.data<bf16>(), lse.data<float>(), d);
   FG_CUDA_CHECK(cudaGetLastError());
@@ -1391,10 +1413,10 @@ CUtensorMap attention_map(const Tensor& t, int box_rows) {
 template <class Tr>
 void launch_flash_forward_ws(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                              const Tensor& lse) {
-  const FlashDims d = flash_dims(q, k);
+  FlashDims d = flash_dims(q, k);
   auto kernel = flash_attention_forward_ws_kernel<Tr>;
   allow_smem(kernel, Tr::kSmemBytes);
-  dim3 grid(cuda::grid_for(d.seq, Tr::kBlockM), d.heads, static_cast<unsigned>(q.size(0)));
+  const unsigned grid = ordered_grid(d, cuda::grid_for(d.seq, Tr::kBlockM), q.size(0) * d.heads);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda::stream()>>>(
       attention_map(q, Tr::kBlockM), attention_map(k, Tr::kBlockN), attention_map(v, Tr::kBlockN),
       out.data<bf16>(), lse.data<float>(), d);
@@ -1406,7 +1428,7 @@ void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                            const Tensor& out, const Tensor& lse, const AttentionGrads& grads) {
   constexpr int kHd = Tr::kHeadDim;
   constexpr int kBlock = 256;
-  const FlashDims d = flash_dims(q, k);
+  FlashDims d = flash_dims(q, k);
   const int64_t B = q.size(0);
   cudaStream_t stream = cuda::stream();
   Tensor delta = Tensor::empty(lse.shape(), DType::F32, q.device());  // (B, H, T)
@@ -1419,7 +1441,7 @@ void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
           dout.data<bf16>(), out.data<bf16>(), delta.data<float>(), rows, d.seq, d.heads);
   FG_CUDA_CHECK(cudaGetLastError());
 
-  dim3 grid(cuda::grid_for(d.seq, Tr::kBlockN), d.kv_heads, static_cast<unsigned>(B));
+  const unsigned grid = ordered_grid(d, cuda::grid_for(d.seq, Tr::kBlockN), B * d.kv_heads);
   if constexpr (Tr::kWarpSpecialized) {
     auto kernel = flash_attention_backward_ws_kernel<Tr>;
     allow_smem(kernel, Tr::kSmemBytes);

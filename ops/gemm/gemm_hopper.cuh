@@ -602,15 +602,6 @@ class PerDevice {
   std::vector<int> values_;
 };
 
-inline int sm_count(int device) {
-  static PerDevice counts;
-  return counts.get(device, [](int d) {
-    int n = 0;
-    FG_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, d));
-    return n;
-  });
-}
-
 // cuTensorMapEncodeTiled from the driver through the runtime: no -lcuda.
 inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
@@ -682,7 +673,7 @@ void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int 
   const int max_clusters = resident.get(device, [&](int d) {
     FG_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-    if (C::kCluster == 1) return sm_count(d);
+    if (C::kCluster == 1) return cuda::sm_count();
     config.gridDim = dim3(C::kCluster);
     int n = 0;
     FG_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &config));

@@ -8,7 +8,12 @@
 #include <vector>
 
 #include "ops/attention/attention.h"
+#include "ops/attention/grid_order.h"
 #include "test_util.h"
+
+#ifdef FG_CUDA
+#include "core/cuda_utils.h"
+#endif
 
 using fg::Device;
 using fg::DType;
@@ -378,6 +383,41 @@ TEST(AttentionCudaEdge, NonFiniteInputPropagates) {
 
 // ---- the flash kernels (bf16, head_dim 64 and 128) ----
 
+// The closed form of grid_tile against the order written as loops: groups of near-equal
+// size one after the other, inside a group rank by rank across its heads.
+TEST(AttentionGridOrder, BlocksWalkGroupsRankByRank) {
+  namespace d = fg::ops::detail;
+  struct Grid {
+    int tiles, seq_heads, groups;
+  };
+  for (Grid c : {Grid{1, 1, 1}, Grid{8, 192, 5}, Grid{32, 32, 3}, Grid{7, 5, 5}, Grid{3, 10, 4},
+                 Grid{32, 32, 1}, Grid{16, 33, 32}}) {
+    SCOPED_TRACE(std::to_string(c.tiles) + " tiles, " + std::to_string(c.seq_heads) + " heads, " +
+                 std::to_string(c.groups) + " groups");
+    int64_t block = 0;
+    for (int g = 0; g < c.groups; ++g) {
+      const int first = g * c.seq_heads / c.groups, end = (g + 1) * c.seq_heads / c.groups;
+      for (int rank = 0; rank < c.tiles; ++rank)
+        for (int head = first; head < end; ++head, ++block) {
+          const d::GridTile t = d::grid_tile(block, c.tiles, c.seq_heads, c.groups);
+          ASSERT_EQ(t.rank, rank) << "block " << block;
+          ASSERT_EQ(t.seq_head, head) << "block " << block;
+        }
+    }
+    EXPECT_EQ(block, int64_t{c.tiles} * c.seq_heads);
+  }
+  // One group: heads fastest; a group per head: a head's tiles together.
+  EXPECT_EQ(d::grid_tile(13, 4, 5, 1).rank, 2);
+  EXPECT_EQ(d::grid_tile(13, 4, 5, 1).seq_head, 3);
+  EXPECT_EQ(d::grid_tile(13, 4, 5, 5).rank, 1);
+  EXPECT_EQ(d::grid_tile(13, 4, 5, 5).seq_head, 3);
+  // About two waves per group, at least one head per group.
+  EXPECT_EQ(d::grid_groups(32, 32, 132), 3);
+  EXPECT_EQ(d::grid_groups(8, 192, 132), 5);
+  EXPECT_EQ(d::grid_groups(2, 1, 132), 1);
+  EXPECT_EQ(d::grid_groups(1000, 2, 132), 2);
+}
+
 #ifdef FG_CUDA  // the flash kernels exist only in CUDA builds
 // Odd lengths (1, 17, 127, 1000: no tile size divides them), one multiple of
 // every tile, MHA and GQA (groups of 2, 3, 4), batch > 1, both head dims.
@@ -457,10 +497,8 @@ TEST_P(AttentionFlash, EveryTilingMatchesCpuSharpSoftmax) {
 // The public entries (which pick the flash kernels for these shapes) against
 // the simple GPU kernels on the same bf16 inputs; both backwards read the
 // flash forward's out and lse.
-TEST_P(AttentionFlash, MatchesSimpleKernel) {
-  FG_REQUIRE_GPU();
+void check_against_simple(const AttnShape& s) {
   namespace d = fg::ops::detail;
-  AttnShape s = GetParam();
   Device gpu = Device::cuda(0);
   Qkv x = random_qkv(s, 51, DType::BF16, gpu);
   Generator gen(52);
@@ -483,8 +521,26 @@ TEST_P(AttentionFlash, MatchesSimpleKernel) {
   EXPECT_TRUE(close_rel(g.dv, simple_g.dv, 1e-2)) << "dv";
 }
 
+TEST_P(AttentionFlash, MatchesSimpleKernel) {
+  FG_REQUIRE_GPU();
+  check_against_simple(GetParam());
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionFlash, ::testing::ValuesIn(kFlashShapes),
                          [](const auto& info) { return shape_name(info.param); });
+
+// Grids of several head groups (grid_order.h), forward and backward, MHA and GQA: the
+// shapes above are one group each.
+TEST(AttentionFlashEdge, ManyHeadGroupsMatchSimpleKernel) {
+  FG_REQUIRE_GPU();
+  const int sms = fg::cuda::sm_count();
+  for (AttnShape s : {AttnShape{16, 1000, 8, 8, 64}, AttnShape{16, 1000, 16, 8, 128}}) {
+    SCOPED_TRACE(shape_name(s));
+    // The backward's grid (keys of 128, per kv head) is the smaller one.
+    ASSERT_GT(fg::ops::detail::grid_groups((s.T + 127) / 128, s.B * s.Hkv, sms), 1);
+    check_against_simple(s);
+  }
+}
 
 TEST(AttentionFlashEdge, ForwardAndKeyGradientsAreDeterministic) {
   // Everything but dq (summed with atomics) is written by exactly one thread.
