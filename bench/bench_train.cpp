@@ -30,7 +30,7 @@ using fg::trainer::GPTConfig;
 
 constexpr double kDefaultPeakTflops = 989.4;  // dense bf16 without sparsity, H100/H200 SXM
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-constexpr int kTopKernels = 25;
+constexpr int kTopKernels = 40;
 
 const char* const kFooter =
     "MFU = (6 * N * B * T + 6 * B * T^2 * D * L) / (median step seconds * peak FLOP/s).\n"

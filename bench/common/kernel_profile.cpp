@@ -126,7 +126,9 @@ void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t* buffer, 
       }
       case CUPTI_ACTIVITY_KIND_MEMSET: {
         auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(rec);
-        s.records.push_back({name_id(s, "[memset]"), m->start, m->end});
+        // By size: which zero fills a step makes shows in the table.
+        const std::string name = "[memset " + std::to_string(m->bytes) + " B]";
+        s.records.push_back({name_id(s, name), m->start, m->end});
         break;
       }
       default:

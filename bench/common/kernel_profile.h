@@ -11,7 +11,7 @@
 namespace fg::bench {
 
 struct KernelStat {
-  std::string name;  // demangled, without the argument list; "[memcpy HtoD]", "[memset]"
+  std::string name;  // demangled, without the argument list; "[memcpy HtoD]", "[memset 3072 B]"
   int64_t calls = 0;
   double total_ms = 0;
 };
