@@ -60,6 +60,10 @@ class Tensor {
   const std::shared_ptr<Storage>& storage() const { return storage_; }
 
   void* raw_data() const;
+  // Whether the first element starts on a multiple of `bytes` (16: TMA and 16-byte accesses).
+  bool starts_aligned(size_t bytes) const {
+    return reinterpret_cast<uintptr_t>(raw_data()) % bytes == 0;
+  }
   // Typed pointer to the first element; checks that T matches the dtype.
   template <class T>
   T* data() const {

@@ -86,10 +86,8 @@ __global__ void cast_pack_kernel(const S* src, D* dst, int64_t packs) {
 
 template <class S, class D>
 bool try_cast_pack(const Tensor& src, const Tensor& dst, int64_t n) {
-  auto aligned = [](const Tensor& t, size_t bytes) {
-    return reinterpret_cast<uintptr_t>(t.raw_data()) % bytes == 0;
-  };
-  if (n % 8 != 0 || !aligned(src, 8 * sizeof(S)) || !aligned(dst, 8 * sizeof(D))) return false;
+  if (n % 8 != 0 || !src.starts_aligned(8 * sizeof(S)) || !dst.starts_aligned(8 * sizeof(D)))
+    return false;
   cast_pack_kernel<S, D><<<cuda::grid_for(n / 8, kBlock), kBlock, 0, cuda::stream()>>>(
       static_cast<const S*>(src.raw_data()), static_cast<D*>(dst.raw_data()), n / 8);
   return true;

@@ -25,6 +25,7 @@
 #include <iterator>
 #include <vector>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "core/wgmma.cuh"
 #include "ops/attention/attention.h"
@@ -36,7 +37,6 @@ namespace {
 
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // ---- PTX wrappers ----
@@ -86,13 +86,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
 
 __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t value) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(value));
-}
-
-// 2^x on the special-function unit; 2^-inf = 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // Two floats as bf16x2, `lo` in the low half (the lower column).
@@ -324,14 +317,14 @@ __global__ void __launch_bounds__(Tr::kThreads)
         // A row with no visible key yet keeps max -inf: subtract 0 instead so
         // that exp2(-inf - -inf) never makes a NaN.
         const float m_scaled = mx == -INFINITY ? 0.f : mx * d.scale_log2;
-        const float alpha = fast_exp2(m_run[mt][hf] * d.scale_log2 - m_scaled);
+        const float alpha = exp2_approx(m_run[mt][hf] * d.scale_log2 - m_scaled);
         m_run[mt][hf] = mx;
         float sum = 0.f;
 #pragma unroll
         for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float p = fast_exp2(fmaf(s[mt][nt][2 * hf + e], d.scale_log2, -m_scaled));
+            const float p = exp2_approx(fmaf(s[mt][nt][2 * hf + e], d.scale_log2, -m_scaled));
             s[mt][nt][2 * hf + e] = p;
             sum += p;
           }
@@ -563,7 +556,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = nt * 8 + quad_col + (e & 1);  // query within the tile
-        float p = fast_exp2(fmaf(st[nt][e], d.scale_log2, -lse_s[col] * kLog2e));
+        float p = exp2_approx(fmaf(st[nt][e], d.scale_log2, -lse_s[col] * kLog2e));
         if (need_mask) {
           const int key = n0 + key_row0 + quad_row + (e >> 1) * 8, query = m0 + col;
           if (key > query || query >= d.seq) p = 0.f;
@@ -949,14 +942,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
       const float m_scaled = mx == -INFINITY ? 0.f : mx * d.scale_log2;
-      alpha[hf] = fast_exp2(m_run[hf] * d.scale_log2 - m_scaled);
+      alpha[hf] = exp2_approx(m_run[hf] * d.scale_log2 - m_scaled);
       m_run[hf] = mx;
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const float pv = fast_exp2(fmaf(s[4 * nt + 2 * hf + e], d.scale_log2, -m_scaled));
+          const float pv = exp2_approx(fmaf(s[4 * nt + 2 * hf + e], d.scale_log2, -m_scaled));
           s[4 * nt + 2 * hf + e] = pv;
           sum += pv;
         }
@@ -1251,7 +1244,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = nt * 8 + quad_col + (e & 1);  // query within the tile
-        float p = fast_exp2(fmaf(st[4 * nt + e], d.scale_log2, -lse_s[col] * kLog2e));
+        float p = exp2_approx(fmaf(st[4 * nt + e], d.scale_log2, -lse_s[col] * kLog2e));
         if (need_mask) {
           const int key = n0 + key_row + (e >> 1) * 8, query = m0 + col;
           if (key > query || query >= d.seq) p = 0.f;
@@ -1541,7 +1534,7 @@ bool flash_attention_supported(const Tensor& q) {
 
 bool flash_attention_aligned(std::initializer_list<const Tensor*> operands) {
   for (const Tensor* t : operands)
-    if (reinterpret_cast<uintptr_t>(t->raw_data()) % 16 != 0) return false;
+    if (!t->starts_aligned(16)) return false;
   return true;
 }
 

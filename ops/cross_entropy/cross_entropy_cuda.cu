@@ -26,12 +26,6 @@ constexpr int kReduceBlock = 256;  // threads of the one-block reductions (count
 // e^x: for fp32 one multiply and the hardware's exp2 (2 ulp, as expf, at a third
 // of its instructions: at vocabulary sizes these kernels are as much issue- as
 // bandwidth-bound, so a logit costs as few instructions as it can); f64 keeps exp.
-constexpr float kLog2e = 1.4426950408889634f;
-__device__ __forceinline__ float exp2_approx(float x) {  // results below 2^-126 flush to 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 __device__ __forceinline__ float exp_of(float x) {
   return exp2_approx(x * kLog2e);
 }
@@ -290,10 +284,8 @@ template <class T, class Launch>
 void with_row_tiling(const Tensor& logits, const Tensor& dlogits, Launch&& launch) {
   constexpr int kVec = Pack<T>::kVec;
   const int64_t vocab = logits.size(1);
-  auto aligned = [](const Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.raw_data()) % sizeof(Pack<T>) == 0;
-  };
-  const bool packed = vocab % kVec == 0 && aligned(logits) && aligned(dlogits);
+  const bool packed = vocab % kVec == 0 && logits.starts_aligned(sizeof(Pack<T>)) &&
+                      dlogits.starts_aligned(sizeof(Pack<T>));
   const bool large = vocab >= 16 * 1024;
   if (packed && large) return launch.template operator()<kLargeRowBlock, kVec>();
   if (packed) return launch.template operator()<kRowBlock, kVec>();

@@ -58,8 +58,8 @@ void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const T
   FG_CHECK(M < (int64_t{1} << 31) && N < (int64_t{1} << 31) && K < (int64_t{1} << 31), op, ": ",
            a.shape_str(), " @ ", b.shape_str(), "^T is too large");
   if (M == 0 || N == 0) return;
-  FG_CHECK(c.strides()[0] % 8 == 0 && reinterpret_cast<uintptr_t>(c.raw_data()) % 16 == 0, op,
-           ": c ", c.describe(), " must start 16-byte aligned with a row stride that is a ",
+  FG_CHECK(c.strides()[0] % 8 == 0 && c.starts_aligned(16), op, ": c ", c.describe(),
+           " must start 16-byte aligned with a row stride that is a ",
            "multiple of 8 elements (TMA stores it)");
   const Tensor bias_c = bias.defined() ? bias.contiguous() : Tensor();  // packed (N)
   const hopper::StoreBf16 epi{

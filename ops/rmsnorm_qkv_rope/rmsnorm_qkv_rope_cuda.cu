@@ -135,12 +135,9 @@ bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const T
   const int64_t hd = cfg.head_dim(), half = cfg.rotary_dim / 2, D = cfg.hidden_dim;
   const bool shape_ok =
       (hd == 64 && (half == 32 || half == 16)) || (hd == 128 && (half == 64 || half == 32));
-  const auto aligned16 = [](const Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0;
-  };
   // No rows: nothing for a GEMM (and no tensor map of zero rows); the composed path returns.
   if (!shape_ok || n.dtype() != DType::BF16 || D % 8 != 0 || n.size(0) == 0 ||
-      n.size(0) >= (int64_t{1} << 31) || !aligned16(n) || !aligned16(wqkv) ||
+      n.size(0) >= (int64_t{1} << 31) || !n.starts_aligned(16) || !wqkv.starts_aligned(16) ||
       !gemm_hopper_available())
     return false;
   const int64_t P = positions.numel();

@@ -227,7 +227,7 @@ bool packable(const std::vector<RopeSegment>& segments, int64_t hd, int64_t half
   if (hd % vec != 0 || (rotate && half % vec != 0)) return false;
   for (const RopeSegment& s : segments) {
     for (const Tensor* t : {&s.in, &s.out}) {
-      if (reinterpret_cast<uintptr_t>(t->raw_data()) % kVecBytes != 0) return false;
+      if (!t->starts_aligned(kVecBytes)) return false;
       if (t->strides()[0] % vec != 0 || t->strides()[1] % vec != 0) return false;
     }
   }

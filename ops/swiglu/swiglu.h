@@ -30,6 +30,8 @@ void swiglu_backward_cuda(const Tensor& dout, const Tensor& gu, const Tensor& dg
 // x (rows, D), w (2F, D), gu (rows, 2F), out (rows, F); returns false, touching
 // nothing, where the fused GEMM does not run (not Hopper, not bf16, misaligned).
 bool gate_up_swiglu_cuda(const Tensor& x, const Tensor& w, const Tensor& gu, const Tensor& out);
+// Whether it runs for these x and w (given 16-byte-aligned outputs, as fresh tensors are).
+bool gate_up_swiglu_cuda_takes(const Tensor& x, const Tensor& w);
 }  // namespace detail
 
 }  // namespace fg::ops

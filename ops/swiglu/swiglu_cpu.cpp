@@ -38,12 +38,16 @@ GateUpSwiGLU gate_up_swiglu(const Tensor& x, const Tensor& w) {
   if (x.is_cuda() && x.dtype() == w.dtype() && w.device() == x.device() && x.size(-1) > 0) {
     const Tensor x2 = x.contiguous().reshape({x.numel() / x.size(-1), x.size(-1)});
     const Tensor wc = w.contiguous();
-    Shape gu_shape = x.shape(), out_shape = x.shape();
-    gu_shape.back() = w.size(0);
-    out_shape.back() = w.size(0) / 2;
-    GateUpSwiGLU r{Tensor::empty(gu_shape, x.dtype(), x.device()),
-                   Tensor::empty(out_shape, x.dtype(), x.device())};
-    if (detail::gate_up_swiglu_cuda(x2, wc, r.gu, r.out)) return r;
+    if (detail::gate_up_swiglu_cuda_takes(x2, wc)) {
+      Shape gu_shape = x.shape(), out_shape = x.shape();
+      gu_shape.back() = w.size(0);
+      out_shape.back() = w.size(0) / 2;
+      GateUpSwiGLU r{Tensor::empty(gu_shape, x.dtype(), x.device()),
+                     Tensor::empty(out_shape, x.dtype(), x.device())};
+      FG_CHECK(detail::gate_up_swiglu_cuda(x2, wc, r.gu, r.out),
+               "gate_up_swiglu: the fused GEMM declined fresh outputs");
+      return r;
+    }
   }
 #endif
   Tensor gu = linear_forward(x, w, Tensor());

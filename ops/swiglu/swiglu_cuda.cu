@@ -22,10 +22,7 @@ constexpr int kBlock = 256;
 // instructions (these passes, and the GEMM epilogue, are as much issue- as
 // bandwidth-bound).
 __device__ __forceinline__ float sigmoid(float x) {
-  float e, r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
-  return r;
+  return rcp_approx(1.f + exp2_approx(-x * kLog2e));
 }
 __device__ __forceinline__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
@@ -126,7 +123,7 @@ constexpr int kPack = sizeof(T) <= 4 ? static_cast<int>(16 / sizeof(T)) : 1;
 bool packable(int64_t f, int pack, std::initializer_list<const Tensor*> ts) {
   if (pack == 1 || f % pack != 0) return false;
   for (const Tensor* t : ts)
-    if (reinterpret_cast<uintptr_t>(t->raw_data()) % 16 != 0) return false;
+    if (!t->starts_aligned(16)) return false;
   return true;
 }
 
@@ -164,15 +161,16 @@ void launch_backward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) {
 
 }  // namespace
 
+bool gate_up_swiglu_cuda_takes(const Tensor& x, const Tensor& w) {
+  const int64_t rows = x.size(0), D = x.size(1), f = w.size(0) / 2;
+  return x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && rows > 0 &&
+         rows < (int64_t{1} << 31) && 2 * f < (int64_t{1} << 31) && D % 8 == 0 && f % 8 == 0 &&
+         x.starts_aligned(16) && w.starts_aligned(16) && gemm_hopper_available();
+}
+
 bool gate_up_swiglu_cuda(const Tensor& x, const Tensor& w, const Tensor& gu, const Tensor& out) {
   const int64_t rows = x.size(0), D = x.size(1), f = out.size(-1);
-  const auto aligned16 = [](const Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0;
-  };
-  if (x.dtype() != DType::BF16 || w.dtype() != DType::BF16 || rows == 0 ||
-      rows >= (int64_t{1} << 31) || 2 * f >= (int64_t{1} << 31) || D % 8 != 0 || f % 8 != 0 ||
-      !aligned16(x) || !aligned16(w) || !aligned16(gu) || !aligned16(out) ||
-      !gemm_hopper_available())
+  if (!gate_up_swiglu_cuda_takes(x, w) || !gu.starts_aligned(16) || !out.starts_aligned(16))
     return false;
   const auto half_map = [&](const bf16* base) {
     return hopper::kmajor_map(base, rows, f, 2 * f, hopper::kStoreBox);
