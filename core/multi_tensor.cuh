@@ -1,7 +1,8 @@
 // Multi-tensor launches, shared by grad_norm and adamw: the host packs a list of
 // tensors (slots) into a kernel parameter passed by value (no device table, no
 // host-to-device copy, so the launch can be captured in a CUDA graph); each block
-// takes one fixed-size chunk of elements and finds its slot by binary search.
+// takes one fixed-size chunk of elements (kPerThread per thread, each op its own) and
+// finds its slot by binary search.
 // Lists longer than one pack take one launch per pack. Also: per-step scalars
 // that kernels read from device memory.
 #pragma once
@@ -15,15 +16,17 @@
 namespace fg::multi_tensor {
 
 constexpr int kBlock = 256;
-constexpr int kPerThread = 16;
-constexpr int64_t kChunkElems = int64_t{kPerThread} * kBlock;  // elements per block
+// Elements per block when each thread takes kPerThread.
+template <int kPerThread>
+constexpr int64_t kChunkElems = int64_t{kPerThread} * kBlock;
 // Slots per launch: a pack of 64-byte AdamW slots is 16 KB, well inside the
 // 32764 bytes of kernel parameters CUDA 12.1+ allows.
 constexpr int kPackSlots = 256;
 constexpr int64_t kMaxGrid = (int64_t{1} << 31) - 1;
 
+template <int kPerThread>
 inline int64_t num_chunks(int64_t numel) {
-  return (numel + kChunkElems - 1) / kChunkElems;
+  return (numel + kChunkElems<kPerThread> - 1) / kChunkElems<kPerThread>;
 }
 
 // Slot: a struct with `int64_t numel` and `int64_t first_chunk` (the chunks of
@@ -49,17 +52,17 @@ __device__ __forceinline__ const Slot& find_slot(const SlotPack<Slot>& pack) {
 }
 
 // This block's elements [begin, end) of its slot s.
-template <class Slot>
+template <int kPerThread, class Slot>
 __device__ __forceinline__ void chunk_range(const Slot& s, int64_t& begin, int64_t& end) {
-  begin = (static_cast<int64_t>(blockIdx.x) - s.first_chunk) * kChunkElems;
-  end = min(begin + kChunkElems, s.numel);
+  begin = (static_cast<int64_t>(blockIdx.x) - s.first_chunk) * kChunkElems<kPerThread>;
+  end = min(begin + kChunkElems<kPerThread>, s.numel);
 }
 
 // Packs the slots in order (first_chunk is filled in here; empty slots are left
 // out) and calls launch(pack, grid, chunk_base) once per pack: grid blocks, one
 // per chunk, whose chunks follow the chunk_base chunks of the earlier packs.
 // Returns the number of chunks over all packs.
-template <class Slot, class Launch>
+template <int kPerThread, class Slot, class Launch>
 int64_t launch_packs(const char* op, const std::vector<Slot>& slots, Launch&& launch) {
   SlotPack<Slot> pack;
   pack.num_slots = 0;
@@ -73,7 +76,7 @@ int64_t launch_packs(const char* op, const std::vector<Slot>& slots, Launch&& la
   };
   for (const Slot& slot : slots) {
     if (slot.numel == 0) continue;
-    int64_t n = num_chunks(slot.numel);
+    int64_t n = num_chunks<kPerThread>(slot.numel);
     FG_CHECK(n <= kMaxGrid, op, ": a tensor of ", slot.numel, " elements exceeds the CUDA grid");
     if (pack.num_slots == kPackSlots || chunks + n > kMaxGrid) flush();
     Slot& s = pack.slots[pack.num_slots++];

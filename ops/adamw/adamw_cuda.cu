@@ -18,8 +18,10 @@ namespace {
 
 using multi_tensor::DeviceScalar;
 using multi_tensor::kBlock;
-using multi_tensor::kChunkElems;
-using multi_tensor::kPerThread;
+// Elements per thread: 8 (two 16-byte packs of each tensor) update the seed model's
+// parameters in 7.98 ms per step, 16 in 8.23, 32 in 9.1 (bench/RESULTS.md, session 10).
+constexpr int kPerThread = 8;
+constexpr int64_t kChunkElems = multi_tensor::kChunkElems<kPerThread>;
 using multi_tensor::SlotPack;
 
 template <class F>
@@ -97,7 +99,7 @@ __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>
 
   const AdamWSlot<F>& s = multi_tensor::find_slot(pack);
   int64_t begin, end;
-  multi_tensor::chunk_range(s, begin, end);
+  multi_tensor::chunk_range<kPerThread>(s, begin, end);
   const F beta1 = static_cast<F>(step.hyper.beta1), beta2 = static_cast<F>(step.hyper.beta2);
   const F eps = static_cast<F>(step.hyper.eps), clip = static_cast<F>(c.clip);
   const F keep = static_cast<F>(s.decay ? c.decay_keep : 1.0);
@@ -175,7 +177,7 @@ void launch_adamw(const std::vector<AdamWTensors>& params, const AdamWHyper& hyp
   AdamWCoeffs* c = reinterpret_cast<AdamWCoeffs*>(coeffs.raw_data());
   adamw_coeffs_kernel<<<1, 1, 0, cuda::stream()>>>(step, c);
   FG_CUDA_CHECK(cudaGetLastError());
-  multi_tensor::launch_packs(
+  multi_tensor::launch_packs<kPerThread>(
       "adamw", slots, [&](const SlotPack<AdamWSlot<F>>& pack, unsigned grid, int64_t) {
         adamw_multi_kernel<F><<<grid, kBlock, 0, cuda::stream()>>>(pack, step, c);
         FG_CUDA_CHECK(cudaGetLastError());

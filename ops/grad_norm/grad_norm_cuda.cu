@@ -17,7 +17,9 @@ namespace {
 
 using multi_tensor::DeviceScalar;
 using multi_tensor::kBlock;
-using multi_tensor::kPerThread;
+// Elements per thread: 32 read the gradients at 4.5 TB/s (seed model, 0.94 ms per step;
+// 16: 0.98, 8: 1.28; bench/RESULTS.md, session 10).
+constexpr int kPerThread = 32;
 using multi_tensor::SlotPack;
 
 struct GradSlot {
@@ -39,7 +41,7 @@ template <class F>
 __device__ __forceinline__ void for_block_chunk(const SlotPack<GradSlot>& pack, F&& f) {
   const GradSlot& s = multi_tensor::find_slot(pack);
   int64_t begin, end;
-  multi_tensor::chunk_range(s, begin, end);
+  multi_tensor::chunk_range<kPerThread>(s, begin, end);
   switch (s.dtype) {
     case DType::F32:
       return f(static_cast<float*>(s.data), begin, end);
@@ -118,16 +120,16 @@ Tensor sum_squares_cuda(const std::vector<Tensor>& grads) {
   Device device = grads.front().device();
   std::vector<GradSlot> slots = grad_slots(grads);
   int64_t chunks = 0;
-  for (const GradSlot& s : slots) chunks += multi_tensor::num_chunks(s.numel);
+  for (const GradSlot& s : slots) chunks += multi_tensor::num_chunks<kPerThread>(s.numel);
   if (chunks == 0) return Tensor::zeros({}, DType::F64, device);
 
   Tensor partials = Tensor::empty({chunks}, DType::F64, device);  // (chunks)
-  multi_tensor::launch_packs("grad_norm", slots,
-                             [&](const SlotPack<GradSlot>& pack, unsigned grid, int64_t base) {
-                               sum_squares_kernel<<<grid, kBlock, 0, cuda::stream()>>>(
-                                   pack, partials.data<double>() + base);
-                               FG_CUDA_CHECK(cudaGetLastError());
-                             });
+  multi_tensor::launch_packs<kPerThread>(
+      "grad_norm", slots, [&](const SlotPack<GradSlot>& pack, unsigned grid, int64_t base) {
+        sum_squares_kernel<<<grid, kBlock, 0, cuda::stream()>>>(pack,
+                                                                partials.data<double>() + base);
+        FG_CUDA_CHECK(cudaGetLastError());
+      });
 
   Tensor result = Tensor::empty({}, DType::F64, device);
   size_t temp_bytes = 0;
@@ -151,11 +153,12 @@ Tensor grad_norm_cuda(const std::vector<Tensor>& grads, DType dtype) {
 
 void scale_cuda(const std::vector<Tensor>& grads, const Tensor& factor) {
   multi_tensor::DeviceScalar factor_ref = multi_tensor::device_scalar(factor);
-  multi_tensor::launch_packs("scale_grads", grad_slots(grads),
-                             [&](const SlotPack<GradSlot>& pack, unsigned grid, int64_t) {
-                               scale_kernel<<<grid, kBlock, 0, cuda::stream()>>>(pack, factor_ref);
-                               FG_CUDA_CHECK(cudaGetLastError());
-                             });
+  multi_tensor::launch_packs<kPerThread>(
+      "scale_grads", grad_slots(grads),
+      [&](const SlotPack<GradSlot>& pack, unsigned grid, int64_t) {
+        scale_kernel<<<grid, kBlock, 0, cuda::stream()>>>(pack, factor_ref);
+        FG_CUDA_CHECK(cudaGetLastError());
+      });
 }
 
 }  // namespace fg::ops::detail
