@@ -18,9 +18,10 @@ namespace {
 
 using multi_tensor::DeviceScalar;
 using multi_tensor::kBlock;
-// Elements per thread: 8 (two 16-byte packs of each tensor) update the seed model's
-// parameters in 7.98 ms per step, 16 in 8.23, 32 in 9.1 (bench/RESULTS.md, session 10).
-constexpr int kPerThread = 8;
+// Elements per thread: 4, one 16-byte pack of each f32 tensor (more, smaller blocks). The
+// seed model's update takes 7.67 ms per step with 4, 7.99 with 8, 8.23 with 16, 9.1 with 32
+// (bench/RESULTS.md, session 10).
+constexpr int kPerThread = 4;
 constexpr int64_t kChunkElems = multi_tensor::kChunkElems<kPerThread>;
 using multi_tensor::SlotPack;
 
@@ -108,8 +109,7 @@ __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>
     adamw_update<F>(p, g * clip, m, v, beta1, beta2, eps, keep, step_size, sqrt_bc2);
   };
   // Every load of the thread is issued before the first store (the pointers may
-  // alias as far as the compiler knows, so it would not hoist them itself):
-  // kPerThread elements in flight per thread is what keeps HBM busy.
+  // alias as far as the compiler knows, so it would not hoist them itself).
   constexpr int kVec = 16 / sizeof(F);  // elements per 16-byte load
   constexpr int kVecs = kPerThread / kVec;
   if (end - begin == kChunkElems && aligned(s)) {
