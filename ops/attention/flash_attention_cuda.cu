@@ -165,6 +165,21 @@ struct FlashDims {
   float scale, scale_log2;
 };
 
+// This block's tile of `rows` positions (grid_order.h): the rank-th heaviest, `index` counted
+// from the sequence's start: a forward query tile (the last is the heaviest) or, with
+// kFromStart, a backward key tile (the first is); `head` of `heads` in sequence b.
+template <bool kFromStart>
+struct BlockTile {
+  int index, head, b;
+  __device__ __forceinline__ BlockTile(const FlashDims& d, int rows, int heads) {
+    const int tiles = (d.seq + rows - 1) / rows;
+    const GridTile t = grid_tile(blockIdx.x, tiles, gridDim.x / tiles, d.grid_groups);
+    index = kFromStart ? t.rank : tiles - 1 - t.rank;
+    head = t.seq_head % heads;
+    b = t.seq_head / heads;
+  }
+};
+
 // ---- forward ----
 
 template <int kHeadDim_, int kWarps_, int kMTiles_, int kBlockN_>
@@ -201,10 +216,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const SwzLane<kHd> q_lane(warp * Tr::kWarpRows + la.a_row, la.a_col);  // A from Q
   const SwzLane<kHd> k_lane(la.b_row, la.b_col);                         // B from K
   const SwzLane<kHd> v_lane(la.bt_row, la.bt_col);                       // B from V (.trans)
-  const int m_blocks = (d.seq + kBm - 1) / kBm;
-  const GridTile tile = grid_tile(blockIdx.x, m_blocks, gridDim.x / m_blocks, d.grid_groups);
-  const int m_block = m_blocks - 1 - tile.rank;
-  const int h = tile.seq_head % d.heads, b = tile.seq_head / d.heads, g = h / d.group;
+  const BlockTile<false> tile(d, kBm, d.heads);
+  const int m_block = tile.index, h = tile.head, b = tile.b, g = h / d.group;
   const int m0 = m_block * kBm, warp_row0 = m0 + warp * Tr::kWarpRows;
   const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
   const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
@@ -473,10 +486,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int quad_row = lane / 4, quad_col = lane % 4 * 2;
   const LaneAddr la(lane);
-  const int n_blocks = (d.seq + kBn - 1) / kBn;
-  const GridTile tile = grid_tile(blockIdx.x, n_blocks, gridDim.x / n_blocks, d.grid_groups);
-  const int g = tile.seq_head % d.kv_heads, b = tile.seq_head / d.kv_heads;
-  const int n0 = tile.rank * kBn, key_row0 = warp * 16;         // the warp's keys within the tile
+  const BlockTile<true> tile(d, kBn, d.kv_heads);
+  const int g = tile.head, b = tile.b;
+  const int n0 = tile.index * kBn, key_row0 = warp * 16;        // the warp's keys within the tile
   const SwzLane<kHd> kv_lane(key_row0 + la.a_row, la.a_col);    // A from K, V
   const SwzLane<kHd> qn_lane(la.b_row, la.b_col);               // B from Q, dO as [n][k]
   const SwzLane<kHd> qk_lane(la.bt_row, la.bt_col);             // B from Q, dO, K as [k][n]
@@ -855,10 +867,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   uint64_t* full_v = full_k + kStages;
   uint64_t* empty_k = full_v + kStages;
   uint64_t* empty_v = empty_k + kStages;
-  const int m_blocks = (d.seq + kBm - 1) / kBm;
-  const GridTile tile = grid_tile(blockIdx.x, m_blocks, gridDim.x / m_blocks, d.grid_groups);
-  const int m_block = m_blocks - 1 - tile.rank;
-  const int h = tile.seq_head % d.heads, b = tile.seq_head / d.heads, g = h / d.group;
+  const BlockTile<false> tile(d, kBm, d.heads);
+  const int m_block = tile.index, h = tile.head, b = tile.b, g = h / d.group;
   const int m0 = m_block * kBm;
   const int n_tiles = m_block + 1;  // key tiles up to and including the diagonal one
 
@@ -1114,10 +1124,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   uint64_t* dq_empty = dq_full + 2;           // ... and was read by the copy engine
   const uint32_t s_dq = s_k + Tr::kDqOffset;  // per consumer, 32-column boxes (128-byte swizzle)
   const int wg = threadIdx.x / 128, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
-  const int n_blocks = (d.seq + kBn - 1) / kBn;
-  const GridTile tile = grid_tile(blockIdx.x, n_blocks, gridDim.x / n_blocks, d.grid_groups);
-  const int g = tile.seq_head % d.kv_heads, b = tile.seq_head / d.kv_heads;
-  const int n0 = tile.rank * kBn;
+  const BlockTile<true> tile(d, kBn, d.kv_heads);
+  const int g = tile.head, b = tile.b;
+  const int n0 = tile.index * kBn;
   const int m_first = n0 / kBm, m_count = (d.seq + kBm - 1) / kBm - m_first;
   const int iters = d.group * m_count;  // (query head, query tile) pairs
   auto tile_of = [&](int it, int& h, int& m0) {
