@@ -17,8 +17,13 @@
 
 namespace fg::cuda {
 
-// All fusegpt kernels run in order on one stream per device.
+// All fusegpt kernels run in order on one stream per device, at the greatest priority.
 cudaStream_t stream();
+// A second stream per device at the least priority, for work that may run beside the
+// compute stream's (the gradient norm under backward): the block scheduler gives it
+// only the SMs the compute stream's kernels leave free. Its user orders it against
+// stream() with events.
+cudaStream_t side_stream();
 
 // Sets the current device and checks it exists.
 void set_device(int index);

@@ -68,23 +68,38 @@ void set_device(int index) {
   FG_CUDA_CHECK(cudaSetDevice(index));
 }
 
-cudaStream_t stream() {
-  // One non-blocking stream per device, created on first use and kept for the process.
+namespace {
+// One non-blocking stream per device and kind, created on first use and kept for the process.
+cudaStream_t device_stream(bool side) {
   static std::mutex mutex;
-  static std::vector<cudaStream_t> streams;
+  static std::vector<cudaStream_t> streams[2];
   int dev = 0;
   FG_CUDA_CHECK(cudaGetDevice(&dev));
   std::lock_guard<std::mutex> lock(mutex);
-  if (static_cast<int>(streams.size()) <= dev) streams.resize(dev + 1, nullptr);
-  if (!streams[dev]) {
-    FG_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[dev], cudaStreamNonBlocking));
-    // Keep freed blocks in the pool instead of returning them to the driver.
-    cudaMemPool_t pool;
-    FG_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
-    uint64_t threshold = UINT64_MAX;
-    FG_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  std::vector<cudaStream_t>& kind = streams[side];
+  if (static_cast<int>(kind.size()) <= dev) kind.resize(dev + 1, nullptr);
+  if (!kind[dev]) {
+    int least = 0, greatest = 0;
+    FG_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    FG_CUDA_CHECK(
+        cudaStreamCreateWithPriority(&kind[dev], cudaStreamNonBlocking, side ? least : greatest));
+    if (!side) {
+      // Keep freed blocks in the pool instead of returning them to the driver.
+      cudaMemPool_t pool;
+      FG_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+      uint64_t threshold = UINT64_MAX;
+      FG_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    }
   }
-  return streams[dev];
+  return kind[dev];
+}
+}  // namespace
+
+cudaStream_t stream() {
+  return device_stream(false);
+}
+cudaStream_t side_stream() {
+  return device_stream(true);
 }
 
 }  // namespace cuda

@@ -96,6 +96,16 @@ TrainStep::TrainStep(const TrainOptions& o, const GPT& model, AdamW& opt,
   const DType master = model.params().front().data().dtype();
   loss_ = Tensor::zeros({}, o.dtype == DType::F64 ? DType::F64 : DType::F32, device);
   grad_norm_ = Tensor::zeros({}, master, device);
+  if (!o.comm) {
+    norm_ = std::make_shared<ops::GradNormInBackward>(grads_);
+    std::weak_ptr<ops::GradNormInBackward> weak = norm_;
+    for (size_t i = 0; i < model.params().size(); ++i) {
+      ag::Variable p = model.params()[i];
+      p.register_grad_ready_hook([weak, i](ag::Variable&) {
+        if (auto live = weak.lock()) live->ready(i);
+      });
+    }
+  }
   staging_ = std::make_unique<Staging>(static_cast<size_t>(inputs_.numel()), device.is_cuda());
 }
 
@@ -148,6 +158,8 @@ void TrainStep::run(bool update) {
   const int64_t accum = o_.grad_accum;
   for (int64_t m = 0; m < accum; ++m) {
     if (reducer_ && m == accum - 1) reducer_->arm();  // reduce during the last backward
+    // The norm during the last backward, unless a hook may still change the gradients.
+    if (norm_ && update && !o_.gradient_hook && m == accum - 1) norm_->start();
     ag::Variable l =
         model_.loss(micro_batch(inputs_, m), micro_batch(targets_, m), o_.recompute, copies_);
     if (m == 0)
@@ -167,7 +179,7 @@ void TrainStep::run(bool update) {
   if (!o_.comm) {
     // All on the device: the norm, then AdamW clips with it and skips the
     // update when it or the loss is not finite.
-    grad_norm_.copy_(ops::grad_norm(grads));
+    grad_norm_.copy_(norm_->finish());
     opt_.step({lr_step_, grad_norm_, loss_, o_.clip});
     return;
   }
@@ -224,8 +236,9 @@ void TrainStep::capture() {
   FG_CHECK(err == cudaSuccess, "CUDA graph capture of the training step failed (",
            cudaGetErrorString(err), "); run with --no-cuda-graph");
   // Every tensor the step allocates is freed inside it; auto-free is a guard.
-  FG_CUDA_CHECK(cudaGraphInstantiateWithFlags(&graph_->exec, graph_->graph,
-                                              cudaGraphInstantiateFlagAutoFreeOnLaunch));
+  FG_CUDA_CHECK(cudaGraphInstantiateWithFlags(
+      &graph_->exec, graph_->graph,
+      cudaGraphInstantiateFlagAutoFreeOnLaunch | cudaGraphInstantiateFlagUseNodePriority));
 #endif
 }
 
@@ -247,7 +260,7 @@ StepStats TrainStep::wait() {
     r = ddp_stats_;
   } else {
     const Tensor* outs[2] = {&loss_, &grad_norm_};
-    double values[2];
+    double values[2] = {};
     if (staging_->pinned) {
 #ifdef FG_CUDA
       for (int i = 0; i < 2; ++i)

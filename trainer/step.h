@@ -16,6 +16,10 @@
 #include "trainer/model.h"
 #include "trainer/optim.h"
 
+namespace fg::ops {
+class GradNormInBackward;
+}
+
 namespace fg::trainer {
 
 struct StepStats {
@@ -66,6 +70,9 @@ class TrainStep {
   Tensor inputs_, targets_;         // (grad_accum, micro, seq) i32 on the device
   Tensor lr_step_;                  // (2) f64 on the device: lr, 1-based step
   Tensor loss_, grad_norm_;         // () results on the device
+  // Without a communicator: the norm summed under the last backward (each gradient as
+  // autograd finishes it), not in a pass after it. Shared with the gradients' hooks.
+  std::shared_ptr<ops::GradNormInBackward> norm_;
   struct Staging;                   // pinned host buffers (CPU: plain vectors)
   std::unique_ptr<Staging> staging_;
   struct Graph;

@@ -3,6 +3,7 @@
 // CUDA graph uses), and as host numbers (data parallel, logs, tests).
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
@@ -22,6 +23,32 @@ Tensor grad_norm(const std::vector<Tensor>& grads);
 // (no host sync) and returns at once when it is exactly 1 (so does the CPU).
 void scale_grads(const std::vector<Tensor>& grads, const Tensor& factor);
 
+// grad_norm(grads) computed while backward still runs. Between start() and finish(),
+// ready(i) says that gradient i holds its final value in the compute stream's order;
+// on the GPU its sum of squares is queued at once on cuda::side_stream(), at the least
+// priority, where it takes the SMs that backward's kernels leave free instead of a
+// pass of its own after them. finish() counts the gradients not marked ready, joins
+// the side stream into the compute stream and returns what grad_norm(grads) returns,
+// bit for bit: the same partial sums of the same chunks, added in the same order.
+// On the CPU ready() does nothing. Nothing is read back, so a CUDA graph may capture
+// a pass. The gradients are held (their buffers, written in place by backward) and
+// must be contiguous, f32, f64 or bf16, on one device; undefined ones are skipped.
+class GradNormInBackward {
+ public:
+  explicit GradNormInBackward(std::vector<Tensor> grads);
+  ~GradNormInBackward();
+  GradNormInBackward(const GradNormInBackward&) = delete;
+  GradNormInBackward& operator=(const GradNormInBackward&) = delete;
+
+  void start();
+  void ready(size_t i);  // ignored outside start()..finish() and for one already counted
+  Tensor finish();       // () like grad_norm's; ends the pass
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // The host-number forms; the gradients may lie on several devices.
 // sqrt(sum over tensors of sum(g^2)), accumulated in f64 (one host sync per GPU)
 double global_grad_norm(const std::vector<Tensor>& grads);
@@ -40,6 +67,12 @@ Tensor sum_squares_cuda(const std::vector<Tensor>& grads);  // () f64 on their d
 // () `dtype` (f32 or f64): sqrt(sum_squares_cuda(grads)).
 Tensor grad_norm_cuda(const std::vector<Tensor>& grads, DType dtype);
 void scale_cpu(const std::vector<Tensor>& grads, double factor);
+// GradNormInBackward's GPU state and steps (grad_norm_cuda.cu): count(i) writes gradient
+// i's partials, on the side stream or the compute stream.
+struct SideNorm;
+std::shared_ptr<SideNorm> side_norm_cuda(const std::vector<Tensor>& grads);
+void side_norm_count_cuda(SideNorm& s, size_t i, bool on_side);
+Tensor side_norm_finish_cuda(SideNorm& s, DType dtype);
 void scale_cuda(const std::vector<Tensor>& grads, const Tensor& factor);  // factor checked
 }  // namespace detail
 

@@ -90,6 +90,65 @@ void scale_grads(const std::vector<Tensor>& grads, const Tensor& factor) {
   detail::scale_cpu(*group, factor.item());
 }
 
+struct GradNormInBackward::Impl {
+  std::vector<Tensor> grads;   // the defined ones
+  std::vector<int64_t> index;  // per given gradient: its place in grads, or -1
+  std::vector<bool> counted;   // per entry of grads, this pass
+  bool active = false;
+  DType dtype = DType::F64;
+#ifdef FG_CUDA
+  std::shared_ptr<detail::SideNorm> side;  // on the GPU
+#endif
+};
+
+GradNormInBackward::GradNormInBackward(std::vector<Tensor> grads)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& s = *impl_;
+  auto groups = by_device("GradNormInBackward", grads, true);
+  single_group("GradNormInBackward", groups);
+  for (const Tensor& g : grads) {
+    s.index.push_back(g.defined() ? static_cast<int64_t>(s.grads.size()) : -1);
+    if (!g.defined()) continue;
+    s.grads.push_back(g);
+    if (g.dtype() != DType::F64) s.dtype = DType::F32;
+  }
+  s.counted.assign(s.grads.size(), false);
+#ifdef FG_CUDA
+  if (!s.grads.empty() && s.grads.front().is_cuda()) s.side = detail::side_norm_cuda(s.grads);
+#endif
+}
+
+GradNormInBackward::~GradNormInBackward() = default;
+
+void GradNormInBackward::start() {
+  impl_->active = true;
+}
+
+void GradNormInBackward::ready(size_t i) {
+  Impl& s = *impl_;
+  if (!s.active || i >= s.index.size() || s.index[i] < 0 || s.counted[s.index[i]]) return;
+  s.counted[s.index[i]] = true;
+#ifdef FG_CUDA
+  if (s.side) detail::side_norm_count_cuda(*s.side, static_cast<size_t>(s.index[i]), true);
+#endif
+}
+
+Tensor GradNormInBackward::finish() {
+  Impl& s = *impl_;
+  std::vector<bool> counted(s.grads.size(), false);
+  std::swap(counted, s.counted);  // the next pass starts with none counted
+  s.active = false;
+  if (s.grads.empty()) return Tensor::zeros({});
+#ifdef FG_CUDA
+  if (s.side) {
+    for (size_t j = 0; j < s.grads.size(); ++j)
+      if (!counted[j]) detail::side_norm_count_cuda(*s.side, j, false);
+    return detail::side_norm_finish_cuda(*s.side, s.dtype);
+  }
+#endif
+  return Tensor::full({}, std::sqrt(detail::sum_squares_cpu(s.grads)), s.dtype);
+}
+
 double global_grad_norm(const std::vector<Tensor>& grads) {
   double total = 0;
   for (const auto& [key, group] : by_device("global_grad_norm", grads, false)) {

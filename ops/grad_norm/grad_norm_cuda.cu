@@ -6,11 +6,12 @@
 // a CUDA graph.
 #include <cub/block/block_reduce.cuh>
 #include <cub/device/device_reduce.cuh>
+#include <memory>
 #include <vector>
 
 #include "core/cuda_utils.h"
-#include "ops/grad_norm/grad_norm.h"
 #include "core/multi_tensor.cuh"
+#include "ops/grad_norm/grad_norm.h"
 
 namespace fg::ops::detail {
 namespace {
@@ -116,39 +117,120 @@ __global__ void scale_kernel(const __grid_constant__ SlotPack<GradSlot> pack,
 
 }  // namespace
 
-Tensor sum_squares_cuda(const std::vector<Tensor>& grads) {
-  Device device = grads.front().device();
-  std::vector<GradSlot> slots = grad_slots(grads);
-  int64_t chunks = 0;
-  for (const GradSlot& s : slots) chunks += multi_tensor::num_chunks<kPerThread>(s.numel);
-  if (chunks == 0) return Tensor::zeros({}, DType::F64, device);
+namespace {
 
-  Tensor partials = Tensor::empty({chunks}, DType::F64, device);  // (chunks)
+// Writes partials[c] for every chunk c of grads (in launch_packs' order) on `stream`.
+void sum_squares_partials(const std::vector<Tensor>& grads, double* partials, cudaStream_t stream) {
   multi_tensor::launch_packs<kPerThread>(
-      "grad_norm", slots, [&](const SlotPack<GradSlot>& pack, unsigned grid, int64_t base) {
-        sum_squares_kernel<<<grid, kBlock, 0, cuda::stream()>>>(pack,
-                                                                partials.data<double>() + base);
+      "grad_norm", grad_slots(grads),
+      [&](const SlotPack<GradSlot>& pack, unsigned grid, int64_t base) {
+        sum_squares_kernel<<<grid, kBlock, 0, stream>>>(pack, partials + base);
         FG_CUDA_CHECK(cudaGetLastError());
       });
+}
 
-  Tensor result = Tensor::empty({}, DType::F64, device);
-  size_t temp_bytes = 0;
-  FG_CUDA_CHECK(cub::DeviceReduce::Sum(nullptr, temp_bytes, partials.data<double>(),
-                                       result.data<double>(), chunks, cuda::stream()));
-  Tensor temp = Tensor::empty({static_cast<int64_t>((temp_bytes + 7) / 8)}, DType::F64, device);
+int64_t count_chunks(const std::vector<Tensor>& grads) {
+  int64_t chunks = 0;
+  for (const Tensor& g : grads) chunks += multi_tensor::num_chunks<kPerThread>(g.numel());
+  return chunks;
+}
+
+// CUB's scratch for summing `chunks` partials.
+Tensor reduce_temp(int64_t chunks, Device device, size_t& bytes) {
+  bytes = 0;
+  FG_CUDA_CHECK(cub::DeviceReduce::Sum(nullptr, bytes, static_cast<const double*>(nullptr),
+                                       static_cast<double*>(nullptr), chunks, cuda::stream()));
+  return Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::F64, device);
+}
+
+// () f64: the partials summed in a fixed order (CUB's device reduction is deterministic).
+Tensor sum_partials(const Tensor& partials, const Tensor& temp, size_t temp_bytes) {
+  Tensor result = Tensor::empty({}, DType::F64, partials.device());
   FG_CUDA_CHECK(cub::DeviceReduce::Sum(temp.raw_data(), temp_bytes, partials.data<double>(),
-                                       result.data<double>(), chunks, cuda::stream()));
+                                       result.data<double>(), partials.numel(), cuda::stream()));
   return result;
 }
 
-Tensor grad_norm_cuda(const std::vector<Tensor>& grads, DType dtype) {
-  Tensor sum = sum_squares_cuda(grads);
+Tensor sqrt_as(const Tensor& sum, DType dtype) {
   Tensor norm = Tensor::empty({}, dtype, sum.device());
   dispatch_float("grad_norm", dtype, [&]<class F>() {
     sqrt_kernel<F><<<1, 1, 0, cuda::stream()>>>(sum.data<double>(), norm.data<F>());
   });
   FG_CUDA_CHECK(cudaGetLastError());
   return norm;
+}
+
+}  // namespace
+
+Tensor sum_squares_cuda(const std::vector<Tensor>& grads) {
+  Device device = grads.front().device();
+  const int64_t chunks = count_chunks(grads);
+  if (chunks == 0) return Tensor::zeros({}, DType::F64, device);
+  Tensor partials = Tensor::empty({chunks}, DType::F64, device);
+  sum_squares_partials(grads, partials.data<double>(), cuda::stream());
+  size_t temp_bytes = 0;
+  Tensor temp = reduce_temp(chunks, device, temp_bytes);
+  return sum_partials(partials, temp, temp_bytes);
+}
+
+Tensor grad_norm_cuda(const std::vector<Tensor>& grads, DType dtype) {
+  return sqrt_as(sum_squares_cuda(grads), dtype);
+}
+
+// Every gradient's partials have a fixed place in one buffer (its chunks after those of
+// the gradients before it, as sum_squares_cuda lays them out), so they may be written
+// in any order, on either stream, and sum to the same bits.
+struct SideNorm {
+  std::vector<Tensor> grads;
+  std::vector<int64_t> first_chunk;  // per gradient
+  Tensor partials, temp;
+  size_t temp_bytes = 0;
+  cudaEvent_t ready = nullptr, joined = nullptr;
+  bool side_used = false;  // this pass queued work on the side stream
+
+  explicit SideNorm(const std::vector<Tensor>& g) : grads(g) {
+    const Device device = grads.front().device();
+    int64_t chunks = 0;
+    for (const Tensor& t : grads) {
+      first_chunk.push_back(chunks);
+      chunks += multi_tensor::num_chunks<kPerThread>(t.numel());
+    }
+    partials = Tensor::zeros({chunks}, DType::F64, device);
+    temp = reduce_temp(chunks, device, temp_bytes);
+    FG_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    FG_CUDA_CHECK(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming));
+  }
+  ~SideNorm() {
+    cudaEventDestroy(ready);
+    cudaEventDestroy(joined);
+  }
+};
+
+std::shared_ptr<SideNorm> side_norm_cuda(const std::vector<Tensor>& grads) {
+  return std::make_shared<SideNorm>(grads);
+}
+
+void side_norm_count_cuda(SideNorm& s, size_t i, bool on_side) {
+  cudaStream_t stream = cuda::stream();
+  if (on_side) {
+    // The side stream starts after everything queued so far, which wrote the gradient.
+    stream = cuda::side_stream();
+    FG_CUDA_CHECK(cudaEventRecord(s.ready, cuda::stream()));
+    FG_CUDA_CHECK(cudaStreamWaitEvent(stream, s.ready));
+    s.side_used = true;
+  }
+  sum_squares_partials({s.grads[i]}, s.partials.data<double>() + s.first_chunk[i], stream);
+}
+
+Tensor side_norm_finish_cuda(SideNorm& s, DType dtype) {
+  if (s.side_used) {
+    FG_CUDA_CHECK(cudaEventRecord(s.joined, cuda::side_stream()));
+    FG_CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), s.joined));
+    s.side_used = false;
+  }
+  if (s.partials.numel() == 0)
+    return sqrt_as(Tensor::zeros({}, DType::F64, s.partials.device()), dtype);
+  return sqrt_as(sum_partials(s.partials, s.temp, s.temp_bytes), dtype);
 }
 
 void scale_cuda(const std::vector<Tensor>& grads, const Tensor& factor) {

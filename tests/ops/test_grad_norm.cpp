@@ -17,6 +17,7 @@ using fg::Tensor;
 using fg::ops::clip_grad_norm;
 using fg::ops::global_grad_norm;
 using fg::ops::grad_norm;
+using fg::ops::GradNormInBackward;
 using fg::ops::scale_grads;
 
 namespace {
@@ -135,6 +136,25 @@ TEST(GradNorm, ScaleGradsByTensor) {
   EXPECT_NEAR(g[0].to_vector()[0], -before[0].to_vector()[0], 1e-6);
 }
 
+TEST(GradNorm, InBackwardEqualsOnePass) {
+  Generator gen(3);
+  std::vector<Tensor> g = {Tensor::randn({7, 13}, gen), Tensor(),
+                           Tensor::randn({5}, gen, DType::F64),
+                           Tensor::randn({40}, gen, DType::BF16)};
+  GradNormInBackward norm(g);
+  EXPECT_EQ(norm.finish().item(), grad_norm(g).item());  // no pass started: all counted at finish
+  norm.ready(0);                                         // outside a pass: ignored
+  norm.start();
+  norm.ready(3);
+  norm.ready(1);   // undefined: skipped
+  norm.ready(3);   // counted once
+  norm.ready(99);  // no such gradient
+  scale_grads(g, 2.0);
+  EXPECT_EQ(norm.finish().item(), grad_norm(g).item());
+  EXPECT_EQ(norm.finish().dtype(), DType::F32);
+  EXPECT_EQ(GradNormInBackward({Tensor()}).finish().item(), 0.0);
+}
+
 TEST(GradNorm, Errors) {
   EXPECT_FG_ERROR(global_grad_norm({Tensor::zeros({2}), Tensor::zeros({3}, DType::I32)}),
                   "global_grad_norm: grad 1 is i32");
@@ -150,6 +170,8 @@ TEST(GradNorm, Errors) {
   EXPECT_FG_ERROR(scale_grads({t}, Tensor::zeros({}, DType::I32)), "scale_grads: factor is");
   EXPECT_FG_ERROR(scale_grads({t.transpose(0, 1)}, Tensor::ones({})),
                   "scale_grads: grad 0 (3, 2) is not contiguous");
+  EXPECT_FG_ERROR(GradNormInBackward({t, t.transpose(0, 1)}),
+                  "GradNormInBackward: grad 1 (3, 2) is not contiguous");
 }
 
 // ---- CUDA against the CPU ----
@@ -286,6 +308,33 @@ TEST(GradNormCuda, MoreTensorsThanOnePack) {
   scale_grads(cpu, Tensor::full({}, -0.25, DType::F64));
   scale_grads(gpu, Tensor::full({}, -0.25, DType::F64, Device::cuda(0)));
   for (size_t i = 0; i < cpu.size(); ++i) EXPECT_EQ(fg::max_abs_diff(gpu[i], cpu[i]), 0.0) << i;
+}
+
+TEST(GradNormCuda, InBackwardMatchesOnePassBitForBit) {
+  FG_REQUIRE_GPU();
+  // Mixed dtypes and sizes around the chunk size; two passes over other values, each
+  // counting some gradients on the side stream (in a shuffled order) and the rest at
+  // finish: a partial left from the first pass, or one read before its gradient was
+  // written, would show in the second.
+  std::vector<Tensor> g;
+  Generator gen(11);
+  DType dtypes[] = {DType::F32, DType::BF16, DType::F64};
+  for (int i = 0; i < 60; ++i) {
+    Shape shape{(i * 977) % 20000 + (i % 9 == 0 ? 0 : 1)};
+    g.push_back(Tensor::randn(shape, gen, dtypes[i % 3], Device::cuda(0), 0.0, 1.0 + i % 5));
+  }
+  GradNormInBackward norm(g);
+  for (int pass = 0; pass < 2; ++pass) {
+    norm.start();
+    for (int k = 0; k < 60; ++k) {
+      const int i = (k * 37 + pass) % 60;
+      if ((i + pass) % 3 == 0) continue;             // left for finish()
+      scale_grads({g[i]}, pass == 0 ? 1.5 : -0.75);  // written just before it is ready
+      norm.ready(i);
+    }
+    Tensor in_backward = norm.finish();
+    EXPECT_EQ(in_backward.item(), grad_norm(g).item()) << pass;
+  }
 }
 
 TEST(GradNormCuda, TensorFormsNeedOneDevice) {
