@@ -3,7 +3,8 @@
 // writes lse and the row's loss; a one-block kernel divides their sum by the
 // count. Backward: one block per row recomputes softmax from the logits and lse.
 // With the gradient known up front (cross_entropy_with_grad), one kernel does
-// both and writes dlogits over the logits.
+// both and writes dlogits over the logits (on Hopper from a copy of the row in
+// shared memory).
 // The count and dloss are read from device memory: no copy to or from the host
 // and no sync, so these launches can be captured in a CUDA graph. Math in fp32
 // for f32 and bf16 (f64 for f64); no (N, V) buffer.
@@ -14,6 +15,7 @@
 #include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "ops/cross_entropy/cross_entropy.h"
+#include "ops/gemm/gemm_hopper.cuh"
 
 namespace fg::ops::detail {
 namespace {
@@ -263,6 +265,48 @@ __global__ void __launch_bounds__(kBlock)
   write_row_grad<T, C, kBlock, kVec>(x, x, vocab, l, row_grad_scale(dloss, count, t), t);
 }
 
+// The fused pass with the row staged in shared memory (bf16 rows of whole 16-byte packs, at
+// most kStagedRowBytes, on sm_90a): one bulk copy brings the row in, both passes read it
+// there and dlogits go out over the logits, so each logit crosses DRAM once each way and
+// L2 once. Two or more blocks share an SM, so one's copy runs under another's math and
+// stores. Same threads and order of operations as the kernels above: the same bits.
+// (The copy in parts, each with its barrier so the first pass starts on the first: no
+// faster on the H200; bench/RESULTS.md.)
+constexpr int64_t kStagedRowBytes = 112 * 1024;
+
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock)
+    cross_entropy_fused_staged_kernel(bf16* logits, const int32_t* targets, float* lse,
+                                      float* row_loss, const float* dloss, const int32_t* count,
+                                      int64_t vocab) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(128) unsigned char staged[];
+  __shared__ uint64_t landed;
+  const int64_t row = blockIdx.x;
+  bf16* x = logits + row * vocab;
+  if (threadIdx.x == 0) {
+    hopper::mbar_init(&landed, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to the copy
+    const uint32_t bytes = static_cast<uint32_t>(vocab * sizeof(bf16));
+    hopper::mbar_expect_tx(&landed, bytes);
+    hopper::bulk_load_1d(smem_addr(staged), x, bytes, &landed);
+  }
+  const int32_t t = targets[row];
+  const float scale = row_grad_scale(dloss, count, t);
+  __syncthreads();  // the barrier is initialized before anyone waits on it
+  hopper::mbar_wait(&landed, 0);
+  const bf16* xs = reinterpret_cast<const bf16*>(staged);
+  const float l = row_log_sum_exp<bf16, float, kBlock, Pack<bf16>::kVec>(xs, vocab);
+  if (threadIdx.x == 0) {
+    lse[row] = l;
+    row_loss[row] = row_loss_of(xs, vocab, l, t);
+  }
+  write_row_grad<bf16, float, kBlock, Pack<bf16>::kVec>(xs, x, vocab, l, scale, t);
+#else
+  __trap();  // launched only where sm90a_kernels_run()
+#endif
+}
+
 // loss = sum of row_loss (0 on ignored rows) / count, 0 when count is 0. The
 // count comes from device memory: it may be a whole batch's, of which these rows
 // are a chunk.
@@ -338,6 +382,19 @@ void launch_fused(const Tensor& logits, const Tensor& targets, const Tensor& cou
   Tensor row_loss = Tensor::empty({n}, dtype_of<C>(), logits.device());  // (N)
   if (n > 0) {
     with_row_tiling<T>(logits, logits, [&]<int kBlock, int kVec>() {
+      const int64_t row_bytes = vocab * static_cast<int64_t>(sizeof(T));
+      if constexpr (std::is_same_v<T, bf16> && kVec == Pack<T>::kVec) {
+        if (row_bytes <= kStagedRowBytes && cuda::sm90a_kernels_run()) {
+          const auto kernel = cross_entropy_fused_staged_kernel<kBlock>;
+          FG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(row_bytes)));
+          kernel<<<static_cast<unsigned>(n), kBlock, static_cast<size_t>(row_bytes),
+                   cuda::stream()>>>(logits.data<T>(), targets.data<int32_t>(), lse.data<C>(),
+                                     row_loss.data<C>(), dloss.data<C>(), count.data<int32_t>(),
+                                     vocab);
+          return;
+        }
+      }
       cross_entropy_fused_kernel<T, C, kBlock, kVec>
           <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
               logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(),

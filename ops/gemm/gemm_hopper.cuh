@@ -197,6 +197,17 @@ __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtens
       : "memory");
 }
 
+// `bytes` (a multiple of 16) from global src to shared dst, both 16-byte aligned, by the copy
+// engine without a tensor map, counted on `bar`.
+__device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void* src, uint32_t bytes,
+                                             uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar))
+      : "memory");
+}
+
 // The box of a 3-D `map` at (inner, middle, outer) into shared memory, counted on `bar`;
 // elements out of bounds arrive as zeros (and count as bytes). For flash attention's
 // (B, T, row) operands: rows past T read as zeros, not as the next sequence's.
