@@ -3,7 +3,8 @@
 // block takes one chunk. The sum of squares is accumulated in f64: each block
 // writes its partial with cub::BlockReduce, cub::DeviceReduce sums the partials
 // on the device, and nothing is read back, so the whole thing can be captured in
-// a CUDA graph.
+// a CUDA graph. GradNormInBackward writes the same partials gradient by gradient,
+// on the side stream as backward finishes each (SideNorm).
 #include <cub/block/block_reduce.cuh>
 #include <cub/device/device_reduce.cuh>
 #include <memory>
