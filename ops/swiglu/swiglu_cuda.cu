@@ -52,8 +52,11 @@ __global__ void swiglu_forward_kernel(const T* gu, T* out, int64_t rows, int64_t
 }
 
 // dgu (rows, 2F) = [dout u s (1 + g (1 - s)) | dout g s] with s = sigmoid(g). Each
-// thread takes kPacks adjacent packs of V and issues all their loads first: five
-// streams (three read, two written) want more bytes in flight than one pack each.
+// thread takes kPacks adjacent packs of V and issues all their loads first. The launch
+// uses one: on the H200 one pack per thread ran 77 us per GPT-2-small layer against 101
+// for two (more blocks in flight beat more loads per thread). Written this way, the
+// stores stay 16-byte STG.128; a plain one-pack rewrite compiled to 4- and 2-byte
+// stores and ran 114 us (bench/RESULTS.md, session 11).
 template <class T, int V, int kPacks>
 __global__ void swiglu_backward_kernel(const T* dout, const T* gu, T* dgu, int64_t rows,
                                        int64_t f) {
@@ -147,7 +150,7 @@ void launch_backward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) {
   int64_t f = dout.size(-1), total = dout.numel();
   if (total == 0) return;
   auto launch = [&]<int V>() {
-    constexpr int kPacks = 2;
+    constexpr int kPacks = 1;
     swiglu_backward_kernel<T, V, kPacks>
         <<<cuda::grid_for(total / V, kBlock * kPacks), kBlock, 0, cuda::stream()>>>(
             dout.data<T>(), gu.data<T>(), dgu.data<T>(), total / f, f);
