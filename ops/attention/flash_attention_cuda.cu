@@ -880,7 +880,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       hopper::mbar_init(&empty_k[s], 8);
       hopper::mbar_init(&empty_v[s], 8);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to TMA
+    hopper::fence_mbar_init();
   }
   __syncthreads();
 
@@ -1144,7 +1144,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       hopper::mbar_init(&dq_full[c], 128);  // every thread of the consumer
       hopper::mbar_init(&dq_empty[c], 1);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to TMA
+    hopper::fence_mbar_init();
   }
   __syncthreads();
 

@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(kBlock)
   bf16* x = logits + row * vocab;
   if (threadIdx.x == 0) {
     hopper::mbar_init(&landed, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to the copy
+    hopper::fence_mbar_init();
     const uint32_t bytes = static_cast<uint32_t>(vocab * sizeof(bf16));
     hopper::mbar_expect_tx(&landed, bytes);
     hopper::bulk_load_1d(smem_addr(staged), x, bytes, &landed);
@@ -382,8 +382,8 @@ void launch_fused(const Tensor& logits, const Tensor& targets, const Tensor& cou
   Tensor row_loss = Tensor::empty({n}, dtype_of<C>(), logits.device());  // (N)
   if (n > 0) {
     with_row_tiling<T>(logits, logits, [&]<int kBlock, int kVec>() {
-      const int64_t row_bytes = vocab * static_cast<int64_t>(sizeof(T));
       if constexpr (std::is_same_v<T, bf16> && kVec == Pack<T>::kVec) {
+        const int64_t row_bytes = vocab * static_cast<int64_t>(sizeof(T));
         if (row_bytes <= kStagedRowBytes && cuda::sm90a_kernels_run()) {
           const auto kernel = cross_entropy_fused_staged_kernel<kBlock>;
           FG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -144,6 +144,10 @@ struct StoreBf16 {
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count));
 }
+// Makes this thread's mbarrier inits visible to the copy engine (TMA) before its first copy.
+__device__ __forceinline__ void fence_mbar_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
 // One arrival that also tells the barrier to expect `bytes` from the copy engine.
 __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)),
@@ -407,7 +411,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(&full[s], 1);  // the producer's arrive.expect_tx (+ the bytes)
       mbar_init(&empty[s], C::kReleaseArrivals);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to TMA
+    fence_mbar_init();
   }
   if constexpr (C::kCluster == 1)
     __syncthreads();
