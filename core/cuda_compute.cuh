@@ -27,6 +27,24 @@ __device__ __forceinline__ T from_compute(C v) {
   }
 }
 
+// kVec consecutive elements moved as one access: 16 bytes when kVec is kPackOf<T>.
+// Every kernel that streams rows in 16-byte packs uses this one type.
+template <class T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+template <class T>
+constexpr int kPackOf = static_cast<int>(16 / sizeof(T));
+
+template <int kVec, class T>
+__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, kVec>*>(p);
+}
+template <int kVec, class T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, kVec>& v) {
+  *reinterpret_cast<Pack<T, kVec>*>(p) = v;
+}
+
 // 2^x and 1/x on the special-function unit, for fp32 kernels that are as much issue- as
 // bandwidth-bound: ex2.approx.ftz (2 ulp, as exp2f, at a fraction of its instructions;
 // 2^-inf = 0, results below 2^-126 flush to 0) and rcp.approx.ftz (1 ulp).

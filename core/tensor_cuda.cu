@@ -1,10 +1,12 @@
 // The CUDA side of Tensor: one strided gather/scatter kernel serves contiguous(),
 // dtype conversion and copy_; plus fill, arange and the Philox draws.
+#include <cuda_bf16.h>
+
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
-#include <cuda_bf16.h>
 
+#include "core/cuda_compute.cuh"
 #include "core/cuda_utils.h"
 #include "core/tensor_cuda.h"
 
@@ -63,17 +65,12 @@ __global__ void convert_kernel(const void* src, DType src_t, void* dst, DType ds
 
 // The two casts of mixed precision (f32 master weights to bf16, bf16 gradients
 // to f32), 8 elements per thread in whole-pack loads and stores.
-template <class T>
-struct alignas(8 * sizeof(T)) Pack8 {
-  T v[8];
-};
-
 template <class S, class D>
 __global__ void cast_pack_kernel(const S* src, D* dst, int64_t packs) {
   int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= packs) return;
-  const Pack8<S> in = reinterpret_cast<const Pack8<S>*>(src)[i];
-  Pack8<D> out;
+  const Pack<S, 8> in = load_pack<8>(src + i * 8);
+  Pack<D, 8> out;
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     if constexpr (std::is_same_v<D, bf16>)
@@ -81,7 +78,7 @@ __global__ void cast_pack_kernel(const S* src, D* dst, int64_t packs) {
     else
       out.v[k] = bf16_to_float(in.v[k]);
   }
-  reinterpret_cast<Pack8<D>*>(dst)[i] = out;
+  store_pack<8>(dst + i * 8, out);
 }
 
 template <class S, class D>

@@ -46,31 +46,13 @@ struct AdamWStepRefs {
   double max_norm;
 };
 
-template <class F>
-struct alignas(16) Pack {
-  F v[16 / sizeof(F)];
-};
-
-template <class F>
-__device__ __forceinline__ Pack<F> load_pack(const F* p) {
-  return *reinterpret_cast<const Pack<F>*>(p);
-}
-
-template <class F>
-__device__ __forceinline__ void store_pack(F* p, const Pack<F>& x) {
-  *reinterpret_cast<Pack<F>*>(p) = x;
-}
-
 // The pack rounded to bf16, stored at once (8 bytes for 4 floats).
-template <class F>
-__device__ __forceinline__ void store_rounded(bf16* p, const Pack<F>& x) {
-  constexpr int kVec = 16 / sizeof(F);
-  struct alignas(2 * kVec) Rounded {
-    bf16 v[kVec];
-  } r;
+template <class F, int kVec>
+__device__ __forceinline__ void store_rounded(bf16* p, const Pack<F, kVec>& x) {
+  Pack<bf16, kVec> r;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) r.v[k] = from_compute<bf16>(x.v[k]);
-  *reinterpret_cast<Rounded*>(p) = r;
+  store_pack<kVec>(p, r);
 }
 
 // Whether the slot's tensors start on 16-byte boundaries (the copy on its pack's
@@ -110,28 +92,28 @@ __global__ void adamw_multi_kernel(const __grid_constant__ SlotPack<AdamWSlot<F>
   };
   // Every load of the thread is issued before the first store (the pointers may
   // alias as far as the compiler knows, so it would not hoist them itself).
-  constexpr int kVec = 16 / sizeof(F);  // elements per 16-byte load
+  constexpr int kVec = kPackOf<F>;  // elements per 16-byte load
   constexpr int kVecs = kPerThread / kVec;
   if (end - begin == kChunkElems && aligned(s)) {
     // A whole chunk of 16-byte-aligned tensors: kVecs 16-byte packs per tensor
     // per thread, a block apart.
-    Pack<F> p[kVecs], g[kVecs], m[kVecs], v[kVecs];
+    Pack<F, kVec> p[kVecs], g[kVecs], m[kVecs], v[kVecs];
 #pragma unroll
     for (int u = 0; u < kVecs; ++u) {
       const int64_t i = begin + (threadIdx.x + u * kBlock) * kVec;
-      p[u] = load_pack(s.param + i);
-      g[u] = load_pack(s.grad + i);
-      m[u] = load_pack(s.exp_avg + i);
-      v[u] = load_pack(s.exp_avg_sq + i);
+      p[u] = load_pack<kVec>(s.param + i);
+      g[u] = load_pack<kVec>(s.grad + i);
+      m[u] = load_pack<kVec>(s.exp_avg + i);
+      v[u] = load_pack<kVec>(s.exp_avg_sq + i);
     }
 #pragma unroll
     for (int u = 0; u < kVecs; ++u) {
       const int64_t i = begin + (threadIdx.x + u * kBlock) * kVec;
 #pragma unroll
       for (int k = 0; k < kVec; ++k) update(p[u].v[k], g[u].v[k], m[u].v[k], v[u].v[k]);
-      store_pack(s.param + i, p[u]);
-      store_pack(s.exp_avg + i, m[u]);
-      store_pack(s.exp_avg_sq + i, v[u]);
+      store_pack<kVec>(s.param + i, p[u]);
+      store_pack<kVec>(s.exp_avg + i, m[u]);
+      store_pack<kVec>(s.exp_avg_sq + i, v[u]);
       if (s.copy) store_rounded(s.copy + i, p[u]);
     }
     return;

@@ -426,12 +426,13 @@ struct BwdTraits {
 };
 
 // D[b, h, t] = sum_i dout[b, t, h, i] * out[b, t, h, i]: kHeadDim / 8 lanes per
-// row, one 16-byte load each.
+// row, one 16-byte load each. The same lanes zero the f32 dQ accumulator (laid out
+// like dout) that the backward kernel adds into: no separate fill pass.
 template <int kHeadDim>
 __global__ void flash_attention_delta_kernel(const bf16* __restrict__ dout,
                                              const bf16* __restrict__ out,
-                                             float* __restrict__ delta, int64_t rows, int seq,
-                                             int heads) {
+                                             float* __restrict__ delta, float* __restrict__ dq_acc,
+                                             int64_t rows, int seq, int heads) {
   constexpr int kLanes = kHeadDim / 8;
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kLanes;
   const int part = threadIdx.x % kLanes;
@@ -439,6 +440,8 @@ __global__ void flash_attention_delta_kernel(const bf16* __restrict__ dout,
   if (row < rows) {
     const uint4 a = *reinterpret_cast<const uint4*>(dout + row * kHeadDim + part * 8);
     const uint4 c = *reinterpret_cast<const uint4*>(out + row * kHeadDim + part * 8);
+    float4* zero = reinterpret_cast<float4*>(dq_acc + row * kHeadDim + part * 8);
+    zero[0] = zero[1] = make_float4(0.f, 0.f, 0.f, 0.f);
     const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
     const __nv_bfloat162* c2 = reinterpret_cast<const __nv_bfloat162*>(&c);
 #pragma unroll
@@ -1434,13 +1437,13 @@ void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
   const int64_t B = q.size(0);
   cudaStream_t stream = cuda::stream();
   Tensor delta = Tensor::empty(lse.shape(), DType::F32, q.device());  // (B, H, T)
-  Tensor dq_acc = Tensor::empty(q.shape(), DType::F32, q.device());   // (B, T, H, hd)
-  FG_CUDA_CHECK(cudaMemsetAsync(dq_acc.data<float>(), 0, dq_acc.nbytes(), stream));
+  Tensor dq_acc = Tensor::empty(q.shape(), DType::F32, q.device());   // (B, T, H, hd), zeroed below
 
   const int64_t rows = B * d.seq * d.heads;
   flash_attention_delta_kernel<kHd>
       <<<cuda::grid_for(rows * (kHd / 8), kBlock), kBlock, 0, stream>>>(
-          dout.data<bf16>(), out.data<bf16>(), delta.data<float>(), rows, d.seq, d.heads);
+          dout.data<bf16>(), out.data<bf16>(), delta.data<float>(), dq_acc.data<float>(), rows,
+          d.seq, d.heads);
   FG_CUDA_CHECK(cudaGetLastError());
 
   const unsigned grid = ordered_grid(d, cuda::grid_for(d.seq, Tr::kBlockN), B * d.kv_heads);

@@ -72,37 +72,23 @@ __global__ void count_targets_kernel(const int32_t* targets, int64_t n, int32_t*
 // one row; each thread takes kVec consecutive logits at a time (16-byte loads
 // when the rows are 16-byte aligned, kVec = 1 otherwise) and unroll_of(kVec)
 // such packs before it computes on them, so that their loads overlap.
-template <class T>
-struct alignas(16) Pack {
-  static constexpr int kVec = 16 / sizeof(T);
-  T v[kVec];
-};
-
 // Packs a thread loads at once: 4 single values, or 2 16-byte packs (more would
 // cost registers, not bandwidth).
 constexpr int unroll_of(int vec) { return vec == 1 ? kUnroll : 2; }
 
 template <class T, int kVec>
-__device__ __forceinline__ void load_pack(const T* p, T (&out)[kVec]) {
-  if constexpr (kVec == 1) {
-    out[0] = *p;
-  } else {
-    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p);
+__device__ __forceinline__ void load_values(const T* p, T (&out)[kVec]) {
+  const Pack<T, kVec> pk = load_pack<kVec>(p);
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) out[i] = pk.v[i];
-  }
+  for (int i = 0; i < kVec; ++i) out[i] = pk.v[i];
 }
 
 template <class T, int kVec>
-__device__ __forceinline__ void store_pack(T* p, const T (&in)[kVec]) {
-  if constexpr (kVec == 1) {
-    *p = in[0];
-  } else {
-    Pack<T> pk;
+__device__ __forceinline__ void store_values(T* p, const T (&in)[kVec]) {
+  Pack<T, kVec> pk;
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) pk.v[i] = in[i];
-    *reinterpret_cast<Pack<T>*>(p) = pk;
-  }
+  for (int i = 0; i < kVec; ++i) pk.v[i] = in[i];
+  store_pack<kVec>(p, pk);
 }
 
 // log sum exp of the row x (vocab values): an online max and rescaled sum over
@@ -122,7 +108,7 @@ __device__ C row_log_sum_exp(const T* x, int64_t vocab) {
     for (int u = 0; u < kPacks; ++u) {
       const int64_t p = base + u * kBlock;
       T raw[kVec];
-      if (p < packs) load_pack<T, kVec>(x + p * kVec, raw);
+      if (p < packs) load_values<T, kVec>(x + p * kVec, raw);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) v[u][i] = p < packs ? to_compute(raw[i]) : C(-INFINITY);
     }
@@ -167,7 +153,7 @@ __device__ __forceinline__ void store_rounded(T* p, const C (&g)[kVec]) {
 #pragma unroll
     for (int i = 0; i < kVec; ++i) out[i] = from_compute<T>(g[i]);
   }
-  store_pack<T, kVec>(p, out);
+  store_values<T, kVec>(p, out);
 }
 
 // d = scale * (softmax(x) - onehot(target)) for the row x with log-sum-exp lse;
@@ -187,7 +173,7 @@ __device__ void write_row_grad(const T* x, T* d, int64_t vocab, C lse, C scale, 
     T raw[kPacks][kVec];
 #pragma unroll
     for (int u = 0; u < kPacks; ++u)
-      if (base + u * kBlock < packs) load_pack<T, kVec>(x + (base + u * kBlock) * kVec, raw[u]);
+      if (base + u * kBlock < packs) load_values<T, kVec>(x + (base + u * kBlock) * kVec, raw[u]);
 #pragma unroll
     for (int u = 0; u < kPacks; ++u) {
       const int64_t p = base + u * kBlock;
@@ -296,12 +282,12 @@ __global__ void __launch_bounds__(kBlock)
   __syncthreads();  // the barrier is initialized before anyone waits on it
   hopper::mbar_wait(&landed, 0);
   const bf16* xs = reinterpret_cast<const bf16*>(staged);
-  const float l = row_log_sum_exp<bf16, float, kBlock, Pack<bf16>::kVec>(xs, vocab);
+  const float l = row_log_sum_exp<bf16, float, kBlock, kPackOf<bf16>>(xs, vocab);
   if (threadIdx.x == 0) {
     lse[row] = l;
     row_loss[row] = row_loss_of(xs, vocab, l, t);
   }
-  write_row_grad<bf16, float, kBlock, Pack<bf16>::kVec>(xs, x, vocab, l, scale, t);
+  write_row_grad<bf16, float, kBlock, kPackOf<bf16>>(xs, x, vocab, l, scale, t);
 #else
   __trap();  // launched only where sm90a_kernels_run()
 #endif
@@ -326,10 +312,9 @@ __global__ void cross_entropy_mean_kernel(const C* row_loss, int64_t n, const in
 // fused kernel reads twice stay in L2), kRowBlock for small ones.
 template <class T, class Launch>
 void with_row_tiling(const Tensor& logits, const Tensor& dlogits, Launch&& launch) {
-  constexpr int kVec = Pack<T>::kVec;
+  constexpr int kVec = kPackOf<T>;
   const int64_t vocab = logits.size(1);
-  const bool packed = vocab % kVec == 0 && logits.starts_aligned(sizeof(Pack<T>)) &&
-                      dlogits.starts_aligned(sizeof(Pack<T>));
+  const bool packed = vocab % kVec == 0 && logits.starts_aligned(16) && dlogits.starts_aligned(16);
   const bool large = vocab >= 16 * 1024;
   if (packed && large) return launch.template operator()<kLargeRowBlock, kVec>();
   if (packed) return launch.template operator()<kRowBlock, kVec>();
@@ -382,7 +367,7 @@ void launch_fused(const Tensor& logits, const Tensor& targets, const Tensor& cou
   Tensor row_loss = Tensor::empty({n}, dtype_of<C>(), logits.device());  // (N)
   if (n > 0) {
     with_row_tiling<T>(logits, logits, [&]<int kBlock, int kVec>() {
-      if constexpr (std::is_same_v<T, bf16> && kVec == Pack<T>::kVec) {
+      if constexpr (std::is_same_v<T, bf16> && kVec == kPackOf<T>) {
         const int64_t row_bytes = vocab * static_cast<int64_t>(sizeof(T));
         if (row_bytes <= kStagedRowBytes && cuda::sm90a_kernels_run()) {
           const auto kernel = cross_entropy_fused_staged_kernel<kBlock>;

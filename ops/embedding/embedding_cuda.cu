@@ -16,23 +16,25 @@ namespace {
 
 constexpr int kBlock = 256;
 
-// out (n, D) = weight[ids] (V, D): one thread per output element, so reads of a
-// row and writes of the output are both coalesced.
-template <class T>
+// out (n, D) = weight[ids] (V, D): each thread copies kVec consecutive elements (one
+// 16-byte access when the rows allow it), so reads of a row and writes of the output
+// are both coalesced and the row is divided out once per pack.
+template <class T, int kVec>
 __global__ void embedding_forward_kernel(const T* weight, const int32_t* ids, T* out, int64_t n,
                                          int64_t dim, int64_t vocab) {
-  int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n * dim) return;
-  int64_t id = ids[i / dim], col = i % dim;
+  const int64_t row_packs = dim / kVec;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n * row_packs) return;
+  const int64_t row = i / row_packs, col = (i - row * row_packs) * kVec;
+  const int64_t id = ids[row];
+  Pack<T, kVec> v;
   if (id < 0 || id >= vocab) {
-    if constexpr (std::is_same_v<T, bf16>) {
-      out[i] = float_to_bf16(NAN);
-    } else {
-      out[i] = static_cast<T>(NAN);
-    }
-    return;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) v.v[e] = from_compute<T>(NAN);
+  } else {
+    v = load_pack<kVec>(weight + id * dim + col);
   }
-  out[i] = weight[id * dim + col];
+  store_pack<kVec>(out + row * dim + col, v);
 }
 
 // Backward sums each row's gradients in position order, so the result does not
@@ -77,48 +79,86 @@ __global__ void embedding_runs_kernel(const int32_t* sorted_keys, int32_t n, int
   pieces[v] = v == vocab ? 0 : (lower_bound(sorted_keys, n, v + 1) - begin + kPiece - 1) / kPiece;
 }
 
+// piece_row[p] = the row piece p belongs to, for every piece of every row.
+__global__ void embedding_piece_rows_kernel(const int32_t* piece_start, int32_t vocab,
+                                            int32_t* piece_row) {
+  const int32_t v = blockIdx.x * blockDim.x + threadIdx.x;
+  if (v >= vocab) return;
+  for (int32_t p = piece_start[v]; p < piece_start[v + 1]; ++p) piece_row[p] = v;
+}
+
 // Block b sums piece b (if there is one; at most n pieces): rows of grad_out at the
-// piece's sorted positions, in order, into scratch row b.
-template <class T, class Acc>
+// piece's sorted positions, in order, into scratch row b; kVec columns per thread.
+template <class T, class Acc, int kVec>
 __global__ void embedding_piece_sums_kernel(const T* grad_out, const int32_t* sorted_positions,
                                             const int32_t* run_start, const int32_t* piece_start,
-                                            int32_t vocab, int64_t dim, Acc* scratch) {
+                                            const int32_t* piece_row, int32_t vocab, int64_t dim,
+                                            Acc* scratch) {
   const int32_t piece = blockIdx.x;
   if (piece >= piece_start[vocab]) return;
-  const int32_t row = lower_bound(piece_start, vocab + 1, piece + 1) - 1;  // its row's pieces
+  const int32_t row = piece_row[piece];
   const int32_t begin = run_start[row] + (piece - piece_start[row]) * kPiece;
   const int32_t end = min(begin + kPiece, run_start[row + 1]);
-  for (int64_t col = threadIdx.x; col < dim; col += blockDim.x) {
-    Acc sum = 0;
-    for (int32_t j = begin; j < end; ++j)
-      sum += static_cast<Acc>(to_compute(grad_out[sorted_positions[j] * dim + col]));
-    scratch[piece * dim + col] = sum;
+  for (int64_t col = threadIdx.x * kVec; col < dim; col += blockDim.x * kVec) {
+    Pack<Acc, kVec> sum = {};
+    for (int32_t j = begin; j < end; ++j) {
+      const Pack<T, kVec> g = load_pack<kVec>(grad_out + sorted_positions[j] * dim + col);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) sum.v[e] += static_cast<Acc>(to_compute(g.v[e]));
+    }
+    store_pack<kVec>(scratch + piece * dim + col, sum);
   }
 }
 
 // grad_weight (V, D) = (add ? grad_weight : 0) + the row's pieces, in order: one
-// block per row. A row no id names is written only when it must become zero.
-template <class Acc, class Out>
+// block per row, kVec columns per thread. A row no id names is written only when it
+// must become zero.
+template <class Acc, class Out, int kVec>
 __global__ void embedding_rows_kernel(const Acc* scratch, const int32_t* piece_start, int64_t dim,
                                       Out* grad_weight, bool add) {
   const int64_t row = blockIdx.x;
   const int32_t begin = piece_start[row], end = piece_start[row + 1];
   if (begin == end && add) return;
   Out* out = grad_weight + row * dim;
-  for (int64_t col = threadIdx.x; col < dim; col += blockDim.x) {
-    Acc sum = 0;
-    for (int32_t p = begin; p < end; ++p) sum += scratch[p * dim + col];
-    if (add) sum += to_compute(out[col]);
-    out[col] = from_compute<Out>(sum);
+  for (int64_t col = threadIdx.x * kVec; col < dim; col += blockDim.x * kVec) {
+    Pack<Acc, kVec> sum = {};
+    for (int32_t p = begin; p < end; ++p) {
+      const Pack<Acc, kVec> s = load_pack<kVec>(scratch + p * dim + col);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) sum.v[e] += s.v[e];
+    }
+    Pack<Out, kVec> o;
+    if (add) o = load_pack<kVec>(out + col);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e)
+      o.v[e] = from_compute<Out>(add ? sum.v[e] + to_compute(o.v[e]) : sum.v[e]);
+    store_pack<kVec>(out + col, o);
   }
+}
+
+// Whether rows of dim elements of every tensor move in packs of vec elements: dim a
+// multiple of it and each tensor starting on a pack boundary.
+bool rows_in_packs(int64_t dim, int vec, std::initializer_list<const Tensor*> tensors) {
+  if (dim % vec != 0) return false;
+  for (const Tensor* t : tensors)
+    if (!t->starts_aligned(static_cast<size_t>(vec) * dtype_size(t->dtype()))) return false;
+  return true;
 }
 
 template <class T>
 void launch_forward(const Tensor& weight, const Tensor& ids, const Tensor& out) {
-  int64_t n = ids.numel(), dim = weight.size(1), total = n * dim;
-  if (total == 0) return;
-  embedding_forward_kernel<T><<<cuda::grid_for(total, kBlock), kBlock, 0, cuda::stream()>>>(
-      weight.data<T>(), ids.data<int32_t>(), out.data<T>(), n, dim, weight.size(0));
+  const int64_t n = ids.numel(), dim = weight.size(1);
+  if (n * dim == 0) return;
+  auto launch = [&]<int kVec>() {
+    embedding_forward_kernel<T, kVec>
+        <<<cuda::grid_for(n * dim / kVec, kBlock), kBlock, 0, cuda::stream()>>>(
+            weight.data<T>(), ids.data<int32_t>(), out.data<T>(), n, dim, weight.size(0));
+  };
+  if (rows_in_packs(dim, kPackOf<T>, {&weight, &out})) {
+    launch.template operator()<kPackOf<T>>();
+  } else {
+    launch.template operator()<1>();
+  }
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -132,14 +172,16 @@ void launch_backward(const Tensor& grad_out, const Tensor& ids, const Tensor& gr
   if (vocab * dim == 0) return;
   cudaStream_t s = cuda::stream();
   const Device dev = grad_out.device();
-  // (keys, positions) before and after the sort, then run_start and pieces (vocab + 1 each).
-  Tensor index = Tensor::empty({4 * n + 2 * (vocab + 1) + 1}, DType::I32, dev);
+  // (keys, positions) before and after the sort, run_start and pieces (vocab + 1 each),
+  // then each piece's row (at most n pieces).
+  Tensor index = Tensor::empty({5 * n + 2 * (vocab + 1) + 1}, DType::I32, dev);
   int32_t* key_in = index.data<int32_t>();
   int32_t* pos_in = key_in + n;
   int32_t* key_out = pos_in + n;
   int32_t* pos_out = key_out + n;
   int32_t* run_start = pos_out + n;
   int32_t* pieces = run_start + vocab + 1;
+  int32_t* piece_row = pieces + vocab + 1;
   if (n > 0) {
     embedding_sort_keys_kernel<<<cuda::grid_for(n, kBlock), kBlock, 0, s>>>(
         ids.data<int32_t>(), key_in, pos_in, n, static_cast<int32_t>(vocab));
@@ -167,13 +209,30 @@ void launch_backward(const Tensor& grad_out, const Tensor& ids, const Tensor& gr
   // Room for the most pieces there can be (every id its own row): n rows.
   Tensor scratch = Tensor::empty({std::max<int64_t>(n, 1), dim}, dtype_of<Acc>(), dev);
   if (n > 0) {
-    embedding_piece_sums_kernel<T, Acc><<<static_cast<unsigned>(n), kBlock, 0, s>>>(
-        grad_out.data<T>(), pos_out, run_start, pieces, static_cast<int32_t>(vocab), dim,
-        scratch.data<Acc>());
+    embedding_piece_rows_kernel<<<cuda::grid_for(vocab, kBlock), kBlock, 0, s>>>(
+        pieces, static_cast<int32_t>(vocab), piece_row);
+    FG_CUDA_CHECK(cudaGetLastError());
+    auto sums = [&]<int kVec>() {
+      embedding_piece_sums_kernel<T, Acc, kVec><<<static_cast<unsigned>(n), kBlock, 0, s>>>(
+          grad_out.data<T>(), pos_out, run_start, pieces, piece_row, static_cast<int32_t>(vocab),
+          dim, scratch.data<Acc>());
+    };
+    if (rows_in_packs(dim, kPackOf<T>, {&grad_out, &scratch})) {
+      sums.template operator()<kPackOf<T>>();
+    } else {
+      sums.template operator()<1>();
+    }
     FG_CUDA_CHECK(cudaGetLastError());
   }
-  embedding_rows_kernel<Acc, Out><<<static_cast<unsigned>(vocab), kBlock, 0, s>>>(
-      scratch.data<Acc>(), pieces, dim, grad_weight.data<Out>(), add);
+  auto rows = [&]<int kVec>() {
+    embedding_rows_kernel<Acc, Out, kVec><<<static_cast<unsigned>(vocab), kBlock, 0, s>>>(
+        scratch.data<Acc>(), pieces, dim, grad_weight.data<Out>(), add);
+  };
+  if (rows_in_packs(dim, kPackOf<Acc>, {&scratch, &grad_weight})) {
+    rows.template operator()<kPackOf<Acc>>();
+  } else {
+    rows.template operator()<1>();
+  }
   FG_CUDA_CHECK(cudaGetLastError());
 }
 

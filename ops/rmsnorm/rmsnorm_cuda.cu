@@ -39,20 +39,6 @@ __device__ __forceinline__ double rsqrt_acc(double v) {
   return rsqrt(v);
 }
 
-// kVec consecutive elements moved as one access (16 bytes when kVec = 16 / sizeof(T)).
-template <class T, int kVec>
-struct alignas(sizeof(T) * kVec) Pack {
-  T v[kVec];
-};
-template <int kVec, class T>
-__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, kVec>*>(p);
-}
-template <int kVec, class T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, kVec>& v) {
-  *reinterpret_cast<Pack<T, kVec>*>(p) = v;
-}
-
 // One warp per row. Pass 1 forms h (x + residual, rounded to T and stored, so the
 // statistics and y describe exactly the h that backward will see) and its sum of
 // squares; pass 2 rereads the row (now in L1/L2) and writes y = h * rstd * weight.
@@ -343,9 +329,6 @@ void dispatch_gpu_float(const char* op, DType dtype, F&& f) {
 
 // Rows of D elements can move in 16-byte packs when D is a multiple of the pack
 // and every row pointer starts on a 16-byte boundary.
-template <class T>
-constexpr int kPackOf = kVecBytes / static_cast<int>(sizeof(T));
-
 template <class T>
 bool packable(int64_t D, std::initializer_list<const void*> ptrs) {
   if (D % kPackOf<T> != 0) return false;

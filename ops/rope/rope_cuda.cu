@@ -32,12 +32,6 @@ __device__ __forceinline__ void sincos_of(double a, double* s, double* c) {
   sincos(a, s, c);
 }
 
-// kVec consecutive elements moved as one access.
-template <class T, int kVec>
-struct alignas(sizeof(T) * kVec) Pack {
-  T v[kVec];
-};
-
 // One segment: `heads` packed heads of hd elements per token, at in + b*in_sb + t*in_st.
 // A row (token) of a segment is cut into items, one per thread: in a rotated head,
 // `pairs` items each rotate the packs at i*kVec and i*kVec + half, and the rest copy

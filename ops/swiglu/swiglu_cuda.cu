@@ -26,12 +26,6 @@ __device__ __forceinline__ float sigmoid(float x) {
 }
 __device__ __forceinline__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
-// V consecutive elements, loaded and stored as one 16-byte access when V > 1.
-template <class T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
 // out (rows, F) = silu(g) * u with gu (rows, 2F) = [g | u]; each thread takes V
 // consecutive outputs (the row index is divided out once per V).
 template <class T, int V>
