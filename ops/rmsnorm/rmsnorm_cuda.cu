@@ -29,6 +29,7 @@ constexpr int kSumLanes = 32;
 constexpr int kVecBytes = 16;     // one packed load or store
 constexpr int kRowThreads = 256;  // register-resident rows: at most 256 threads per row,
 constexpr int kMaxRowPacks = 4;   // each holding at most 4 packs of it
+constexpr int kNarrowWarps = 4;   // narrow-row backward: rows (one per warp) per block
 constexpr int kDefaultSharedBytes = 48 * 1024;
 
 // Statistics are kept in compute_t<T> (core/cuda_compute.cuh): fp32, or f64 for f64.
@@ -220,67 +221,92 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// Register-resident backward: one block per row (grid-stride), the row's dy, x (and dh)
-// read once into registers; dx (and y) written once. Each thread keeps its columns'
-// dweight sums in registers over all its rows and writes them as the block's partial
-// row at the end (added in order by sum_partial_rows_kernel).
+// One row of the register-resident backward. The calling thread holds packs first,
+// first + step, ... (kPacks of them) of the row, whose dy, x (and dh) it reads once;
+// row_sum(v) adds v over the row's threads. Writes dx (and y: the normalized row,
+// recomputed) once and adds the row's dy * xhat into the thread's dweight sums dw.
+template <class T, int kVec, int kPacks, bool kDh, bool kY, class RowSum>
+__device__ __forceinline__ void backward_row(const T* dy, const T* dh, const T* x,
+                                             const Pack<T, kVec> (&w)[kPacks],
+                                             const compute_t<T>* rstd, T* dx, T* y,
+                                             compute_t<T> (&dw)[kPacks][kVec], int64_t D, int first,
+                                             int step, RowSum row_sum) {
+  using A = compute_t<T>;
+  using P = Pack<T, kVec>;
+  const int64_t packs = D / kVec;
+  P dyv[kPacks], xv[kPacks], dhv[kPacks];
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {  // every load issued before the first use
+    const int64_t c = first + p * static_cast<int64_t>(step);
+    if (c < packs) {
+      dyv[p] = load_pack<kVec>(dy + c * kVec);
+      xv[p] = load_pack<kVec>(x + c * kVec);
+      if constexpr (kDh) dhv[p] = load_pack<kVec>(dh + c * kVec);
+    }
+  }
+  const A r = *rstd;  // after the row's loads: its latency hides under theirs
+  A dot = 0;          // sum over the row of g * xhat
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t c = first + p * static_cast<int64_t>(step);
+    if (c >= packs) continue;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j)
+      dot += to_compute(w[p].v[j]) * to_compute(dyv[p].v[j]) * (to_compute(xv[p].v[j]) * r);
+  }
+  const A mean = row_sum(dot) / static_cast<A>(D);
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t c = first + p * static_cast<int64_t>(step);
+    if (c >= packs) continue;
+    P out, yv;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const A xhat = to_compute(xv[p].v[j]) * r,
+              g = to_compute(w[p].v[j]) * to_compute(dyv[p].v[j]);
+      A v = r * (g - xhat * mean);
+      if constexpr (kDh) v += to_compute(dhv[p].v[j]);
+      out.v[j] = from_compute<T>(v);
+      if constexpr (kY) yv.v[j] = from_compute<T>(xhat * to_compute(w[p].v[j]));
+      dw[p][j] += to_compute(dyv[p].v[j]) * xhat;
+    }
+    store_pack<kVec>(dx + c * kVec, out);
+    if constexpr (kY) store_pack<kVec>(y + c * kVec, yv);
+  }
+}
+
+// The weight's packs first, first + step, ... of a row, loaded once per thread.
+template <class T, int kVec, int kPacks>
+__device__ __forceinline__ void load_weight_packs(const T* weight, Pack<T, kVec> (&w)[kPacks],
+                                                  int64_t packs, int first, int step) {
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t c = first + p * static_cast<int64_t>(step);
+    if (c < packs) w[p] = load_pack<kVec>(weight + c * kVec);
+  }
+}
+
+// Register-resident backward: one block per row (grid-stride). Each thread keeps its
+// columns' dweight sums in registers over all its rows and writes them as the block's
+// partial row at the end (added in order by sum_partial_rows_kernel).
 template <class T, int kVec, int kPacks, bool kDh, bool kY>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_backward_rows_kernel(const T* dy, const T* dh, const T* x, const T* weight,
-                                 const compute_t<T>* rstd, T* dx, T* y, compute_t<T>* partial, int64_t rows,
-                                 int64_t D) {
+                                 const compute_t<T>* rstd, T* dx, T* y, compute_t<T>* partial,
+                                 int64_t rows, int64_t D) {
   using A = compute_t<T>;
-  using P = Pack<T, kVec>;
   __shared__ A sums[2][kWarp];
   const int64_t packs = D / kVec;
-  P w[kPacks];
+  Pack<T, kVec> w[kPacks];
   A dw[kPacks][kVec] = {};
-#pragma unroll
-  for (int p = 0; p < kPacks; ++p) {
-    const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
-    if (c < packs) w[p] = load_pack<kVec>(weight + c * kVec);
-  }
+  load_weight_packs(weight, w, packs, threadIdx.x, blockDim.x);
   int parity = 0;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, parity ^= 1) {
     const int64_t base = row * D;
-    P dyv[kPacks], xv[kPacks], dhv[kPacks];
-#pragma unroll
-    for (int p = 0; p < kPacks; ++p) {
-      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
-      if (c < packs) {
-        dyv[p] = load_pack<kVec>(dy + base + c * kVec);
-        xv[p] = load_pack<kVec>(x + base + c * kVec);
-        if constexpr (kDh) dhv[p] = load_pack<kVec>(dh + base + c * kVec);
-      }
-    }
-    const A r = rstd[row];
-    A dot = 0;  // sum over the row of g * xhat
-#pragma unroll
-    for (int p = 0; p < kPacks; ++p) {
-      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
-      if (c >= packs) continue;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j)
-        dot += to_compute(w[p].v[j]) * to_compute(dyv[p].v[j]) * (to_compute(xv[p].v[j]) * r);
-    }
-    const A mean = block_sum(dot, sums, parity) / static_cast<A>(D);
-#pragma unroll
-    for (int p = 0; p < kPacks; ++p) {
-      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
-      if (c >= packs) continue;
-      P out, yv;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const A xhat = to_compute(xv[p].v[j]) * r, g = to_compute(w[p].v[j]) * to_compute(dyv[p].v[j]);
-        A v = r * (g - xhat * mean);
-        if constexpr (kDh) v += to_compute(dhv[p].v[j]);
-        out.v[j] = from_compute<T>(v);
-        if constexpr (kY) yv.v[j] = from_compute<T>(xhat * to_compute(w[p].v[j]));
-        dw[p][j] += to_compute(dyv[p].v[j]) * xhat;
-      }
-      store_pack<kVec>(dx + base + c * kVec, out);
-      if constexpr (kY) store_pack<kVec>(y + base + c * kVec, yv);
-    }
+    backward_row<T, kVec, kPacks, kDh, kY>(dy + base, kDh ? dh + base : nullptr, x + base, w,
+                                           rstd + row, dx + base, kY ? y + base : nullptr, dw, D,
+                                           threadIdx.x, blockDim.x,
+                                           [&](A v) { return block_sum(v, sums, parity); });
   }
 #pragma unroll
   for (int p = 0; p < kPacks; ++p) {
@@ -288,6 +314,52 @@ __global__ void __launch_bounds__(kRowThreads)
     if (c >= packs) continue;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) partial[blockIdx.x * D + c * kVec + j] = dw[p][j];
+  }
+}
+
+// Narrow rows (at most kWarp * kMaxRowPacks packs): one warp per row, so a row needs no
+// block barrier, and a block's kNarrowWarps warps write one partial row between them
+// (a block per 768-wide row left 2,772 partial rows to sum at GPT-2-small's shape). Lane
+// l holds packs l, l + 32, ... of its rows; at the end the warps' dweight sums meet in
+// shared memory and are added in warp order into the block's partial row.
+template <class T, int kVec, int kPacks, bool kDh, bool kY>
+__global__ void __launch_bounds__(kWarp* kNarrowWarps)
+    rmsnorm_backward_narrow_kernel(const T* dy, const T* dh, const T* x, const T* weight,
+                                   const compute_t<T>* rstd, T* dx, T* y, compute_t<T>* partial,
+                                   int64_t rows, int64_t D) {
+  using A = compute_t<T>;
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  A* warp_dw = reinterpret_cast<A*>(shared_raw);  // (kNarrowWarps, D)
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t packs = D / kVec;
+  Pack<T, kVec> w[kPacks];
+  A dw[kPacks][kVec] = {};
+  load_weight_packs(weight, w, packs, lane, kWarp);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kNarrowWarps;
+  for (int64_t row = blockIdx.x * static_cast<int64_t>(kNarrowWarps) + warp; row < rows;
+       row += step) {
+    const int64_t base = row * D;
+    backward_row<T, kVec, kPacks, kDh, kY>(dy + base, kDh ? dh + base : nullptr, x + base, w,
+                                           rstd + row, dx + base, kY ? y + base : nullptr, dw, D,
+                                           lane, kWarp, [](A v) {
+#pragma unroll
+                                             for (int o = kWarp / 2; o > 0; o >>= 1)
+                                               v += __shfl_xor_sync(0xffffffffu, v, o);
+                                             return v;
+                                           });
+  }
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t c = lane + p * static_cast<int64_t>(kWarp);
+    if (c >= packs) continue;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) warp_dw[warp * D + c * kVec + j] = dw[p][j];
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < D; c += blockDim.x) {
+    A sum = 0;
+    for (int i = 0; i < kNarrowWarps; ++i) sum += warp_dw[i * D + c];
+    partial[blockIdx.x * D + c] = sum;
   }
 }
 
@@ -342,7 +414,7 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
-// A register-resident row: threads per row and packs per thread (a power of two up to
+// A register-resident row: threads per row and packs per thread (the fewest, up to
 // kMaxRowPacks), or packs_per_thread 0 when the row does not fit.
 struct RowPlan {
   int threads = 0, packs_per_thread = 0;
@@ -350,32 +422,34 @@ struct RowPlan {
 template <class T>
 RowPlan row_plan(int64_t D) {
   const int64_t packs = D / kPackOf<T>;
-  for (int k = 1; k <= kMaxRowPacks; k *= 2)
+  for (int k = 1; k <= kMaxRowPacks; ++k)
     if (packs <= int64_t{k} * kRowThreads)
       return {static_cast<int>((packs + k - 1) / k + kWarp - 1) / kWarp * kWarp, k};
   return {};
 }
 
-// Runs f.template operator()<kPacks>() for the plan's packs per thread.
+// Runs f.template operator()<kPacks>() for packs per thread from 1 to kMaxRowPacks.
 template <class F>
-void with_packs(const RowPlan& plan, F&& f) {
-  switch (plan.packs_per_thread) {
+void with_packs(int64_t packs_per_thread, F&& f) {
+  switch (packs_per_thread) {
     case 1:
       return f.template operator()<1>();
     case 2:
       return f.template operator()<2>();
+    case 3:
+      return f.template operator()<3>();
     default:
       return f.template operator()<kMaxRowPacks>();
   }
 }
 
-// One wave of row blocks: as many as fit on the GPU at once, at most one per row.
+// One wave of blocks: as many as fit on the GPU at once, at most `blocks`.
 template <class K>
-int64_t row_blocks(K kernel, int threads, int64_t rows, int device, int max_per_sm = 1 << 30) {
+int64_t row_blocks(K kernel, int threads, int64_t blocks, int device, size_t shared = 0) {
   int sms = 0, per_sm = 0;
   FG_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  FG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-  return std::min<int64_t>(rows, int64_t{std::clamp(per_sm, 1, max_per_sm)} * sms);
+  FG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared));
+  return std::min<int64_t>(blocks, int64_t{std::max(per_sm, 1)} * sms);
 }
 
 template <class T, bool kResidual, bool kHaveRstd>
@@ -393,7 +467,7 @@ void launch_forward(const Tensor& x, const Tensor& residual, const Tensor& weigh
   const bool packed = packable<T>(D, {px, pres, pw, ph, py});
   const RowPlan plan = packed && !kHaveRstd ? row_plan<T>(D) : RowPlan{};
   if (plan.packs_per_thread > 0) {
-    with_packs(plan, [&]<int kPacks>() {
+    with_packs(plan.packs_per_thread, [&]<int kPacks>() {
       auto kernel = rmsnorm_forward_rows_kernel<T, kPackOf<T>, kPacks, kResidual>;
       const int64_t grid = row_blocks(kernel, plan.threads, rows, x.device().index);
       kernel<<<static_cast<unsigned>(grid), plan.threads, 0, cuda::stream()>>>(
@@ -470,9 +544,23 @@ void launch_backward(const Tensor& dy, const Tensor& dh, const Tensor& x, const 
       packable<T>(D, {dy.raw_data(), kDh ? dh.raw_data() : nullptr, x.raw_data(), weight.raw_data(),
                       dx.raw_data(), kY ? y.raw_data() : nullptr});
   const RowPlan plan = packed ? row_plan<T>(D) : RowPlan{};
+  const int64_t lane_packs = (D / kPackOf<T> + kWarp - 1) / kWarp;
   Tensor partial;  // (groups, D) dweight sums of each block's rows
-  if (plan.packs_per_thread > 0) {
-    with_packs(plan, [&]<int kPacks>() {
+  if (packed && lane_packs <= kMaxRowPacks) {
+    with_packs(lane_packs, [&]<int kPacks>() {
+      auto kernel = rmsnorm_backward_narrow_kernel<T, kPackOf<T>, kPacks, kDh, kY>;
+      const int threads = kWarp * kNarrowWarps;
+      const size_t shared = static_cast<size_t>(kNarrowWarps * D) * sizeof(A);
+      const int64_t grid = row_blocks(kernel, threads, (rows + kNarrowWarps - 1) / kNarrowWarps,
+                                      x.device().index, shared);
+      partial = Tensor::empty({grid, D}, rmsnorm_stat_dtype(x.dtype()), x.device());
+      kernel<<<static_cast<unsigned>(grid), threads, shared, cuda::stream()>>>(
+          dy.data<T>(), ptr_or_null<T>(dh), x.data<T>(), weight.data<T>(), rstd.data<A>(),
+          dx.data<T>(), kY ? y.data<T>() : nullptr, partial.data<A>(), rows, D);
+      FG_CUDA_CHECK(cudaGetLastError());
+    });
+  } else if (plan.packs_per_thread > 0) {
+    with_packs(plan.packs_per_thread, [&]<int kPacks>() {
       auto kernel = rmsnorm_backward_rows_kernel<T, kPackOf<T>, kPacks, kDh, kY>;
       const int64_t grid = row_blocks(kernel, plan.threads, rows, x.device().index);
       partial = Tensor::empty({grid, D}, rmsnorm_stat_dtype(x.dtype()), x.device());
