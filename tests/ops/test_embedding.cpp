@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/embedding/embedding.h"
@@ -208,16 +209,20 @@ TEST(EmbeddingCudaEdge, BackwardGivesTheSameBitsEveryRun) {
 
 TEST(EmbeddingCudaEdge, OutOfRangeIdGivesNanRow) {
   FG_REQUIRE_GPU();
-  // No host sync to check ids on the GPU: a bad id shows as NaN, not as a wild read.
+  // No host sync to check ids on the GPU: a bad id shows as a row of NaN, not as a
+  // wild read; rows of 3 move element by element, bf16 rows of 16 in 16-byte packs.
   Device gpu = Device::cuda(0);
-  Tensor w = Tensor::ones({4, 3}, DType::F32, gpu);
-  Tensor out = embedding_forward(w, Tensor::from_ints({1, 4, -2}, {3}, gpu));
-  EXPECT_FALSE(fg::has_non_finite(out.slice(0, 0, 1)));
-  EXPECT_TRUE(std::isnan(out.slice(0, 1, 2).to_vector()[0]));
-  EXPECT_TRUE(std::isnan(out.slice(0, 2, 3).to_vector()[2]));
-  Tensor gw = embedding_backward(Tensor::ones({3, 3}, DType::F32, gpu),
-                                 Tensor::from_ints({1, 4, -2}, {3}, gpu), 4);
-  EXPECT_EQ(fg::sum(gw), 3.0);  // only id 1 adds
+  for (const auto& [dtype, dim] : {std::pair{DType::F32, 3}, std::pair{DType::BF16, 16}}) {
+    Tensor w = Tensor::ones({4, dim}, dtype, gpu);
+    Tensor out = embedding_forward(w, Tensor::from_ints({1, 4, -2}, {3}, gpu));
+    EXPECT_FALSE(fg::has_non_finite(out.slice(0, 0, 1))) << dtype_name(dtype);
+    for (int64_t bad : {1, 2})
+      for (double v : out.slice(0, bad, bad + 1).to_vector())
+        EXPECT_TRUE(std::isnan(v)) << dtype_name(dtype) << " row " << bad;
+    Tensor gw = embedding_backward(Tensor::ones({3, dim}, dtype, gpu),
+                                   Tensor::from_ints({1, 4, -2}, {3}, gpu), 4);
+    EXPECT_EQ(fg::sum(gw), static_cast<double>(dim)) << dtype_name(dtype);  // only id 1 adds
+  }
 }
 
 TEST(EmbeddingCudaEdge, DeviceMismatchIsAnError) {
