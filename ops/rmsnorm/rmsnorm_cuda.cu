@@ -30,6 +30,7 @@ constexpr int kVecBytes = 16;     // one packed load or store
 constexpr int kRowThreads = 256;  // register-resident rows: at most 256 threads per row,
 constexpr int kMaxRowPacks = 4;   // each holding at most 4 packs of it
 constexpr int kNarrowWarps = 4;   // narrow-row backward: rows (one per warp) per block
+constexpr int kNarrowThreads = kWarp * kNarrowWarps;
 constexpr int kDefaultSharedBytes = 48 * 1024;
 
 // Statistics are kept in compute_t<T> (core/cuda_compute.cuh): fp32, or f64 for f64.
@@ -149,13 +150,20 @@ __global__ void __launch_bounds__(kBackwardBlock)
     for (int j = 0; j < kVec; ++j) partial[blockIdx.x * D + c + j] = dw[c + j];
 }
 
+// The sum of v over the warp, the same bits in every lane (a butterfly).
+template <class A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // The sum of v over the block, the same in every thread; the warps' sums are added in
 // warp order (deterministic). sums[parity] alternates between calls, so one barrier per
 // call is enough: a slot is written again only after every thread passed a later barrier.
 template <class A>
 __device__ __forceinline__ A block_sum(A v, A (*sums)[kWarp], int parity) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  v = warp_sum(v);
   if (threadIdx.x % kWarp == 0) sums[parity][threadIdx.x / kWarp] = v;
   __syncthreads();
   A s = 0;
@@ -323,7 +331,7 @@ __global__ void __launch_bounds__(kRowThreads)
 // l holds packs l, l + 32, ... of its rows; at the end the warps' dweight sums meet in
 // shared memory and are added in warp order into the block's partial row.
 template <class T, int kVec, int kPacks, bool kDh, bool kY>
-__global__ void __launch_bounds__(kWarp* kNarrowWarps)
+__global__ void __launch_bounds__(kNarrowThreads)
     rmsnorm_backward_narrow_kernel(const T* dy, const T* dh, const T* x, const T* weight,
                                    const compute_t<T>* rstd, T* dx, T* y, compute_t<T>* partial,
                                    int64_t rows, int64_t D) {
@@ -341,12 +349,7 @@ __global__ void __launch_bounds__(kWarp* kNarrowWarps)
     const int64_t base = row * D;
     backward_row<T, kVec, kPacks, kDh, kY>(dy + base, kDh ? dh + base : nullptr, x + base, w,
                                            rstd + row, dx + base, kY ? y + base : nullptr, dw, D,
-                                           lane, kWarp, [](A v) {
-#pragma unroll
-                                             for (int o = kWarp / 2; o > 0; o >>= 1)
-                                               v += __shfl_xor_sync(0xffffffffu, v, o);
-                                             return v;
-                                           });
+                                           lane, kWarp, [](A v) { return warp_sum(v); });
   }
 #pragma unroll
   for (int p = 0; p < kPacks; ++p) {
@@ -549,7 +552,7 @@ void launch_backward(const Tensor& dy, const Tensor& dh, const Tensor& x, const 
   if (packed && lane_packs <= kMaxRowPacks) {
     with_packs(lane_packs, [&]<int kPacks>() {
       auto kernel = rmsnorm_backward_narrow_kernel<T, kPackOf<T>, kPacks, kDh, kY>;
-      const int threads = kWarp * kNarrowWarps;
+      const int threads = kNarrowThreads;
       const size_t shared = static_cast<size_t>(kNarrowWarps * D) * sizeof(A);
       const int64_t grid = row_blocks(kernel, threads, (rows + kNarrowWarps - 1) / kNarrowWarps,
                                       x.device().index, shared);
