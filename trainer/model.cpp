@@ -150,18 +150,31 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
       ops::QKVRoPEConfig c = qcfg;
       c.add_residual = in.size() == 2;
       Variable residual = c.add_residual ? in[1] : Variable();
-      ag::QKVRoPEResult r = ag::rmsnorm_qkv_rope(c, in[0], positions, residual, use(lp.attn_norm),
-                                                 use(lp.wqkv), use(lp.bias));
-      // The attention core and the output projection, (B, T, D). With --recompute
-      // attn both run again in backward, so the attention output (which the
-      // projection would keep for dW) is not kept; q, k, v are, as the region's inputs.
-      auto attend = [=](const std::vector<Variable>& qkv) {
-        Variable a = ag::attention(qkv[0], qkv[1], qkv[2]);  // (B, T, H, hd)
-        return std::vector<Variable>{ag::linear(ag::reshape(a, {B, T, D}), use(lp.wo))};
+      // The attention core, then the output projection, (B, T, D).
+      auto project = [=](const Variable& a) {
+        return ag::linear(ag::reshape(a, {B, T, D}), use(lp.wo));
       };
-      Variable attn_out = recompute == Recompute::Attn ? ag::checkpoint(attend, {r.q, r.k, r.v})[0]
-                                                       : attend({r.q, r.k, r.v})[0];
-      ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, r.h, use(lp.mlp_norm), cfg_.norm_eps);
+      Variable attn_out, h;
+      if (recompute == Recompute::Attn) {
+        // The core and the projection run again in backward, so the attention output
+        // (which the projection would keep for dW) is not kept; q, k, v are, as the
+        // region's inputs.
+        ag::QKVRoPEResult r = ag::rmsnorm_qkv_rope(c, in[0], positions, residual, use(lp.attn_norm),
+                                                   use(lp.wqkv), use(lp.bias));
+        auto attend = [=](const std::vector<Variable>& qkv) {
+          return std::vector<Variable>{project(ag::attention(qkv[0], qkv[1], qkv[2]))};
+        };
+        attn_out = ag::checkpoint(attend, {r.q, r.k, r.v})[0];
+        h = r.h;
+      } else {
+        // One node: its backward writes the attention's gradients straight into the
+        // projection's, RoPE undone on the way.
+        ag::QKVAttentionResult r = ag::rmsnorm_qkv_rope_attention(
+            c, in[0], positions, residual, use(lp.attn_norm), use(lp.wqkv), use(lp.bias));
+        attn_out = project(r.out);
+        h = r.h;
+      }
+      ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, h, use(lp.mlp_norm), cfg_.norm_eps);
       Variable mlp = ag::linear(ag::gate_up_swiglu(n2.y, use(lp.w_gate_up)), use(lp.w_down));
       return std::vector<Variable>{mlp, n2.h};
     };

@@ -1,35 +1,79 @@
 #include "autograd/functions/rmsnorm_qkv_rope.h"
 
 #include "autograd/function.h"
+#include "ops/attention/attention.h"
 #include "ops/gemm/gemm.h"
 
 namespace fg::ag {
+
+namespace {
+
+Tensor data_of(const Variable& v) {
+  return v.defined() ? v.data() : Tensor();
+}
+
+// A projection cast from a parameter (master = cast_source(wqkv)) records the parameter
+// as its input, and dwqkv goes straight into the parameter's gradient buffer
+// (autograd/function.h).
+const Variable& projection_input(const Variable& master, const Variable& wqkv) {
+  return master.defined() ? master : wqkv;
+}
+GradBuffer projection_buffer(const Variable& master, const Tensor& h) {
+  return leaf_grad_buffer(master,
+                          [&](DType c) { return ops::gemm_accepts(h.dtype(), c, h.device()); });
+}
+
+std::vector<Tensor> input_grads(const ops::QKVRoPEConfig& cfg, const ops::QKVRoPEGrads& d) {
+  return {d.dx, cfg.add_residual ? d.dx : Tensor(), d.dnorm_weight, d.dwqkv, d.dbias};
+}
+
+}  // namespace
 
 QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
                                const Tensor& positions, const Variable& residual,
                                const Variable& norm_weight, const Variable& wqkv,
                                const Variable& bias) {
-  auto data = [](const Variable& v) { return v.defined() ? v.data() : Tensor(); };
-  ops::QKVRoPEOut out = ops::rmsnorm_qkv_rope_forward(cfg, x.data(), positions, data(residual),
-                                                      norm_weight.data(), wqkv.data(), data(bias));
-  // A projection cast from a parameter: its gradient goes straight into the
-  // parameter's buffer (autograd/function.h), so the parameter is the input.
-  const Variable master = cast_source(wqkv);
-  const Variable& w_in = master.defined() ? master : wqkv;
+  ops::QKVRoPEOut out = ops::rmsnorm_qkv_rope_forward(
+      cfg, x.data(), positions, data_of(residual), norm_weight.data(), wqkv.data(), data_of(bias));
   // Saved for backward: h (an output anyway) and rstd, besides the parameters and
   // positions. The normalized rows and qkv are recomputed, never kept.
-  std::vector<Variable> r = record(
-      "rmsnorm_qkv_rope", {x, residual, norm_weight, w_in, bias}, {out.q, out.k, out.v, out.h},
-      [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(), w = wqkv.data(),
-       master](const std::vector<Tensor>& g) {
-        const GradBuffer into = leaf_grad_buffer(
-            master, [&](DType c) { return ops::gemm_accepts(h.dtype(), c, h.device()); });
-        ops::QKVRoPEGrads d = ops::rmsnorm_qkv_rope_backward(
-            cfg, g[0], g[1], g[2], g[3], h, rstd, positions, wn, w, into.buffer, into.add);
-        return std::vector<Tensor>{d.dx, cfg.add_residual ? d.dx : Tensor(), d.dnorm_weight,
-                                   d.dwqkv, d.dbias};
-      });
+  const Variable master = cast_source(wqkv);
+  std::vector<Variable> r =
+      record("rmsnorm_qkv_rope", {x, residual, norm_weight, projection_input(master, wqkv), bias},
+             {out.q, out.k, out.v, out.h},
+             [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(), w = wqkv.data(),
+              master](const std::vector<Tensor>& g) {
+               const GradBuffer into = projection_buffer(master, h);
+               return input_grads(
+                   cfg, ops::rmsnorm_qkv_rope_backward(cfg, g[0], g[1], g[2], g[3], h, rstd,
+                                                       positions, wn, w, into.buffer, into.add));
+             });
   return {r[0], r[1], r[2], r[3]};
+}
+
+QKVAttentionResult rmsnorm_qkv_rope_attention(const ops::QKVRoPEConfig& cfg, const Variable& x,
+                                              const Tensor& positions, const Variable& residual,
+                                              const Variable& norm_weight, const Variable& wqkv,
+                                              const Variable& bias) {
+  ops::QKVRoPEOut qkv = ops::rmsnorm_qkv_rope_forward(
+      cfg, x.data(), positions, data_of(residual), norm_weight.data(), wqkv.data(), data_of(bias));
+  ops::AttentionOut a = ops::attention_forward(qkv.q, qkv.k, qkv.v);
+  const Variable master = cast_source(wqkv);
+  std::vector<Variable> r = record(
+      "rmsnorm_qkv_rope_attention",
+      {x, residual, norm_weight, projection_input(master, wqkv), bias}, {a.out, qkv.h},
+      [cfg, qkv, a, positions, wn = norm_weight.data(), w = wqkv.data(),
+       master](const std::vector<Tensor>& g) {
+        const Tensor& h = qkv.h;
+        Tensor dqkv = Tensor::empty({h.size(0) * h.size(1), cfg.qkv_dim()}, h.dtype(), h.device());
+        ops::attention_backward_into_qkv(g[0], qkv.q, qkv.k, qkv.v, a.out, a.lse, positions,
+                                         cfg.rotary_dim, cfg.rope_theta, dqkv);
+        const GradBuffer into = projection_buffer(master, h);
+        return input_grads(
+            cfg, ops::rmsnorm_qkv_rope_backward_packed(cfg, dqkv, g[1], h, qkv.rstd, positions, wn,
+                                                       w, into.buffer, into.add));
+      });
+  return {r[0], r[1]};
 }
 
 FusedRMSNormQKVRoPE::FusedRMSNormQKVRoPE(int64_t hidden_dim, int64_t num_heads,

@@ -20,6 +20,21 @@ QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
                                const Variable& norm_weight, const Variable& wqkv,
                                const Variable& bias);
 
+// The layer and causal attention over its q, k and v as one differentiable function:
+// out (B, T, H, hd) = attention(q, k, v), and h. One node, so that its backward can
+// take the attention's gradients straight into the layer's packed projection gradient
+// with RoPE undone on the way (ops::attention_backward_into_qkv) instead of a pass
+// packing them. It saves what the two functions would: h, rstd, q, k, v, out and the
+// log-sum-exp.
+struct QKVAttentionResult {
+  Variable out;  // (B, T, H, hd)
+  Variable h;    // (B, T, D)
+};
+QKVAttentionResult rmsnorm_qkv_rope_attention(const ops::QKVRoPEConfig& cfg, const Variable& x,
+                                              const Tensor& positions, const Variable& residual,
+                                              const Variable& norm_weight, const Variable& wqkv,
+                                              const Variable& bias);
+
 class FusedRMSNormQKVRoPE {
  public:
   // Parameters: norm weight 1, wqkv N(0, 0.02), bias 0, drawn from gen.

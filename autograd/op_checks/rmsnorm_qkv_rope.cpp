@@ -11,8 +11,9 @@ struct Case {
   int32_t offset;
 };
 
-OpCheck fused_case(const char* shapes, Case c, uint64_t seed) {
-  return {"rmsnorm_qkv_rope", shapes, [=] {
+// attend: the layer with attention over its q, k, v (rmsnorm_qkv_rope_attention).
+OpCheck fused_case(const char* shapes, Case c, uint64_t seed, bool attend = false) {
+  return {attend ? "rmsnorm_qkv_rope_attention" : "rmsnorm_qkv_rope", shapes, [=] {
             ops::QKVRoPEConfig cfg;
             cfg.hidden_dim = c.H * c.hd;
             cfg.num_heads = c.H;
@@ -44,6 +45,11 @@ OpCheck fused_case(const char* shapes, Case c, uint64_t seed) {
                   Variable norm_weight = v[i++];
                   Variable wqkv = v[i++];
                   Variable bias = c.bias ? v[i++] : Variable();
+                  if (attend) {
+                    QKVAttentionResult a = rmsnorm_qkv_rope_attention(cfg, x, positions, residual,
+                                                                      norm_weight, wqkv, bias);
+                    return std::vector<Variable>{a.out, a.h};
+                  }
                   QKVRoPEResult r =
                       rmsnorm_qkv_rope(cfg, x, positions, residual, norm_weight, wqkv, bias);
                   return std::vector<Variable>{r.q, r.k, r.v, r.h};
@@ -63,6 +69,10 @@ std::vector<OpCheck> rmsnorm_qkv_rope_checks() {
                  {2, 3, 5, 1, 2, 2, true, false, false, 7}, 81),
       fused_case("x (2, 3, 20), H 2, rot 6 of 10, pos 3+t, bias",
                  {2, 3, 2, 2, 10, 6, false, true, false, 3}, 86),
+      fused_case("x (2, 5, 18), GQA 3/1, rot 4, pos 7+t, bias; attention",
+                 {2, 5, 3, 1, 6, 4, true, true, false, 7}, 91, true),
+      fused_case("x (2, 4, 16), H 2, rot 8, pos (B, T), no res, no bias; attention",
+                 {2, 4, 2, 2, 8, 8, false, false, true, 2}, 96, true),
   };
 }
 

@@ -22,6 +22,18 @@ struct AttentionGrads {
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const Tensor& out, const Tensor& lse);
 
+// The gradients of attention(rope(q0), rope(k0), v) with respect to q0, k0 and v, from
+// what forward kept (q and k are the rotated inputs it took), written into dqkv
+// (B*T, (H + 2 Hkv) * hd) as the rows [dq0 | dk0 | dv]: the fused QKV layer's packed
+// projection gradient (ops::rmsnorm_qkv_rope_backward_packed). positions, rotary_dim and
+// theta as ops/rope takes them. On the GPU the flash kernels undo RoPE as they write
+// (bf16, head_dim 64 or 128, rotary_dim head_dim or head_dim / 2); otherwise
+// attention_backward and one RoPE pass.
+void attention_backward_into_qkv(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, const Tensor& out, const Tensor& lse,
+                                 const Tensor& positions, int64_t rotary_dim, double theta,
+                                 const Tensor& dqkv);
+
 namespace detail {
 // Checked, contiguous operands; outputs allocated by the caller (dk, dv zeroed
 // by the kernel itself). bf16 on the CPU computes in f32.
@@ -55,6 +67,12 @@ void flash_attention_forward_cuda(const Tensor& q, const Tensor& k, const Tensor
 void flash_attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Tensor& out, const Tensor& lse,
                                    const AttentionGrads& grads, int variant = 0);
+// attention_backward_into_qkv's flash path (the default tiling); false, having done
+// nothing, where it does not apply. Contiguous operands, positions checked.
+bool flash_attention_backward_into_qkv_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                            const Tensor& v, const Tensor& out, const Tensor& lse,
+                                            const Tensor& positions, int64_t rotary_dim,
+                                            double theta, const Tensor& dqkv);
 }  // namespace detail
 
 }  // namespace fg::ops

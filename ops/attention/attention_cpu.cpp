@@ -5,6 +5,7 @@
 
 #include "ops/attention/attention.h"
 #include "ops/gemm/gemm.h"
+#include "ops/rope/rope.h"
 
 namespace fg::ops {
 
@@ -162,9 +163,10 @@ AttentionOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
   return r;
 }
 
-AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                  const Tensor& v, const Tensor& out, const Tensor& lse) {
-  const char* op = "attention_backward";
+namespace {
+
+AttentionDims check_backward(const char* op, const Tensor& dout, const Tensor& q, const Tensor& k,
+                             const Tensor& v, const Tensor& out, const Tensor& lse) {
   AttentionDims d = check_qkv(op, q, k, v);
   check_defined(op, "dout", dout);
   check_defined(op, "out", out);
@@ -180,6 +182,14 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
   check_same_device(op, "q", q, "dout", dout);
   check_same_device(op, "q", q, "out", out);
   check_same_device(op, "q", q, "lse", lse);
+  return d;
+}
+
+}  // namespace
+
+AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& out, const Tensor& lse) {
+  check_backward("attention_backward", dout, q, k, v, out, lse);
   AttentionGrads g;
   g.dq = Tensor::empty(q.shape(), q.dtype(), q.device());
   g.dk = Tensor::empty(k.shape(), k.dtype(), k.device());
@@ -194,6 +204,34 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
 #endif
   detail::attention_backward_cpu(doutc, qc, kc, vc, outc, lsec, g);
   return g;
+}
+
+void attention_backward_into_qkv(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, const Tensor& out, const Tensor& lse,
+                                 const Tensor& positions, int64_t rotary_dim, double theta,
+                                 const Tensor& dqkv) {
+  const char* op = "attention_backward_into_qkv";
+  const AttentionDims d = check_backward(op, dout, q, k, v, out, lse);
+  check_rope_args(op, q, positions, rotary_dim);
+  FG_CHECK(theta > 0, op, ": theta is ", theta, " but must be > 0");
+  const int64_t H = d.heads, Hkv = d.kv_heads, hd = d.head_dim;
+  check_shape(op, "dqkv", dqkv, {d.batch * d.seq, (H + 2 * Hkv) * hd});
+  check_dtype(op, "dqkv", dqkv, q.dtype());
+  check_same_device(op, "dqkv", dqkv, "q", q);
+  FG_CHECK(dqkv.is_contiguous(), op, ": dqkv ", dqkv.shape_str(), " is not contiguous");
+  const Tensor pos = positions.contiguous();
+#ifdef FG_CUDA
+  if (q.is_cuda() && detail::flash_attention_backward_into_qkv_cuda(
+                         dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
+                         out.contiguous(), lse.contiguous(), pos, rotary_dim, theta, dqkv))
+    return;
+#endif
+  const AttentionGrads g = attention_backward(dout, q, k, v, out, lse);
+  const Tensor heads = dqkv.view({d.batch, d.seq, H + 2 * Hkv, hd});
+  detail::rope_segments({{g.dq, heads.slice(2, 0, H), true},
+                         {g.dk, heads.slice(2, H, H + Hkv), true},
+                         {g.dv, heads.slice(2, H + Hkv, H + 2 * Hkv), false}},
+                        pos, rotary_dim, theta, true);
 }
 
 namespace detail {

@@ -31,6 +31,7 @@
 #include "ops/attention/attention.h"
 #include "ops/attention/grid_order.h"
 #include "ops/gemm/gemm_hopper.cuh"
+#include "ops/rope/rope.h"
 
 namespace fg::ops::detail {
 namespace {
@@ -164,6 +165,61 @@ struct FlashDims {
   int64_t q_row, kv_row;  // elements between consecutive positions: H*hd, Hkv*hd
   float scale, scale_log2;
 };
+
+// Where backward writes dQ, dK and dV: rows of q_row / kv_row elements per position (the
+// tensors' own H*hd and Hkv*hd, or (H + 2 Hkv) * hd for both in the fused layer's packed
+// qkv gradient). With `rope` set, RoPE is undone on dQ and dK as they are written (the
+// rotation by -angle of ops/rope, in f32 before the one rounding): `rope` is the
+// (positions, half) (cos, sin) table of rope_table_cuda, half = rotary_dim / 2 either
+// hd / 2 or hd / 4 (so each rotary pair lies in one thread's fragment).
+struct GradOut {
+  bf16 *dq, *dk, *dv;
+  int64_t q_row, kv_row;
+  const float2* rope;
+  int half;
+  bool rope_per_row;  // positions (B, T): a table row per (b, t); (T): per t
+};
+
+// A thread's dK (times scale) and dV of one key row (sequence position bt = b * T + t, kv
+// head g): columns 8 dt + quad_col + e hold dk_at(dt, e), dv_at(dt, e).
+template <int kHd, class DK, class DV>
+__device__ __forceinline__ void store_kv_row(const GradOut& o, int64_t bt, int t, int g,
+                                             int quad_col, float scale, DK dk_at, DV dv_at) {
+  constexpr int kDt = kHd / 8;
+  float x[kDt][2];
+#pragma unroll
+  for (int dt = 0; dt < kDt; ++dt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) x[dt][e] = dk_at(dt, e) * scale;
+  if (o.rope) {
+    // Pairs (dt, dt + half / 8): the partner index is a constant of each branch, so x stays
+    // in registers.
+    const bool full = o.half == kHd / 2;
+    const float2* cs = o.rope + (o.rope_per_row ? bt : t) * o.half;
+#pragma unroll
+    for (int dt = 0; dt < kDt / 2; ++dt) {
+      if (!full && dt >= kDt / 4) break;
+      const float4 a = *reinterpret_cast<const float4*>(cs + 8 * dt + quad_col);
+      const float c[2] = {a.x, a.z}, sn[2] = {a.y, a.w};
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float lo = x[dt][e], hi = full ? x[dt + kDt / 2][e] : x[dt + kDt / 4][e];
+        x[dt][e] = lo * c[e] + hi * sn[e];
+        const float rotated = hi * c[e] - lo * sn[e];
+        if (full)
+          x[dt + kDt / 2][e] = rotated;
+        else
+          x[dt + kDt / 4][e] = rotated;
+      }
+    }
+  }
+  const int64_t off = bt * o.kv_row + g * kHd + quad_col;
+#pragma unroll
+  for (int dt = 0; dt < kDt; ++dt) {
+    store_bf16x2(o.dk + off + dt * 8, pack_bf16(x[dt][0], x[dt][1]));
+    store_bf16x2(o.dv + off + dt * 8, pack_bf16(dv_at(dt, 0), dv_at(dt, 1)));
+  }
+}
 
 // This block's tile of `rows` positions (grid_order.h): the rank-th heaviest, `index` counted
 // from the sequence's start: a forward query tile (the last is the heaviest) or, with
@@ -459,13 +515,38 @@ __global__ void flash_attention_delta_kernel(const bf16* __restrict__ dout,
   }
 }
 
-// dq = bf16(acc * scale), four elements per thread.
-__global__ void flash_attention_dq_kernel(const float4* __restrict__ acc, uint2* __restrict__ dq,
-                                          int64_t n4, float scale) {
+// dq = bf16(acc * scale) from the f32 buffer (B, T, H, hd) into o.dq's rows, RoPE undone
+// when o.rope. A thread takes four columns of one (position, head): a rotary item the
+// four at i and the four at i + half, a pass-through item four at or past 2 half.
+__global__ void flash_attention_dq_kernel(const float* __restrict__ acc, GradOut o, int64_t rows,
+                                          int seq, int heads, int hd, float scale) {
+  const int pairs = o.rope ? o.half / 4 : 0, items = pairs + (hd - 8 * pairs) / 4;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n4) return;
-  const float4 x = acc[i];
-  dq[i] = make_uint2(pack_bf16(x.x * scale, x.y * scale), pack_bf16(x.z * scale, x.w * scale));
+  if (i >= rows * items) return;
+  const int64_t row = i / items;  // (b, t, h)
+  const int item = static_cast<int>(i - row * items);
+  const int64_t bt = row / heads;
+  const int h = static_cast<int>(row - bt * heads);
+  const int c0 = item < pairs ? 4 * item : 8 * pairs + 4 * (item - pairs);
+  const float* src = acc + row * hd + c0;
+  bf16* dst = o.dq + bt * o.q_row + h * hd + c0;
+  const float4 a = *reinterpret_cast<const float4*>(src);
+  float lo[4] = {a.x * scale, a.y * scale, a.z * scale, a.w * scale};
+  if (item < pairs) {
+    const float4 b = *reinterpret_cast<const float4*>(src + o.half);
+    float hi[4] = {b.x * scale, b.y * scale, b.z * scale, b.w * scale};
+    const float2* cs = o.rope + (o.rope_per_row ? bt : bt % seq) * o.half + c0;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 r = cs[e];
+      const float x = lo[e], y = hi[e];
+      lo[e] = x * r.x + y * r.y;
+      hi[e] = y * r.x - x * r.y;
+    }
+    *reinterpret_cast<uint2*>(dst + o.half) =
+        make_uint2(pack_bf16(hi[0], hi[1]), pack_bf16(hi[2], hi[3]));
+  }
+  *reinterpret_cast<uint2*>(dst) = make_uint2(pack_bf16(lo[0], lo[1]), pack_bf16(lo[2], lo[3]));
 }
 
 // Grid (ceil(T / kBlockN), Hkv, B); the first key blocks (the most query tiles) first.
@@ -474,8 +555,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     flash_attention_backward_kernel(const bf16* __restrict__ dout, const bf16* __restrict__ q,
                                     const bf16* __restrict__ k, const bf16* __restrict__ v,
                                     const float* __restrict__ lse, const float* __restrict__ delta,
-                                    float* __restrict__ dq_acc, bf16* __restrict__ dk,
-                                    bf16* __restrict__ dv, FlashDims d) {
+                                    float* __restrict__ dq_acc, const GradOut o, FlashDims d) {
   constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
   constexpr int kQt = kBm / 8;  // query n8 tiles of S^T
   constexpr int kDt = kHd / 8;  // dK / dV n8 tiles
@@ -657,13 +737,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
   for (int hf = 0; hf < 2; ++hf) {
     const int key = n0 + key_row0 + quad_row + hf * 8;
     if (key >= d.seq) continue;
-    const int64_t off = kv_off + static_cast<int64_t>(key) * d.kv_row + quad_col;
-#pragma unroll
-    for (int dt = 0; dt < kDt; ++dt) {
-      store_bf16x2(dk + off + dt * 8,
-                   pack_bf16(dk_acc[dt][2 * hf] * d.scale, dk_acc[dt][2 * hf + 1] * d.scale));
-      store_bf16x2(dv + off + dt * 8, pack_bf16(dv_acc[dt][2 * hf], dv_acc[dt][2 * hf + 1]));
-    }
+    store_kv_row<kHd>(
+        o, static_cast<int64_t>(b) * d.seq + key, key, g, quad_col, d.scale,
+        [&](int dt, int e) { return dk_acc[dt][2 * hf + e]; },
+        [&](int dt, int e) { return dv_acc[dt][2 * hf + e]; });
   }
 }
 
@@ -1098,15 +1175,11 @@ struct HopperWsBwdTraits {
 
 // Grid (ceil(T / 128), Hkv, B); the first key blocks (the most query tiles) first.
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1)
-    flash_attention_backward_ws_kernel(const __grid_constant__ CUtensorMap q_map,
-                                       const __grid_constant__ CUtensorMap k_map,
-                                       const __grid_constant__ CUtensorMap v_map,
-                                       const __grid_constant__ CUtensorMap dout_map,
-                                       const __grid_constant__ CUtensorMap dq_map,
-                                       const float* __restrict__ lse,
-                                       const float* __restrict__ delta, float* __restrict__ dq_acc,
-                                       bf16* __restrict__ dk, bf16* __restrict__ dv, FlashDims d) {
+__global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_kernel(
+    const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+    const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap dout_map,
+    const __grid_constant__ CUtensorMap dq_map, const float* __restrict__ lse,
+    const float* __restrict__ delta, float* __restrict__ dq_acc, const GradOut o, FlashDims d) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
   constexpr int kStages = Tr::kStages;
@@ -1206,7 +1279,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   const int cw = wg - 1;  // consumer: keys cw * 64.. of the block, dQ columns cw * kHd / 2..
   const int quad_row = lane / 4, quad_col = lane % 4 * 2;
   const int key_row = cw * 64 + warp * 16 + quad_row;  // the lane's first key in the tile
-  const int64_t kv_off = static_cast<int64_t>(b) * d.seq * d.kv_row + g * kHd;
   constexpr int kHalf = kHd / 4;  // floats of a thread's dQ half
   // This consumer's dQ columns of K (N-major B: 64-column chunks kBn * 128 bytes apart).
   const uint32_t s_k_half = s_k + (cw * kHd / 2) / 64 * (kBn * 128) + (cw * kHd / 2) % 64 * 2;
@@ -1334,14 +1406,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   for (int hf = 0; hf < 2; ++hf) {
     const int key = n0 + key_row + hf * 8;
     if (key >= d.seq) continue;
-    const int64_t off = kv_off + static_cast<int64_t>(key) * d.kv_row + quad_col;
-#pragma unroll
-    for (int dt = 0; dt < kDt; ++dt) {
-      store_bf16x2(dk + off + dt * 8, pack_bf16(dk_acc[4 * dt + 2 * hf] * d.scale,
-                                                dk_acc[4 * dt + 2 * hf + 1] * d.scale));
-      store_bf16x2(dv + off + dt * 8,
-                   pack_bf16(dv_acc[4 * dt + 2 * hf], dv_acc[4 * dt + 2 * hf + 1]));
-    }
+    store_kv_row<kHd>(
+        o, static_cast<int64_t>(b) * d.seq + key, key, g, quad_col, d.scale,
+        [&](int dt, int e) { return dk_acc[4 * dt + 2 * hf + e]; },
+        [&](int dt, int e) { return dv_acc[4 * dt + 2 * hf + e]; });
   }
 #else
   __trap();  // not an sm_90a build: cuda::sm90a_kernels_run() keeps callers away
@@ -1430,7 +1498,7 @@ void launch_flash_forward_ws(const Tensor& q, const Tensor& k, const Tensor& v, 
 
 template <class Tr>
 void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                           const Tensor& out, const Tensor& lse, const AttentionGrads& grads) {
+                           const Tensor& out, const Tensor& lse, const GradOut& o) {
   constexpr int kHd = Tr::kHeadDim;
   constexpr int kBlock = 256;
   FlashDims d = flash_dims(q, k);
@@ -1453,20 +1521,19 @@ void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
         attention_map(q, Tr::kBlockM), attention_map(k, Tr::kBlockN), attention_map(v, Tr::kBlockN),
         attention_map(dout, Tr::kBlockM), attention_map(dq_acc, Tr::kBlockM), lse.data<float>(),
-        delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(), d);
+        delta.data<float>(), dq_acc.data<float>(), o, d);
   } else {
     auto kernel = flash_attention_backward_kernel<Tr>;
     allow_smem(kernel, Tr::kSmemBytes);
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
         dout.data<bf16>(), q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), lse.data<float>(),
-        delta.data<float>(), dq_acc.data<float>(), grads.dk.data<bf16>(), grads.dv.data<bf16>(), d);
+        delta.data<float>(), dq_acc.data<float>(), o, d);
   }
   FG_CUDA_CHECK(cudaGetLastError());
 
-  const int64_t n4 = q.numel() / 4;
-  flash_attention_dq_kernel<<<cuda::grid_for(n4, kBlock), kBlock, 0, stream>>>(
-      reinterpret_cast<const float4*>(dq_acc.data<float>()),
-      reinterpret_cast<uint2*>(grads.dq.data<bf16>()), n4, d.scale);
+  const int items = (o.rope ? o.half / 4 : 0) + (kHd - (o.rope ? 2 * o.half : 0)) / 4;
+  flash_attention_dq_kernel<<<cuda::grid_for(rows * items, kBlock), kBlock, 0, stream>>>(
+      dq_acc.data<float>(), o, rows, d.seq, d.heads, kHd, d.scale);
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1477,7 +1544,7 @@ void launch_flash_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
 using ForwardLauncher = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                  const Tensor&);
 using BackwardLauncher = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                  const Tensor&, const Tensor&, const AttentionGrads&);
+                                  const Tensor&, const Tensor&, const GradOut&);
 template <class Launcher>
 struct Variant {
   const char* name;
@@ -1583,8 +1650,39 @@ void flash_attention_backward_cuda(const Tensor& dout, const Tensor& q, const Te
   }
   FG_CHECK(flash_attention_aligned({&dout, &q, &k, &v, &out, &grads.dq, &grads.dk, &grads.dv}),
            "flash attention: every bf16 operand must start on a 16-byte boundary");
+  const GradOut o{grads.dq.data<bf16>(),
+                  grads.dk.data<bf16>(),
+                  grads.dv.data<bf16>(),
+                  q.size(2) * q.size(3),
+                  k.size(2) * k.size(3),
+                  nullptr,
+                  0,
+                  false};
   pick(kBackward64, kBackward128, static_cast<int>(q.size(3)), variant)
-      .launch(dout, q, k, v, out, lse, grads);
+      .launch(dout, q, k, v, out, lse, o);
+}
+
+bool flash_attention_backward_into_qkv_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                            const Tensor& v, const Tensor& out, const Tensor& lse,
+                                            const Tensor& positions, int64_t rotary_dim,
+                                            double theta, const Tensor& dqkv) {
+  const int64_t hd = q.size(3), H = q.size(2), Hkv = k.size(2);
+  const bool rope_ok = rotary_dim == hd || rotary_dim == hd / 2;
+  if (!flash_attention_supported(q) || !rope_ok || q.numel() == 0 ||
+      !flash_attention_aligned({&dout, &q, &k, &v, &out, &dqkv}))
+    return false;
+  const Tensor table = rope_table_cuda(positions, rotary_dim, theta);
+  bf16* base = dqkv.data<bf16>();
+  const GradOut o{base,
+                  base + H * hd,
+                  base + (H + Hkv) * hd,
+                  (H + 2 * Hkv) * hd,
+                  (H + 2 * Hkv) * hd,
+                  reinterpret_cast<const float2*>(table.raw_data()),
+                  static_cast<int>(rotary_dim / 2),
+                  positions.dim() == 2};
+  pick(kBackward64, kBackward128, static_cast<int>(hd), 0).launch(dout, q, k, v, out, lse, o);
+  return true;
 }
 
 }  // namespace fg::ops::detail

@@ -20,6 +20,10 @@ struct LinearGrads {
 LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, bool has_bias,
                             const Tensor& dweight_into = Tensor(), bool dweight_add = false);
 
+// Column sums of a contiguous (rows, cols) tensor: (cols), its dtype, summed in f32 (f64
+// for f64). The bias gradient of a product's output.
+Tensor column_sums(const Tensor& x);
+
 namespace detail {
 // Column sums of a contiguous dy (rows, out) into db (out): the bias gradient.
 void column_sum_cpu(const Tensor& dy, const Tensor& db);

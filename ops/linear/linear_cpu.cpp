@@ -1,5 +1,7 @@
 // Linear: y = x @ W^T + b over the leading dims of x, through ops::gemm on
 // either device; only the bias gradient (a column sum) has kernels of its own.
+#include <vector>
+
 #include "ops/gemm/gemm.h"
 #include "ops/linear/linear.h"
 
@@ -63,29 +65,38 @@ LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& wei
   } else {
     g.dweight = matmul(dy2, true, x2, false);  // dy^T @ x
   }
-  if (has_bias) {
-    g.dbias = Tensor::empty({weight.size(0)}, dy.dtype(), dy.device());
-#ifdef FG_CUDA
-    if (dy.is_cuda()) {
-      detail::column_sum_cuda(dy2, g.dbias);
-      return g;
-    }
-#endif
-    detail::column_sum_cpu(dy2, g.dbias);
-  }
+  if (has_bias) g.dbias = column_sums(dy2);
   return g;
+}
+
+Tensor column_sums(const Tensor& x) {
+  FG_CHECK(x.dim() == 2 && x.is_contiguous(), "column_sums: x ", x.shape_str(),
+           " is not a contiguous matrix");
+  Tensor sums = Tensor::empty({x.size(1)}, x.dtype(), x.device());
+#ifdef FG_CUDA
+  if (x.is_cuda()) {
+    detail::column_sum_cuda(x, sums);
+    return sums;
+  }
+#endif
+  detail::column_sum_cpu(x, sums);
+  return sums;
 }
 
 namespace detail {
 
+// Summed in f64 in row order: the same bits as the column sums RoPE's backward pack
+// takes on the way (rope_cpu.cpp), so the fused layer's bias gradient does not depend
+// on which of its two backward entries ran.
 void column_sum_cpu(const Tensor& dy, const Tensor& db) {
   dispatch_float("linear_backward", dy.dtype(), [&]<class T>() {
     int64_t rows = dy.size(0), cols = dy.size(1);
     const T* p = dy.data<T>();
-    T* out = db.data<T>();
-    std::fill(out, out + cols, T(0));
+    std::vector<double> sums(cols, 0.0);
     for (int64_t i = 0; i < rows; ++i)
-      for (int64_t j = 0; j < cols; ++j) out[j] += p[i * cols + j];
+      for (int64_t j = 0; j < cols; ++j) sums[j] += static_cast<double>(p[i * cols + j]);
+    T* out = db.data<T>();
+    for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<T>(sums[j]);
   });
 }
 

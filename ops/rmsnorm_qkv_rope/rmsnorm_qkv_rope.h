@@ -54,6 +54,15 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
                                        const Tensor& positions, const Tensor& norm_weight,
                                        const Tensor& wqkv, const Tensor& dwqkv_into = Tensor(),
                                        bool dwqkv_add = false);
+// The same from the projection's gradient already packed: dqkv (B*T, qkv_dim), rows
+// [dq | dk | dv] with RoPE undone (ops::attention_backward_into_qkv writes it so); the
+// bias gradient is its column sums.
+QKVRoPEGrads rmsnorm_qkv_rope_backward_packed(const QKVRoPEConfig& cfg, const Tensor& dqkv,
+                                              const Tensor& dh, const Tensor& h, const Tensor& rstd,
+                                              const Tensor& positions, const Tensor& norm_weight,
+                                              const Tensor& wqkv,
+                                              const Tensor& dwqkv_into = Tensor(),
+                                              bool dwqkv_add = false);
 
 namespace detail {
 // The projection with bias and RoPE as one Hopper GEMM whose epilogue writes

@@ -8,10 +8,13 @@
 //             q|k rows = n @ Wqk^T + b, v = n @ Wv^T + b      cuBLASLt; v lands in place
 //             q, k = rope(q|k rows)                             one pass over q|k only
 //   backward: dqkv = [rope^-1(dq) | rope^-1(dk) | dv]          one pass, dbias on the way
+//             (or given packed: attention_backward_into_qkv writes it, and dbias is one
+//             column-sum pass)
 //             dn = dqkv @ W                                     cuBLASLt
 //             [dx, dg, n] = rmsnorm backward(dn, h) + dh        one pass, n rebuilt in it
 //             dW = dqkv^T @ n                                   cuBLASLt
 #include "ops/gemm/gemm.h"
+#include "ops/linear/linear.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "ops/rmsnorm_qkv_rope/rmsnorm_qkv_rope.h"
 #include "ops/rope/rope.h"
@@ -130,14 +133,57 @@ QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
   return out;
 }
 
+namespace {
+
+// Checks what both backward entries take besides the head gradients.
+void check_backward(const char* op, const QKVRoPEConfig& cfg, const Tensor& dh, const Tensor& h,
+                    const Tensor& rstd, const Tensor& positions, const Tensor& norm_weight,
+                    const Tensor& wqkv) {
+  cfg.validate();
+  check_common(op, cfg, "h", h, positions, norm_weight, wqkv);
+  if (dh.defined()) detail::check_like(op, "dh", dh, "h", h);
+  detail::check_rstd(op, rstd, "h", h);
+}
+
+// From dqkv on: dn = dqkv @ W, then through the norm, plus the gradient reaching h
+// directly. That pass reads h anyway, so it also rebuilds n = h * rstd * norm_weight
+// (B*T, D), bit for bit as forward made it, for dW = dqkv^T @ n. grads.dbias is set
+// by the caller.
+void backward_from_dqkv(const char* op, const QKVRoPEConfig& cfg, const Tensor& dqkv,
+                        const Tensor& dh, const Tensor& h, const Tensor& rstd,
+                        const Tensor& norm_weight, const Tensor& wqkv, const Tensor& dwqkv_into,
+                        bool dwqkv_add, QKVRoPEGrads& grads) {
+  const int64_t rows = h.size(0) * h.size(1), D = cfg.hidden_dim;
+  const DType dt = h.dtype();
+  const Device dev = h.device();
+  Tensor hc = h.contiguous(), wn = norm_weight.contiguous(), w = wqkv.contiguous();
+  Tensor rstdc = rstd.contiguous();
+  Tensor dn = Tensor::empty({rows, D}, dt, dev), n = Tensor::empty({rows, D}, dt, dev);
+  gemm(dqkv, false, w, false, dn);
+  grads.dx = Tensor::empty(h.shape(), dt, dev);
+  grads.dnorm_weight = Tensor::empty({D}, dt, dev);
+  detail::rmsnorm_rows_backward(dn, dh.defined() ? dh.contiguous() : Tensor(), hc, wn, rstdc,
+                                grads.dx, grads.dnorm_weight, n);
+  if (dwqkv_into.defined()) {
+    check_shape(op, "dwqkv_into", dwqkv_into, wqkv.shape());
+    FG_CHECK(dwqkv_into.is_contiguous(), op, ": dwqkv_into ", dwqkv_into.shape_str(),
+             " is not contiguous");
+    grads.dwqkv = dwqkv_into;
+  } else {
+    grads.dwqkv = Tensor::empty({cfg.qkv_dim(), D}, dt, dev);
+  }
+  gemm(dqkv, true, n, false, grads.dwqkv, 1.0, dwqkv_into.defined() && dwqkv_add ? 1.0 : 0.0);
+}
+
+}  // namespace
+
 QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& dq, const Tensor& dk,
                                        const Tensor& dv, const Tensor& dh, const Tensor& h,
                                        const Tensor& rstd, const Tensor& positions,
                                        const Tensor& norm_weight, const Tensor& wqkv,
                                        const Tensor& dwqkv_into, bool dwqkv_add) {
-  cfg.validate();
-  check_common(kBackwardOp, cfg, "h", h, positions, norm_weight, wqkv);
-  const int64_t B = h.size(0), T = h.size(1), D = cfg.hidden_dim, rows = B * T;
+  check_backward(kBackwardOp, cfg, dh, h, rstd, positions, norm_weight, wqkv);
+  const int64_t B = h.size(0), T = h.size(1);
   const DType dt = h.dtype();
   const Device dev = h.device();
   auto check_head_grad = [&](const char* name, const Tensor& g, int64_t heads) {
@@ -148,41 +194,37 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
   check_head_grad("dq", dq, cfg.num_heads);
   check_head_grad("dk", dk, cfg.num_kv_heads);
   check_head_grad("dv", dv, cfg.num_kv_heads);
-  if (dh.defined()) detail::check_like(kBackwardOp, "dh", dh, "h", h);
-  detail::check_rstd(kBackwardOp, rstd, "h", h);
 
   // One pass: inverse RoPE on dq and dk, dv copied, packed into dqkv rows
   // (B*T, qkv_dim); the bias gradient (the column sums of dqkv) on the way.
   QKVRoPEGrads grads;
   if (cfg.use_bias) grads.dbias = Tensor::empty({cfg.qkv_dim()}, dt, dev);
-  Tensor dqkv = Tensor::empty({rows, cfg.qkv_dim()}, dt, dev);
+  Tensor dqkv = Tensor::empty({B * T, cfg.qkv_dim()}, dt, dev);
   QKVViews parts = split_qkv(cfg, dqkv, B, T);
   detail::rope_segments({{dq.contiguous(), parts.q, true},
                          {dk.contiguous(), parts.k, true},
                          {dv.contiguous(), parts.v, false}},
                         positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, true,
                         {grads.dbias});
+  backward_from_dqkv(kBackwardOp, cfg, dqkv, dh, h, rstd, norm_weight, wqkv, dwqkv_into, dwqkv_add,
+                     grads);
+  return grads;
+}
 
-  // dn = dqkv @ wqkv (B*T, D); then through the norm, plus the gradient reaching h
-  // directly. That pass reads h anyway, so it also rebuilds n = h * rstd * norm_weight
-  // (B*T, D), bit for bit as forward made it, for dW = dqkv^T @ n.
-  Tensor hc = h.contiguous(), wn = norm_weight.contiguous(), w = wqkv.contiguous();
-  Tensor rstdc = rstd.contiguous();
-  Tensor dn = Tensor::empty({rows, D}, dt, dev), n = Tensor::empty({rows, D}, dt, dev);
-  gemm(dqkv, false, w, false, dn);
-  grads.dx = Tensor::empty(h.shape(), dt, dev);
-  grads.dnorm_weight = Tensor::empty({D}, dt, dev);
-  detail::rmsnorm_rows_backward(dn, dh.defined() ? dh.contiguous() : Tensor(), hc, wn, rstdc,
-                                grads.dx, grads.dnorm_weight, n);
-  if (dwqkv_into.defined()) {
-    check_shape(kBackwardOp, "dwqkv_into", dwqkv_into, wqkv.shape());
-    FG_CHECK(dwqkv_into.is_contiguous(), kBackwardOp, ": dwqkv_into ", dwqkv_into.shape_str(),
-             " is not contiguous");
-    grads.dwqkv = dwqkv_into;
-  } else {
-    grads.dwqkv = Tensor::empty({cfg.qkv_dim(), D}, dt, dev);
-  }
-  gemm(dqkv, true, n, false, grads.dwqkv, 1.0, dwqkv_into.defined() && dwqkv_add ? 1.0 : 0.0);
+QKVRoPEGrads rmsnorm_qkv_rope_backward_packed(const QKVRoPEConfig& cfg, const Tensor& dqkv,
+                                              const Tensor& dh, const Tensor& h, const Tensor& rstd,
+                                              const Tensor& positions, const Tensor& norm_weight,
+                                              const Tensor& wqkv, const Tensor& dwqkv_into,
+                                              bool dwqkv_add) {
+  const char* op = "rmsnorm_qkv_rope_backward_packed";
+  check_backward(op, cfg, dh, h, rstd, positions, norm_weight, wqkv);
+  check_shape(op, "dqkv", dqkv, {h.size(0) * h.size(1), cfg.qkv_dim()});
+  check_dtype(op, "dqkv", dqkv, h.dtype());
+  check_same_device(op, "dqkv", dqkv, "h", h);
+  QKVRoPEGrads grads;
+  const Tensor dqkvc = dqkv.contiguous();
+  if (cfg.use_bias) grads.dbias = column_sums(dqkvc);
+  backward_from_dqkv(op, cfg, dqkvc, dh, h, rstd, norm_weight, wqkv, dwqkv_into, dwqkv_add, grads);
   return grads;
 }
 

@@ -22,18 +22,6 @@ namespace {
 
 constexpr int kTileCols = 256;  // gemm_tn_kernel's output tile width
 
-// table[p * half + i] = (cos, sin)(positions[p] * inv_freq(i)).
-__global__ void rope_table_kernel(const int32_t* positions, int64_t n, int half, double log2_theta,
-                                  float2* table) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n * half) return;
-  const int f = static_cast<int>(i % half);
-  const float inv = static_cast<float>(rope_inv_freq(f, 2 * half, log2_theta));
-  float s, c;
-  sincosf(static_cast<float>(positions[i / half]) * inv, &s, &c);
-  table[i] = make_float2(c, s);
-}
-
 // The epilogue: row r of the product holds heads [col / kHd ...) of token r, the q heads,
 // then k's, then v's. kHalf = rotary_dim / 2; dims at or past 2 kHalf pass through.
 template <int kHd, int kHalf>
@@ -140,12 +128,7 @@ bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const T
       n.size(0) >= (int64_t{1} << 31) || !n.starts_aligned(16) || !wqkv.starts_aligned(16) ||
       !gemm_hopper_available())
     return false;
-  const int64_t P = positions.numel();
-  Tensor table = Tensor::empty({P, 2 * half}, DType::F32, n.device());  // (cos, sin) pairs
-  rope_table_kernel<<<cuda::grid_for(P * half, 256), 256, 0, cuda::stream()>>>(
-      positions.data<int32_t>(), P, static_cast<int>(half), std::log2(cfg.rope_theta),
-      reinterpret_cast<float2*>(table.raw_data()));
-  FG_CUDA_CHECK(cudaGetLastError());
+  const Tensor table = rope_table_cuda(positions, cfg.rotary_dim, cfg.rope_theta);
   const bool per_row = positions.dim() == 2;
   // Ping-pong: one consumer's epilogue (the RoPE and the TMA stores) runs under the other's
   // products. H200, bench_fused_qkv with the schedules timed interleaved (bench/RESULTS.md):

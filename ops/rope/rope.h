@@ -47,6 +47,12 @@ void rope_segments_cpu(const std::vector<RopeSegment>& segments, const Tensor& p
 void rope_segments_cuda(const std::vector<RopeSegment>& segments, const Tensor& positions,
                         int64_t rotary_dim, double theta, bool inverse, const RopeExtras& extras);
 
+// The (cos, sin) of every (position, frequency) as float pairs: (positions.numel(),
+// rotary_dim) f32, entry [p, 2 i] / [p, 2 i + 1] for positions.flat[p] * inv_freq(i),
+// with rope_kernel's arithmetic (f32 angle, sincosf). Kernels that rotate inside a
+// bigger one read it: the fused projection's epilogue and attention's backward.
+Tensor rope_table_cuda(const Tensor& positions, int64_t rotary_dim, double theta);
+
 // Throws unless positions is i32 (T) or (B, T) on `device`.
 void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t T, Device device);
 

@@ -314,7 +314,30 @@ void dispatch_width(const std::vector<RopeSegment>& segments, const Tensor& posi
   }
 }
 
+// table[p * half + i] = (cos, sin)(positions[p] * inv_freq(i)).
+__global__ void rope_table_kernel(const int32_t* positions, int64_t n, int half, double log2_theta,
+                                  float2* table) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n * half) return;
+  const int f = static_cast<int>(i % half);
+  const float inv = static_cast<float>(rope_inv_freq(f, 2 * half, log2_theta));
+  float s, c;
+  sincos_of(static_cast<float>(positions[i / half]) * inv, &s, &c);
+  table[i] = make_float2(c, s);
+}
+
 }  // namespace
+
+Tensor rope_table_cuda(const Tensor& positions, int64_t rotary_dim, double theta) {
+  const int64_t P = positions.numel(), half = rotary_dim / 2;
+  Tensor table = Tensor::empty({P, 2 * half}, DType::F32, positions.device());
+  if (P * half == 0) return table;
+  rope_table_kernel<<<cuda::grid_for(P * half, kBlock), kBlock, 0, cuda::stream()>>>(
+      positions.data<int32_t>(), P, static_cast<int>(half), std::log2(theta),
+      reinterpret_cast<float2*>(table.raw_data()));
+  FG_CUDA_CHECK(cudaGetLastError());
+  return table;
+}
 
 void rope_segments_cuda(const std::vector<RopeSegment>& segments, const Tensor& positions,
                         int64_t rotary_dim, double theta, bool inverse, const RopeExtras& extras) {

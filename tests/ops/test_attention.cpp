@@ -9,6 +9,7 @@
 
 #include "ops/attention/attention.h"
 #include "ops/attention/grid_order.h"
+#include "ops/rope/rope.h"
 #include "test_util.h"
 
 #ifdef FG_CUDA
@@ -305,6 +306,67 @@ const std::vector<AttnShape> kCudaShapes = {
 };
 
 class AttentionCuda : public ::testing::TestWithParam<AttnShape> {};
+
+// ---- attention_backward_into_qkv: the gradients wrt q and k before RoPE, packed ----
+
+// Positions (T) from `offset`, or (B, T) with each sequence shifted by 3 b.
+Tensor rope_positions(const AttnShape& s, bool per_batch, int32_t offset, Device device) {
+  std::vector<int32_t> pos;
+  for (int64_t b = 0; b < (per_batch ? s.B : 1); ++b)
+    for (int64_t t = 0; t < s.T; ++t) pos.push_back(offset + static_cast<int32_t>(3 * b + t));
+  Tensor p = per_batch ? Tensor::from_ints(pos, {s.B, s.T}) : Tensor::from_ints(pos, {s.T});
+  return p.to(device);
+}
+
+// The definition: attention_backward, then RoPE's backward on dq and dk, packed by hand
+// into (B*T, (H + 2 Hkv) hd) rows on the CPU in f64.
+Tensor packed_reference(const Tensor& dout, const Qkv& x, const fg::ops::AttentionOut& fwd,
+                        const Tensor& positions, int64_t rotary, double theta) {
+  fg::ops::AttentionGrads g = fg::ops::attention_backward(f64(dout), f64(x.q), f64(x.k), f64(x.v),
+                                                          f64(fwd.out), f64(fwd.lse));
+  const Tensor pos = positions.to(Device::cpu());
+  const Tensor dq0 = fg::ops::rope_backward(g.dq, pos, rotary, theta);
+  const Tensor dk0 = fg::ops::rope_backward(g.dk, pos, rotary, theta);
+  const int64_t B = x.q.size(0), T = x.q.size(1), H = x.q.size(2), Hkv = x.k.size(2),
+                hd = x.q.size(3);
+  Tensor packed = Tensor::empty({B * T, (H + 2 * Hkv) * hd}, DType::F64);
+  Tensor heads = packed.view({B, T, H + 2 * Hkv, hd});
+  heads.slice(2, 0, H).copy_(dq0);
+  heads.slice(2, H, H + Hkv).copy_(dk0);
+  heads.slice(2, H + Hkv, H + 2 * Hkv).copy_(g.dv);
+  return packed;
+}
+
+TEST(AttentionIntoQkv, CpuIsAttentionBackwardThenRopeBackward) {
+  for (bool per_batch : {false, true}) {
+    const AttnShape s{2, 9, 4, 2, 6};
+    Qkv x = random_qkv(s, 101);
+    Generator gen(102);
+    Tensor dout = Tensor::randn(x.q.shape(), gen, DType::F64);
+    fg::ops::AttentionOut fwd = fg::ops::attention_forward(x.q, x.k, x.v);
+    const Tensor pos = rope_positions(s, per_batch, 5, Device::cpu());
+    Tensor dqkv = Tensor::full({s.B * s.T, (s.H + 2 * s.Hkv) * s.hd}, NAN, DType::F64);
+    fg::ops::attention_backward_into_qkv(dout, x.q, x.k, x.v, fwd.out, fwd.lse, pos, 4, 500.0,
+                                         dqkv);
+    EXPECT_EQ(fg::max_abs_diff(dqkv, packed_reference(dout, x, fwd, pos, 4, 500.0)), 0.0)
+        << "per_batch " << per_batch;
+  }
+}
+
+TEST(AttentionIntoQkv, ErrorsNameTheArgument) {
+  const AttnShape s{1, 4, 2, 1, 8};
+  Qkv x = random_qkv(s, 103);
+  fg::ops::AttentionOut fwd = fg::ops::attention_forward(x.q, x.k, x.v);
+  const Tensor pos = rope_positions(s, false, 0, Device::cpu());
+  Tensor bad = Tensor::zeros({4, 31}, DType::F64);
+  EXPECT_FG_ERROR(fg::ops::attention_backward_into_qkv(fwd.out, x.q, x.k, x.v, fwd.out, fwd.lse,
+                                                       pos, 8, 1e4, bad),
+                  "attention_backward_into_qkv: dqkv is (4, 31) but expected (4, 32)");
+  Tensor good = Tensor::zeros({4, 32}, DType::F64);
+  EXPECT_FG_ERROR(fg::ops::attention_backward_into_qkv(fwd.out, x.q, x.k, x.v, fwd.out, fwd.lse,
+                                                       pos, 10, 1e4, good),
+                  "rotary_dim is 10 but must be even, positive and <= head_dim 8");
+}
 
 // GPU forward and backward in `dtype` against the CPU in f64 on the same
 // (rounded) inputs.
@@ -610,6 +672,72 @@ TEST(AttentionFlashEdge, MisalignedOperandsUseTheSimpleKernel) {
   EXPECT_FG_ERROR(d::flash_attention_forward_cuda(q, x.k, x.v, r.out, r.lse),
                   "must start on 16-byte boundaries");
 }
+// The flash kernels undo RoPE as they write (dK in the backward kernel's epilogue, dQ in
+// its conversion pass): against the definition on the CPU in f64 from the same bf16
+// inputs and forward outputs, into a NaN-filled buffer (every element is written), and
+// against the GPU's own composition (attention_backward, then RoPE's pass).
+TEST(AttentionIntoQkvCuda, FlashMatchesTheDefinition) {
+  FG_REQUIRE_GPU();
+  struct Case {
+    AttnShape s;
+    int64_t rotary;
+    bool per_batch;
+  };
+  for (const Case& c : {Case{{2, 77, 4, 2, 64}, 64, false}, Case{{2, 77, 4, 2, 64}, 32, true},
+                        Case{{1, 200, 4, 4, 128}, 128, true}, Case{{3, 129, 4, 1, 128}, 64, false},
+                        Case{{1, 1, 2, 1, 64}, 64, false}}) {
+    const AttnShape& s = c.s;
+    SCOPED_TRACE(shape_name(s) + " rotary " + std::to_string(c.rotary) +
+                 (c.per_batch ? " positions (B, T)" : " positions (T)"));
+    Device gpu = Device::cuda(0);
+    Qkv x = random_qkv(s, 111, DType::BF16, gpu);
+    Generator gen(112);
+    Tensor dout = Tensor::randn(x.q.shape(), gen, DType::BF16, gpu);
+    fg::ops::AttentionOut fwd = fg::ops::attention_forward(x.q, x.k, x.v);
+    const Tensor pos = rope_positions(s, c.per_batch, 11, gpu);
+    const Shape packed{s.B * s.T, (s.H + 2 * s.Hkv) * s.hd};
+    Tensor dqkv = Tensor::full(packed, NAN, DType::BF16, gpu);
+    fg::ops::attention_backward_into_qkv(dout, x.q, x.k, x.v, fwd.out, fwd.lse, pos, c.rotary, 1e4,
+                                         dqkv);
+    EXPECT_FALSE(fg::has_non_finite(dqkv));
+    EXPECT_TRUE(close_rel(dqkv, packed_reference(dout, x, fwd, pos, c.rotary, 1e4), 1e-2));
+
+    fg::ops::AttentionGrads g = fg::ops::attention_backward(dout, x.q, x.k, x.v, fwd.out, fwd.lse);
+    Tensor composed = Tensor::empty(packed, DType::BF16, gpu);
+    Tensor heads = composed.view({s.B, s.T, s.H + 2 * s.Hkv, s.hd});
+    heads.slice(2, 0, s.H).copy_(fg::ops::rope_backward(g.dq, pos, c.rotary, 1e4));
+    heads.slice(2, s.H, s.H + s.Hkv).copy_(fg::ops::rope_backward(g.dk, pos, c.rotary, 1e4));
+    heads.slice(2, s.H + s.Hkv, s.H + 2 * s.Hkv).copy_(g.dv);
+    EXPECT_TRUE(close_rel(dqkv, composed, 1e-2));
+    // The v columns are the plain kernel's bits; q's and k's are rounded once, not twice.
+    EXPECT_EQ(fg::max_abs_diff(dqkv.slice(1, (s.H + s.Hkv) * s.hd, packed[1]),
+                               composed.slice(1, (s.H + s.Hkv) * s.hd, packed[1])),
+              0.0);
+  }
+}
+
+// A check that could pass without the rotation would be no check: the same gradients
+// with positions one further along differ in the q and k columns (and only there).
+TEST(AttentionIntoQkvCuda, PositionsMatter) {
+  FG_REQUIRE_GPU();
+  const AttnShape s{1, 64, 2, 2, 64};
+  Device gpu = Device::cuda(0);
+  Qkv x = random_qkv(s, 121, DType::BF16, gpu);
+  Generator gen(122);
+  Tensor dout = Tensor::randn(x.q.shape(), gen, DType::BF16, gpu);
+  fg::ops::AttentionOut fwd = fg::ops::attention_forward(x.q, x.k, x.v);
+  const Shape packed{s.T, (s.H + 2 * s.Hkv) * s.hd};
+  Tensor a = Tensor::empty(packed, DType::BF16, gpu), b = Tensor::empty(packed, DType::BF16, gpu);
+  fg::ops::attention_backward_into_qkv(dout, x.q, x.k, x.v, fwd.out, fwd.lse,
+                                       rope_positions(s, false, 0, gpu), 64, 1e4, a);
+  fg::ops::attention_backward_into_qkv(dout, x.q, x.k, x.v, fwd.out, fwd.lse,
+                                       rope_positions(s, false, 1, gpu), 64, 1e4, b);
+  const int64_t qk = (s.H + s.Hkv) * s.hd;
+  EXPECT_GT(fg::max_abs_diff(a.slice(1, 0, s.H * s.hd), b.slice(1, 0, s.H * s.hd)), 1e-2);
+  EXPECT_GT(fg::max_abs_diff(a.slice(1, s.H * s.hd, qk), b.slice(1, s.H * s.hd, qk)), 1e-2);
+  EXPECT_EQ(fg::max_abs_diff(a.slice(1, qk, packed[1]), b.slice(1, qk, packed[1])), 0.0);
+}
+
 #endif  // FG_CUDA
 
 TEST(AttentionCudaEdge, DeviceMismatchIsAnError) {

@@ -158,18 +158,26 @@ TEST(RMSNormQKVRoPE, BackwardEqualsComposition) {
       Tensor dh = with_dh ? in.dh : Tensor();
       fg::ops::AddRMSNormGrads norm =
           fg::ops::add_rmsnorm_backward(dn, dh, fwd.h, in.norm_weight, fwd.rstd);
-      fg::ops::QKVRoPEGrads g = rmsnorm_qkv_rope_backward(
-          cfg, in.dq, in.dk, in.dv, dh, fwd.h, fwd.rstd, in.positions, in.norm_weight, in.wqkv);
-      EXPECT_LE(fg::max_abs_diff(g.dx, norm.dx), 1e-13) << case_name({c, 0});
-      EXPECT_LE(fg::max_abs_diff(g.dnorm_weight, norm.dweight), 1e-13);
-      EXPECT_LE(fg::max_abs_diff(g.dwqkv, dw_ref), 1e-13);
-      EXPECT_EQ(g.dbias.defined(), c.bias);
-      if (c.bias) {
-        std::vector<double> col(cfg.qkv_dim(), 0.0), d = dqkv.to_vector();
-        for (int64_t r = 0; r < B * T; ++r)
-          for (int64_t j = 0; j < cfg.qkv_dim(); ++j) col[j] += d[r * cfg.qkv_dim() + j];
-        EXPECT_LE(fg::max_abs_diff(g.dbias, Tensor::from_vector(col, {cfg.qkv_dim()}, DType::F64)),
-                  1e-13);
+      // The head gradients, and the same already packed (the attention's into_qkv path).
+      for (bool packed : {false, true}) {
+        SCOPED_TRACE(case_name({c, 0}) + (packed ? " packed" : "") + (with_dh ? " dh" : ""));
+        fg::ops::QKVRoPEGrads g =
+            packed ? fg::ops::rmsnorm_qkv_rope_backward_packed(
+                         cfg, dqkv, dh, fwd.h, fwd.rstd, in.positions, in.norm_weight, in.wqkv)
+                   : rmsnorm_qkv_rope_backward(cfg, in.dq, in.dk, in.dv, dh, fwd.h, fwd.rstd,
+                                               in.positions, in.norm_weight, in.wqkv);
+        EXPECT_LE(fg::max_abs_diff(g.dx, norm.dx), 1e-13);
+        EXPECT_LE(fg::max_abs_diff(g.dnorm_weight, norm.dweight), 1e-13);
+        EXPECT_LE(fg::max_abs_diff(g.dwqkv, dw_ref), 1e-13);
+        EXPECT_EQ(g.dbias.defined(), c.bias);
+        if (c.bias) {
+          std::vector<double> col(cfg.qkv_dim(), 0.0), d = dqkv.to_vector();
+          for (int64_t r = 0; r < B * T; ++r)
+            for (int64_t j = 0; j < cfg.qkv_dim(); ++j) col[j] += d[r * cfg.qkv_dim() + j];
+          EXPECT_LE(
+              fg::max_abs_diff(g.dbias, Tensor::from_vector(col, {cfg.qkv_dim()}, DType::F64)),
+              1e-13);
+        }
       }
     }
   }
@@ -487,12 +495,26 @@ void check_fused_cuda(const FusedCase& c, DType dtype, double tol) {
     fg::ops::QKVRoPEGrads gg =
         rmsnorm_qkv_rope_backward(cfg, g.dq, g.dk, g.dv, with_dh ? g.dh : Tensor(), out.h, out.rstd,
                                   g.positions, g.norm_weight, g.wqkv);
-    EXPECT_TRUE(close_rel(gg.dx, gr.dx, tol)) << "dx, dh " << with_dh;
-    EXPECT_TRUE(close_rel(gg.dnorm_weight, gr.dnorm_weight, tol)) << "dnorm_weight, dh " << with_dh;
-    EXPECT_TRUE(close_rel(gg.dwqkv, gr.dwqkv, tol)) << "dwqkv, dh " << with_dh;
-    EXPECT_EQ(gg.dbias.defined(), c.bias);
-    if (c.bias) EXPECT_TRUE(close_rel(gg.dbias, gr.dbias, tol)) << "dbias, dh " << with_dh;
-    EXPECT_EQ(gg.dx.dtype(), dtype);
+    // The same from the gradients packed by hand on the GPU (column sums for the bias).
+    Tensor dqkv = Tensor::empty({rows, cfg.qkv_dim()}, dtype, gpu);
+    Tensor heads = dqkv.view({c.B, c.T, c.H + 2 * c.Hkv, c.hd});
+    heads.slice(2, 0, c.H).copy_(
+        fg::ops::rope_backward(g.dq, g.positions, c.rotary, cfg.rope_theta));
+    heads.slice(2, c.H, c.H + c.Hkv)
+        .copy_(fg::ops::rope_backward(g.dk, g.positions, c.rotary, cfg.rope_theta));
+    heads.slice(2, c.H + c.Hkv, c.H + 2 * c.Hkv).copy_(g.dv);
+    fg::ops::QKVRoPEGrads gp = fg::ops::rmsnorm_qkv_rope_backward_packed(
+        cfg, dqkv, with_dh ? g.dh : Tensor(), out.h, out.rstd, g.positions, g.norm_weight, g.wqkv);
+    for (const fg::ops::QKVRoPEGrads* gpu_grads : {&gg, &gp}) {
+      SCOPED_TRACE(std::string(gpu_grads == &gp ? "packed" : "heads") + ", dh " +
+                   std::to_string(with_dh));
+      EXPECT_TRUE(close_rel(gpu_grads->dx, gr.dx, tol)) << "dx";
+      EXPECT_TRUE(close_rel(gpu_grads->dnorm_weight, gr.dnorm_weight, tol)) << "dnorm_weight";
+      EXPECT_TRUE(close_rel(gpu_grads->dwqkv, gr.dwqkv, tol)) << "dwqkv";
+      EXPECT_EQ(gpu_grads->dbias.defined(), c.bias);
+      if (c.bias) EXPECT_TRUE(close_rel(gpu_grads->dbias, gr.dbias, tol)) << "dbias";
+      EXPECT_EQ(gpu_grads->dx.dtype(), dtype);
+    }
   }
 }
 
