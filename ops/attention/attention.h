@@ -67,12 +67,12 @@ void flash_attention_forward_cuda(const Tensor& q, const Tensor& k, const Tensor
 void flash_attention_backward_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Tensor& out, const Tensor& lse,
                                    const AttentionGrads& grads, int variant = 0);
-// attention_backward_into_qkv's flash path (the default tiling); false, having done
-// nothing, where it does not apply. Contiguous operands, positions checked.
+// attention_backward_into_qkv's flash path (`variant` as for flash_attention_backward_cuda);
+// false, having done nothing, where it does not apply. Contiguous operands, positions checked.
 bool flash_attention_backward_into_qkv_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
                                             const Tensor& v, const Tensor& out, const Tensor& lse,
                                             const Tensor& positions, int64_t rotary_dim,
-                                            double theta, const Tensor& dqkv);
+                                            double theta, const Tensor& dqkv, int variant = 0);
 }  // namespace detail
 
 }  // namespace fg::ops

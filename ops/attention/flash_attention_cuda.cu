@@ -1665,7 +1665,7 @@ void flash_attention_backward_cuda(const Tensor& dout, const Tensor& q, const Te
 bool flash_attention_backward_into_qkv_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
                                             const Tensor& v, const Tensor& out, const Tensor& lse,
                                             const Tensor& positions, int64_t rotary_dim,
-                                            double theta, const Tensor& dqkv) {
+                                            double theta, const Tensor& dqkv, int variant) {
   const int64_t hd = q.size(3), H = q.size(2), Hkv = k.size(2);
   const bool rope_ok = rotary_dim == hd || rotary_dim == hd / 2;
   if (!flash_attention_supported(q) || !rope_ok || q.numel() == 0 ||
@@ -1681,7 +1681,7 @@ bool flash_attention_backward_into_qkv_cuda(const Tensor& dout, const Tensor& q,
                   reinterpret_cast<const float2*>(table.raw_data()),
                   static_cast<int>(rotary_dim / 2),
                   positions.dim() == 2};
-  pick(kBackward64, kBackward128, static_cast<int>(hd), 0).launch(dout, q, k, v, out, lse, o);
+  pick(kBackward64, kBackward128, static_cast<int>(hd), variant).launch(dout, q, k, v, out, lse, o);
   return true;
 }
 

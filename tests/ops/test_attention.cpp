@@ -716,6 +716,32 @@ TEST(AttentionIntoQkvCuda, FlashMatchesTheDefinition) {
   }
 }
 
+// Every tiling's epilogue and dQ pass undo RoPE alike (the mma.sync kernels run where
+// there is no Hopper): against the definition, GQA with partial rotary and per-sequence
+// positions.
+TEST(AttentionIntoQkvCuda, EveryTilingMatchesTheDefinition) {
+  FG_REQUIRE_GPU();
+  namespace d = fg::ops::detail;
+  for (const AttnShape& s : {AttnShape{2, 77, 4, 2, 64}, AttnShape{2, 70, 4, 1, 128}}) {
+    Device gpu = Device::cuda(0);
+    Qkv x = random_qkv(s, 131, DType::BF16, gpu);
+    Generator gen(132);
+    Tensor dout = Tensor::randn(x.q.shape(), gen, DType::BF16, gpu);
+    fg::ops::AttentionOut fwd = fg::ops::attention_forward(x.q, x.k, x.v);
+    const Tensor pos = rope_positions(s, true, 7, gpu);
+    const Tensor reference = packed_reference(dout, x, fwd, pos, s.hd / 2, 1e4);
+    const int hd = static_cast<int>(s.hd);
+    for (int variant = 0; variant < d::flash_attention_variant_count(hd, true); ++variant) {
+      SCOPED_TRACE(shape_name(s) + " " + d::flash_attention_variant_name(hd, true, variant));
+      Tensor dqkv = Tensor::full(reference.shape(), NAN, DType::BF16, gpu);
+      ASSERT_TRUE(d::flash_attention_backward_into_qkv_cuda(dout, x.q, x.k, x.v, fwd.out, fwd.lse,
+                                                            pos, s.hd / 2, 1e4, dqkv, variant));
+      EXPECT_FALSE(fg::has_non_finite(dqkv));
+      EXPECT_TRUE(close_rel(dqkv, reference, 1e-2));
+    }
+  }
+}
+
 // A check that could pass without the rotation would be no check: the same gradients
 // with positions one further along differ in the q and k columns (and only there).
 TEST(AttentionIntoQkvCuda, PositionsMatter) {
