@@ -12,6 +12,15 @@ Tensor data_of(const Variable& v) {
   return v.defined() ? v.data() : Tensor();
 }
 
+// The layer's forward on the variables' data, for both functions below.
+ops::QKVRoPEOut layer_forward(const ops::QKVRoPEConfig& cfg, const Variable& x,
+                              const Tensor& positions, const Variable& residual,
+                              const Variable& norm_weight, const Variable& wqkv,
+                              const Variable& bias) {
+  return ops::rmsnorm_qkv_rope_forward(cfg, x.data(), positions, data_of(residual),
+                                       norm_weight.data(), wqkv.data(), data_of(bias));
+}
+
 // A projection cast from a parameter (master = cast_source(wqkv)) records the parameter
 // as its input, and dwqkv goes straight into the parameter's gradient buffer
 // (autograd/function.h).
@@ -33,8 +42,7 @@ QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
                                const Tensor& positions, const Variable& residual,
                                const Variable& norm_weight, const Variable& wqkv,
                                const Variable& bias) {
-  ops::QKVRoPEOut out = ops::rmsnorm_qkv_rope_forward(
-      cfg, x.data(), positions, data_of(residual), norm_weight.data(), wqkv.data(), data_of(bias));
+  const ops::QKVRoPEOut out = layer_forward(cfg, x, positions, residual, norm_weight, wqkv, bias);
   // Saved for backward: h (an output anyway) and rstd, besides the parameters and
   // positions. The normalized rows and qkv are recomputed, never kept.
   const Variable master = cast_source(wqkv);
@@ -55,8 +63,7 @@ QKVAttentionResult rmsnorm_qkv_rope_attention(const ops::QKVRoPEConfig& cfg, con
                                               const Tensor& positions, const Variable& residual,
                                               const Variable& norm_weight, const Variable& wqkv,
                                               const Variable& bias) {
-  ops::QKVRoPEOut qkv = ops::rmsnorm_qkv_rope_forward(
-      cfg, x.data(), positions, data_of(residual), norm_weight.data(), wqkv.data(), data_of(bias));
+  const ops::QKVRoPEOut qkv = layer_forward(cfg, x, positions, residual, norm_weight, wqkv, bias);
   ops::AttentionOut a = ops::attention_forward(qkv.q, qkv.k, qkv.v);
   const Variable master = cast_source(wqkv);
   std::vector<Variable> r = record(
