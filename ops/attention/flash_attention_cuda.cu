@@ -224,12 +224,16 @@ __device__ __forceinline__ void store_kv_row(const GradOut& o, int64_t bt, int t
 // This block's tile of `rows` positions (grid_order.h): the rank-th heaviest, `index` counted
 // from the sequence's start: a forward query tile (the last is the heaviest) or, with
 // kFromStart, a backward key tile (the first is); `head` of `heads` in sequence b.
+// A persistent kernel names the tile by its place `block` in the walk of `blocks` tiles.
 template <bool kFromStart>
 struct BlockTile {
   int index, head, b;
-  __device__ __forceinline__ BlockTile(const FlashDims& d, int rows, int heads) {
+  __device__ __forceinline__ BlockTile(const FlashDims& d, int rows, int heads)
+      : BlockTile(d, rows, heads, blockIdx.x, gridDim.x) {}
+  __device__ __forceinline__ BlockTile(const FlashDims& d, int rows, int heads, int block,
+                                       int blocks) {
     const int tiles = (d.seq + rows - 1) / rows;
-    const GridTile t = grid_tile(blockIdx.x, tiles, gridDim.x / tiles, d.grid_groups);
+    const GridTile t = grid_tile(block, tiles, blocks / tiles, d.grid_groups);
     index = kFromStart ? t.rank : tiles - 1 - t.rank;
     head = t.seq_head % heads;
     b = t.seq_head / heads;
@@ -873,14 +877,19 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uin
 
 // ---- forward on Hopper, warp-specialized (FlashAttention-3's schedule) ----
 //
-// Three warpgroups. The producer's one elected thread loads the block's Q once and K, V key
-// tile by key tile by TMA (128-byte swizzle, the layout load_wgmma_tile_async writes) into a
-// ring of kStages, each tile completing on a "full" mbarrier and freed by the consumers on an
+// Three warpgroups. The producer's one elected thread loads a tile's Q and its K, V key tile
+// by key tile by TMA (128-byte swizzle, the layout load_wgmma_tile_async writes) into a ring
+// of kStages, each tile completing on a "full" mbarrier and freed by the consumers on an
 // "empty" one; K and V have barriers of their own, so S = Q K^T starts before V lands. Two
 // consumers own 64 query rows each. Per key tile a consumer issues S(n) = Q K(n)^T and
 // O += P(n-1) V(n-1) together, then runs the softmax of S(n) under the P V product; the two
 // take turns issuing (named barriers), so one's softmax also runs under the other's
 // products. The key tiles are walked from the diagonal down: only the first needs the mask.
+// The grid is persistent (one block per SM): a block's first query tile is its index, each
+// next one comes from a counter (atomicAdd) in grid_order.h's walk, and Q is double-buffered,
+// so the next tile's Q and first keys land under this one's last products and its stores.
+// At T = 1024 a tile walks at most 8 key tiles: a block per tile left its loads and stores
+// exposed.
 
 // Registers per thread a block of 384 threads is launched with (65536 / 384, rounded down to
 // a multiple of 8). setmaxnreg moves registers between the block's warpgroups, never beyond
@@ -906,54 +915,58 @@ struct HopperWsFwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
   static constexpr int kThreads = 384;  // producer + two consumers of 64 rows
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kLaunchRegs * 384,
                 "setmaxnreg.inc would wait for registers the block does not have");
-  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;  // two buffers
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
-  static constexpr int kBarrierOffset = kQBytes + 2 * kStages * kKVBytes;
-  static constexpr int kBarriers = 1 + 4 * kStages;  // Q; K, V full and empty per stage
-  static constexpr int kSmemBytes = kBarrierOffset + kBarriers * 8 + 1024;  // + room to align
+  static constexpr int kBarrierOffset = 2 * kQBytes + 2 * kStages * kKVBytes;
+  static constexpr int kBarriers = 4 + 4 * kStages;  // Q full, empty; K, V full, empty per stage
+  static constexpr int kSmemBytes = kBarrierOffset + kBarriers * 8 + 2 * 4 + 1024;  // + tiles
   static_assert(kBlockM == kBlockN, "a block's key tiles end at its own diagonal tile");
 };
 
 // Synchronization, every wait with the arrivals that end it:
-// - full_q (count 1 + bytes), full_k[s], full_v[s] (the same): the producer's
-//   arrive.expect_tx and the copy engine's bytes; consumers wait at the tile's parity.
-// - empty_k[s], empty_v[s] (count 8): one arrival per consumer warp once the wgmma that read
-//   the tile retired; the producer waits at the opposite parity before refilling.
+// - full_q[j], full_k[s], full_v[s] (count 1 + bytes): the producer's arrive.expect_tx and
+//   the copy engine's bytes (full_q[j] with no bytes after the walk's end); consumers wait
+//   at the load's parity. Q buffer j holds the block's tiles 2u + j, u = 0, 1, ...; the
+//   ring's stages count key tiles over all of the block's query tiles.
+// - empty_q[j], empty_k[s], empty_v[s] (count 8): one arrival per consumer warp once the
+//   wgmma that read the buffer retired; the producer waits at the opposite parity first.
 // - Turns, named barriers 1 (consumer 0 may issue) and 2 (consumer 1), 256 threads each: the
-//   waiting consumer's bar.sync + the other's bar.arrive. Both walk the same n_tiles + 1
-//   issue steps (n_tiles S products, then the last P V); consumer 1 opens with an arrival
-//   on turn 0 and skips its last one, so every arrival is waited for.
-// Grid (ceil(T / 128), H, B), the diagonal-heavy (last) query blocks first.
+//   waiting consumer's bar.sync + the other's bar.arrive. Per query tile both walk the same
+//   n_tiles + 1 issue steps (n_tiles S products, then the last P V); consumer 1 opens each
+//   tile with an arrival on turn 0 and skips its last one, so every arrival is waited for.
+// The grid: at most one block per SM over `blocks` tiles in grid_order.h's walk; tile_counter
+// (0 at launch) hands out tiles gridDim.x, gridDim.x + 1, ...
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_attention_forward_ws_kernel(const __grid_constant__ CUtensorMap q_map,
                                       const __grid_constant__ CUtensorMap k_map,
                                       const __grid_constant__ CUtensorMap v_map,
                                       bf16* __restrict__ out, float* __restrict__ lse,
-                                      FlashDims d) {
+                                      int* __restrict__ tile_counter, int blocks, FlashDims d) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
   constexpr int kStages = Tr::kStages;
   constexpr int kNt = kBn / 8, kDt = kHd / 8;  // score and output n8 tiles
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_q = (smem_addr(smem) + 1023) & ~1023u;  // swizzle atoms start at 1024
-  const uint32_t s_k = s_q + Tr::kQBytes, s_v = s_k + kStages * Tr::kKVBytes;
+  const uint32_t s_k = s_q + 2 * Tr::kQBytes, s_v = s_k + kStages * Tr::kKVBytes;
   uint64_t* full_q =
       reinterpret_cast<uint64_t*>(smem + (s_q - smem_addr(smem)) + Tr::kBarrierOffset);
-  uint64_t* full_k = full_q + 1;
+  uint64_t* empty_q = full_q + 2;
+  uint64_t* full_k = empty_q + 2;
   uint64_t* full_v = full_k + kStages;
   uint64_t* empty_k = full_v + kStages;
   uint64_t* empty_v = empty_k + kStages;
-  const BlockTile<false> tile(d, kBm, d.heads);
-  const int m_block = tile.index, h = tile.head, b = tile.b, g = h / d.group;
-  const int m0 = m_block * kBm;
-  const int n_tiles = m_block + 1;  // key tiles up to and including the diagonal one
+  volatile int* tile_of = reinterpret_cast<volatile int*>(empty_v + kStages);  // per Q buffer
 
   if (threadIdx.x == 0) {
-    hopper::mbar_init(full_q, 1);
+    for (int j = 0; j < 2; ++j) {
+      hopper::mbar_init(&full_q[j], 1);
+      hopper::mbar_init(&empty_q[j], 8);
+    }
     for (int s = 0; s < kStages; ++s) {
       hopper::mbar_init(&full_k[s], 1);
       hopper::mbar_init(&full_v[s], 1);
@@ -968,14 +981,28 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   if (wg == 0) {  // producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tr::kProducerRegs));
     if (threadIdx.x == 0) {
-      tma_load_tile<kBm, kHd>(s_q, &q_map, full_q, h * kHd, m0, b);
-      for (int i = 0; i < n_tiles; ++i) {
-        const int n = n_tiles - 1 - i, stage = i % kStages;
-        const uint32_t parity = (i / kStages) & 1, off = stage * Tr::kKVBytes;
-        hopper::mbar_wait(&empty_k[stage], parity ^ 1);
-        tma_load_tile<kBn, kHd>(s_k + off, &k_map, &full_k[stage], g * kHd, n * kBn, b);
-        hopper::mbar_wait(&empty_v[stage], parity ^ 1);
-        tma_load_tile<kBn, kHd>(s_v + off, &v_map, &full_v[stage], g * kHd, n * kBn, b);
+      int kv = 0;  // key tiles loaded so far
+      for (int u = 0, block = blockIdx.x;; ++u) {
+        const int j = u & 1;
+        hopper::mbar_wait(&empty_q[j], ((u >> 1) & 1) ^ 1);
+        tile_of[j] = block;
+        if (block >= blocks) {
+          hopper::mbar_arrive(&full_q[j]);  // the end: no tile, no bytes
+          break;
+        }
+        const BlockTile<false> tile(d, kBm, d.heads, block, blocks);
+        const int n_tiles = tile.index + 1, g = tile.head / d.group;
+        tma_load_tile<kBm, kHd>(s_q + j * Tr::kQBytes, &q_map, &full_q[j], tile.head * kHd,
+                                tile.index * kBm, tile.b);
+        for (int i = 0; i < n_tiles; ++i, ++kv) {
+          const int n = n_tiles - 1 - i, stage = kv % kStages;
+          const uint32_t parity = (kv / kStages) & 1, off = stage * Tr::kKVBytes;
+          hopper::mbar_wait(&empty_k[stage], parity ^ 1);
+          tma_load_tile<kBn, kHd>(s_k + off, &k_map, &full_k[stage], g * kHd, n * kBn, tile.b);
+          hopper::mbar_wait(&empty_v[stage], parity ^ 1);
+          tma_load_tile<kBn, kHd>(s_v + off, &v_map, &full_v[stage], g * kHd, n * kBn, tile.b);
+        }
+        block = gridDim.x + atomicAdd(tile_counter, 1);
       }
     }
     return;
@@ -984,21 +1011,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tr::kConsumerRegs));
   const int cw = wg - 1, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
   const int quad_row = lane / 4, quad_col = lane % 4 * 2;  // accumulator element (row, col)
-  const int warp_row0 = m0 + cw * 64 + warp * 16;
-  const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
   auto take_turn = [&] { hopper::named_sync(1 + cw, 256); };
   auto pass_turn = [&] { hopper::named_arrive(2 - cw, 256); };
 
   float o[kHd / 2], s[kBn / 2];  // n8 tile t, element e at [4 t + e]
   float m_run[2], l_run[2];
   uint32_t p[kBn / 16][4];  // P of the last key tile, as bf16 A fragments
-#pragma unroll
-  for (int i = 0; i < kHd / 2; ++i) o[i] = 0.f;
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    m_run[hf] = -INFINITY;
-    l_run[hf] = 0.f;
-  }
+  uint32_t s_qj = s_q;      // this tile's Q buffer
 
   auto issue_s = [&](int stage) {  // S = Q K^T: (64, kBn) per consumer
 #pragma unroll
@@ -1009,7 +1028,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
     for (int ks = 0; ks < kHd / 16; ++ks) {
       const uint32_t chunk = (ks / 4) * 128, col = (ks % 4) * 32;  // 64-column chunk, k16 step
-      wgmma_ss_n128<0, 0>(s, wgmma_desc(s_q + chunk * kBm + cw * 64 * 128 + col, 16, 1024),
+      wgmma_ss_n128<0, 0>(s, wgmma_desc(s_qj + chunk * kBm + cw * 64 * 128 + col, 16, 1024),
                           wgmma_desc(k_tile + chunk * kBn + col, 16, 1024));
     }
     wgmma_commit();
@@ -1054,81 +1073,103 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
   };
 
-  hopper::mbar_wait(full_q, 0);
-  if (cw == 1) pass_turn();  // consumer 0 issues first
-
-  {  // the diagonal tile: S alone, masked
-    const int n = n_tiles - 1;
-    hopper::mbar_wait(&full_k[0], 0);
-    take_turn();
-    issue_s(0);
-    pass_turn();
-    wgmma_wait<0>();
-    pin(s);
-    hopper::mbar_arrive_warp(&empty_k[0]);  // after the wait that retired its reads
-    if ((n + 1) * kBn - 1 > warp_row0) {
+  for (int u = 0, kv = 0;; ++u) {
+    const int j = u & 1;
+    hopper::mbar_wait(&full_q[j], (u >> 1) & 1);
+    const int block = tile_of[j];
+    if (block >= blocks) break;
+    const BlockTile<false> tile(d, kBm, d.heads, block, blocks);
+    const int h = tile.head, b = tile.b, m0 = tile.index * kBm;
+    const int n_tiles = tile.index + 1;  // key tiles up to and including the diagonal one
+    const int warp_row0 = m0 + cw * 64 + warp * 16;
+    const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
+    s_qj = s_q + j * Tr::kQBytes;
 #pragma unroll
-      for (int nt = 0; nt < kNt; ++nt)
+    for (int i = 0; i < kHd / 2; ++i) o[i] = 0.f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = warp_row0 + quad_row + (e >> 1) * 8;
-          const int col = n * kBn + nt * 8 + quad_col + (e & 1);
-          if (col > row) s[4 * nt + e] = -INFINITY;
-        }
+    for (int hf = 0; hf < 2; ++hf) {
+      m_run[hf] = -INFINITY;
+      l_run[hf] = 0.f;
     }
-    float alpha[2];
-    softmax(alpha);  // O is zero: nothing to rescale
-    make_p();
-  }
-  for (int i = 1; i < n_tiles; ++i) {
-    const int stage = i % kStages, prev = (i - 1) % kStages;
-    hopper::mbar_wait(&full_k[stage], (i / kStages) & 1);
-    hopper::mbar_wait(&full_v[prev], ((i - 1) / kStages) & 1);
-    take_turn();
-    issue_s(stage);
-    issue_pv(prev);
-    pass_turn();
-    wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run
-    pin(s);
-    hopper::mbar_arrive_warp(&empty_k[stage]);
-    float alpha[2];
-    softmax(alpha);
-    wgmma_wait<0>();
-    pin(o);
-    hopper::mbar_arrive_warp(&empty_v[prev]);
-#pragma unroll
-    for (int dt = 0; dt < kDt; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[4 * dt + e] *= alpha[e >> 1];
-    make_p();
-  }
-  {  // the last P V
-    const int last = n_tiles - 1, stage = last % kStages;
-    hopper::mbar_wait(&full_v[stage], (last / kStages) & 1);
-    take_turn();
-    wgmma_fence();
-    issue_pv(stage);
-    if (cw == 0) pass_turn();
-    wgmma_wait<0>();
-    pin(o);
-  }
+    if (cw == 1) pass_turn();  // consumer 0 issues first
 
-  // out = O / l; lse = log(l) + max * scale (natural log).
+    {  // the diagonal tile: S alone, masked
+      const int n = n_tiles - 1, stage = kv % kStages;
+      hopper::mbar_wait(&full_k[stage], (kv / kStages) & 1);
+      take_turn();
+      issue_s(stage);
+      pass_turn();
+      wgmma_wait<0>();
+      pin(s);
+      hopper::mbar_arrive_warp(&empty_k[stage]);  // after the wait that retired its reads
+      if ((n + 1) * kBn - 1 > warp_row0) {
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    float l = l_run[hf];
-    l += __shfl_xor_sync(kFullMask, l, 1);
-    l += __shfl_xor_sync(kFullMask, l, 2);
-    const int row = warp_row0 + quad_row + hf * 8;
-    if (row >= d.seq) continue;
-    const float inv = 1.f / l;
-    bf16* dst = out + q_off + static_cast<int64_t>(row) * d.q_row + quad_col;
+        for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
-    for (int dt = 0; dt < kDt; ++dt)
-      store_bf16x2(dst + dt * 8, pack_bf16(o[4 * dt + 2 * hf] * inv, o[4 * dt + 2 * hf + 1] * inv));
-    if (lane % 4 == 0)
-      lse[(static_cast<int64_t>(b) * d.heads + h) * d.seq + row] =
-          (m_run[hf] * d.scale_log2 + log2f(l)) * kLn2;
+          for (int e = 0; e < 4; ++e) {
+            const int row = warp_row0 + quad_row + (e >> 1) * 8;
+            const int col = n * kBn + nt * 8 + quad_col + (e & 1);
+            if (col > row) s[4 * nt + e] = -INFINITY;
+          }
+      }
+      float alpha[2];
+      softmax(alpha);  // O is zero: nothing to rescale
+      make_p();
+    }
+    for (int i = 1; i < n_tiles; ++i) {
+      const int at = kv + i, stage = at % kStages, prev = (at - 1) % kStages;
+      hopper::mbar_wait(&full_k[stage], (at / kStages) & 1);
+      hopper::mbar_wait(&full_v[prev], ((at - 1) / kStages) & 1);
+      take_turn();
+      issue_s(stage);
+      issue_pv(prev);
+      pass_turn();
+      wgmma_wait<1>();  // S(n) is done; P(n-1) V(n-1) may still run
+      pin(s);
+      hopper::mbar_arrive_warp(&empty_k[stage]);
+      float alpha[2];
+      softmax(alpha);
+      wgmma_wait<0>();
+      pin(o);
+      hopper::mbar_arrive_warp(&empty_v[prev]);
+#pragma unroll
+      for (int dt = 0; dt < kDt; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[4 * dt + e] *= alpha[e >> 1];
+      make_p();
+    }
+    hopper::mbar_arrive_warp(&empty_q[j]);  // every S product has retired: Q is free
+    {                                       // the last P V
+      const int at = kv + n_tiles - 1, stage = at % kStages;
+      hopper::mbar_wait(&full_v[stage], (at / kStages) & 1);
+      take_turn();
+      wgmma_fence();
+      issue_pv(stage);
+      if (cw == 0) pass_turn();
+      wgmma_wait<0>();
+      pin(o);
+      hopper::mbar_arrive_warp(&empty_v[stage]);
+    }
+    kv += n_tiles;
+
+    // out = O / l; lse = log(l) + max * scale (natural log).
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float l = l_run[hf];
+      l += __shfl_xor_sync(kFullMask, l, 1);
+      l += __shfl_xor_sync(kFullMask, l, 2);
+      const int row = warp_row0 + quad_row + hf * 8;
+      if (row >= d.seq) continue;
+      const float inv = 1.f / l;
+      bf16* dst = out + q_off + static_cast<int64_t>(row) * d.q_row + quad_col;
+#pragma unroll
+      for (int dt = 0; dt < kDt; ++dt)
+        store_bf16x2(dst + dt * 8,
+                     pack_bf16(o[4 * dt + 2 * hf] * inv, o[4 * dt + 2 * hf + 1] * inv));
+      if (lane % 4 == 0)
+        lse[(static_cast<int64_t>(b) * d.heads + h) * d.seq + row] =
+            (m_run[hf] * d.scale_log2 + log2f(l)) * kLn2;
+    }
   }
 #else
   __trap();  // not an sm_90a build: cuda::sm90a_kernels_run() keeps callers away
@@ -1489,10 +1530,13 @@ void launch_flash_forward_ws(const Tensor& q, const Tensor& k, const Tensor& v, 
   FlashDims d = flash_dims(q, k);
   auto kernel = flash_attention_forward_ws_kernel<Tr>;
   allow_smem(kernel, Tr::kSmemBytes);
-  const unsigned grid = ordered_grid(d, cuda::grid_for(d.seq, Tr::kBlockM), q.size(0) * d.heads);
+  const unsigned blocks = ordered_grid(d, cuda::grid_for(d.seq, Tr::kBlockM), q.size(0) * d.heads);
+  const Tensor tile_counter = Tensor::zeros({1}, DType::I32, q.device());
+  const unsigned grid = std::min(blocks, static_cast<unsigned>(cuda::sm_count()));
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, cuda::stream()>>>(
       attention_map(q, Tr::kBlockM), attention_map(k, Tr::kBlockN), attention_map(v, Tr::kBlockN),
-      out.data<bf16>(), lse.data<float>(), d);
+      out.data<bf16>(), lse.data<float>(), tile_counter.data<int32_t>(), static_cast<int>(blocks),
+      d);
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
