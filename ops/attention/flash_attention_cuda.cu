@@ -887,9 +887,9 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uin
 // products. The key tiles are walked from the diagonal down: only the first needs the mask.
 // The grid is persistent (one block per SM): a block's first query tile is its index, each
 // next one comes from a counter (atomicAdd) in grid_order.h's walk, and Q is double-buffered,
-// so the next tile's Q and first keys land under this one's last products and its stores.
-// At T = 1024 a tile walks at most 8 key tiles: a block per tile left its loads and stores
-// exposed.
+// so the next tile's Q and first keys land under this one's last products; a tile's last
+// P V goes out with the next tile's first S, which runs under this tile's stores. At T =
+// 1024 a tile walks at most 8 key tiles: a block per tile left its loads and stores exposed.
 
 // Registers per thread a block of 384 threads is launched with (65536 / 384, rounded down to
 // a multiple of 8). setmaxnreg moves registers between the block's warpgroups, never beyond
@@ -1019,11 +1019,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   uint32_t p[kBn / 16][4];  // P of the last key tile, as bf16 A fragments
   uint32_t s_qj = s_q;      // this tile's Q buffer
 
-  auto issue_s = [&](int stage) {  // S = Q K^T: (64, kBn) per consumer
+  // S's zeros go before the fence that opens the issue step (not between its products:
+  // ptxas would serialize them), so they are written apart from the products.
+  auto zero_s = [&] {
 #pragma unroll
     for (int i = 0; i < kBn / 2; ++i) s[i] = 0.f;
     pin(s);  // the zeros are written before the fence, not sunk past it
-    wgmma_fence();
+  };
+  auto issue_s = [&](int stage) {  // S = Q K^T: (64, kBn) per consumer
     const uint32_t k_tile = s_k + stage * Tr::kKVBytes;
 #pragma unroll
     for (int ks = 0; ks < kHd / 16; ++ks) {
@@ -1073,17 +1076,38 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
   };
 
-  for (int u = 0, kv = 0;; ++u) {
-    const int j = u & 1;
-    hopper::mbar_wait(&full_q[j], (u >> 1) & 1);
-    const int block = tile_of[j];
-    if (block >= blocks) break;
-    const BlockTile<false> tile(d, kBm, d.heads, block, blocks);
-    const int h = tile.head, b = tile.b, m0 = tile.index * kBm;
-    const int n_tiles = tile.index + 1;  // key tiles up to and including the diagonal one
-    const int warp_row0 = m0 + cw * 64 + warp * 16;
-    const int64_t q_off = static_cast<int64_t>(b) * d.seq * d.q_row + h * kHd;
-    s_qj = s_q + j * Tr::kQBytes;
+  // The block's query tiles, the u-th in Q buffer u % 2; false after the last.
+  struct Tile {
+    int h, b, m0, n_tiles, warp_row0, j;
+  };
+  auto next_tile = [&](int u, Tile& t) {
+    t.j = u & 1;
+    hopper::mbar_wait(&full_q[t.j], (u >> 1) & 1);
+    const int block = tile_of[t.j];
+    if (block >= blocks) return false;
+    const BlockTile<false> bt(d, kBm, d.heads, block, blocks);
+    t.h = bt.head;
+    t.b = bt.b;
+    t.m0 = bt.index * kBm;
+    t.n_tiles = bt.index + 1;  // key tiles up to and including the diagonal one
+    t.warp_row0 = t.m0 + cw * 64 + warp * 16;
+    return true;
+  };
+  // A tile's first (diagonal) S has retired: free its K, mask it, start O, m and l.
+  auto first_softmax = [&](const Tile& t, int stage) {
+    pin(s);
+    hopper::mbar_arrive_warp(&empty_k[stage]);  // after the wait that retired its reads
+    const int n = t.n_tiles - 1;
+    if ((n + 1) * kBn - 1 > t.warp_row0) {
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = t.warp_row0 + quad_row + (e >> 1) * 8;
+          const int col = n * kBn + nt * 8 + quad_col + (e & 1);
+          if (col > row) s[4 * nt + e] = -INFINITY;
+        }
+    }
 #pragma unroll
     for (int i = 0; i < kHd / 2; ++i) o[i] = 0.f;
 #pragma unroll
@@ -1091,36 +1115,59 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       m_run[hf] = -INFINITY;
       l_run[hf] = 0.f;
     }
-    if (cw == 1) pass_turn();  // consumer 0 issues first
-
-    {  // the diagonal tile: S alone, masked
-      const int n = n_tiles - 1, stage = kv % kStages;
-      hopper::mbar_wait(&full_k[stage], (kv / kStages) & 1);
-      take_turn();
-      issue_s(stage);
-      pass_turn();
-      wgmma_wait<0>();
-      pin(s);
-      hopper::mbar_arrive_warp(&empty_k[stage]);  // after the wait that retired its reads
-      if ((n + 1) * kBn - 1 > warp_row0) {
+    float alpha[2];
+    softmax(alpha);  // O is zero: nothing to rescale
+    make_p();
+  };
+  // out = O / l; lse = log(l) + max * scale (natural log).
+  auto store_out = [&](const Tile& t) {
+    const int64_t q_off = static_cast<int64_t>(t.b) * d.seq * d.q_row + t.h * kHd;
 #pragma unroll
-        for (int nt = 0; nt < kNt; ++nt)
+    for (int hf = 0; hf < 2; ++hf) {
+      float l = l_run[hf];
+      l += __shfl_xor_sync(kFullMask, l, 1);
+      l += __shfl_xor_sync(kFullMask, l, 2);
+      const int row = t.warp_row0 + quad_row + hf * 8;
+      if (row >= d.seq) continue;
+      const float inv = 1.f / l;
+      bf16* dst = out + q_off + static_cast<int64_t>(row) * d.q_row + quad_col;
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int row = warp_row0 + quad_row + (e >> 1) * 8;
-            const int col = n * kBn + nt * 8 + quad_col + (e & 1);
-            if (col > row) s[4 * nt + e] = -INFINITY;
-          }
-      }
-      float alpha[2];
-      softmax(alpha);  // O is zero: nothing to rescale
-      make_p();
+      for (int dt = 0; dt < kDt; ++dt)
+        store_bf16x2(dst + dt * 8,
+                     pack_bf16(o[4 * dt + 2 * hf] * inv, o[4 * dt + 2 * hf + 1] * inv));
+      if (lane % 4 == 0)
+        lse[(static_cast<int64_t>(t.b) * d.heads + t.h) * d.seq + row] =
+            (m_run[hf] * d.scale_log2 + log2f(l)) * kLn2;
     }
-    for (int i = 1; i < n_tiles; ++i) {
+  };
+
+  // The issue steps run on across tiles: a tile's last P V goes out with the next tile's
+  // first S, so that S runs under this tile's stores. Every block has a first tile (the
+  // grid is at most the tile count).
+  Tile cur;
+  next_tile(0, cur);
+  int kv = 0, last = 0;  // key tiles consumed before cur; cur's last one
+  if (cw == 1) pass_turn();  // consumer 0 issues first
+  {
+    const int stage = kv % kStages;
+    hopper::mbar_wait(&full_k[stage], (kv / kStages) & 1);
+    s_qj = s_q + cur.j * Tr::kQBytes;
+    take_turn();
+    zero_s();
+    wgmma_fence();
+    issue_s(stage);
+    pass_turn();
+    wgmma_wait<0>();
+    first_softmax(cur, stage);
+  }
+  for (int u = 1;; ++u) {
+    for (int i = 1; i < cur.n_tiles; ++i) {
       const int at = kv + i, stage = at % kStages, prev = (at - 1) % kStages;
       hopper::mbar_wait(&full_k[stage], (at / kStages) & 1);
       hopper::mbar_wait(&full_v[prev], ((at - 1) / kStages) & 1);
       take_turn();
+      zero_s();
+      wgmma_fence();
       issue_s(stage);
       issue_pv(prev);
       pass_turn();
@@ -1138,38 +1185,42 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         for (int e = 0; e < 4; ++e) o[4 * dt + e] *= alpha[e >> 1];
       make_p();
     }
-    hopper::mbar_arrive_warp(&empty_q[j]);  // every S product has retired: Q is free
-    {                                       // the last P V
-      const int at = kv + n_tiles - 1, stage = at % kStages;
-      hopper::mbar_wait(&full_v[stage], (at / kStages) & 1);
-      take_turn();
-      wgmma_fence();
-      issue_pv(stage);
-      if (cw == 0) pass_turn();
-      wgmma_wait<0>();
-      pin(o);
-      hopper::mbar_arrive_warp(&empty_v[stage]);
-    }
-    kv += n_tiles;
+    hopper::mbar_arrive_warp(&empty_q[cur.j]);  // every S product has retired: Q is free
 
-    // out = O / l; lse = log(l) + max * scale (natural log).
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float l = l_run[hf];
-      l += __shfl_xor_sync(kFullMask, l, 1);
-      l += __shfl_xor_sync(kFullMask, l, 2);
-      const int row = warp_row0 + quad_row + hf * 8;
-      if (row >= d.seq) continue;
-      const float inv = 1.f / l;
-      bf16* dst = out + q_off + static_cast<int64_t>(row) * d.q_row + quad_col;
-#pragma unroll
-      for (int dt = 0; dt < kDt; ++dt)
-        store_bf16x2(dst + dt * 8,
-                     pack_bf16(o[4 * dt + 2 * hf] * inv, o[4 * dt + 2 * hf + 1] * inv));
-      if (lane % 4 == 0)
-        lse[(static_cast<int64_t>(b) * d.heads + h) * d.seq + row] =
-            (m_run[hf] * d.scale_log2 + log2f(l)) * kLn2;
-    }
+    // The last P V, and the next tile's diagonal S beside it.
+    last = kv + cur.n_tiles - 1;
+    kv += cur.n_tiles;
+    Tile nxt;
+    if (!next_tile(u, nxt)) break;
+    const int last_stage = last % kStages, stage = kv % kStages;
+    hopper::mbar_wait(&full_v[last_stage], (last / kStages) & 1);
+    hopper::mbar_wait(&full_k[stage], (kv / kStages) & 1);
+    take_turn();
+    zero_s();
+    wgmma_fence();
+    issue_pv(last_stage);
+    s_qj = s_q + nxt.j * Tr::kQBytes;
+    issue_s(stage);
+    pass_turn();
+    wgmma_wait<1>();  // O is done; the next S may still run
+    pin(o);
+    hopper::mbar_arrive_warp(&empty_v[last_stage]);
+    store_out(cur);
+    cur = nxt;
+    wgmma_wait<0>();
+    first_softmax(cur, stage);
+  }
+  {  // the block's last tile: its last P V alone
+    const int last_stage = last % kStages;
+    hopper::mbar_wait(&full_v[last_stage], (last / kStages) & 1);
+    take_turn();
+    wgmma_fence();
+    issue_pv(last_stage);
+    if (cw == 0) pass_turn();  // consumer 1's very last turn is passed to no one
+    wgmma_wait<0>();
+    pin(o);
+    hopper::mbar_arrive_warp(&empty_v[last_stage]);
+    store_out(cur);
   }
 #else
   __trap();  // not an sm_90a build: cuda::sm90a_kernels_run() keeps callers away
