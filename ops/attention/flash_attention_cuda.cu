@@ -1146,7 +1146,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   // grid is at most the tile count).
   Tile cur;
   next_tile(0, cur);
-  int kv = 0, last = 0;  // key tiles consumed before cur; cur's last one
+  int kv = 0, last = 0;      // key tiles consumed before cur; cur's last one
   if (cw == 1) pass_turn();  // consumer 0 issues first
   {
     const int stage = kv % kStages;
