@@ -7,7 +7,6 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -17,7 +16,6 @@
 #include <optional>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "bench/common/kernel_profile.h"
@@ -203,7 +201,6 @@ struct Settings {
   std::string json;
   bool profile = false;
   double peak_tflops = kDefaultPeakTflops;
-  double settle_s = 0;
   std::string commit;
 };
 
@@ -313,7 +310,6 @@ Json run_json(const Run& r, const Settings& s, const fg::trainer::TrainOptions& 
       {"peak_tflops", s.peak_tflops},
       {"steps", s.steps},
       {"warmup", s.warmup},
-      {"settle_s", s.settle_s},
       {"step_ms", r.result.step_ms},
       {"ms_per_step", r.ms},
       {"tokens_per_s", r.tokens_per_s},
@@ -386,11 +382,6 @@ int main(int argc, char** argv) {
   app.add_option("--peak-tflops", s.peak_tflops, "peak dense FLOP/s for MFU, in TFLOP/s")
       ->capture_default_str();
   app.add_option("--commit", s.commit, "commit hash recorded in the report and the JSON");
-  app.add_option("--settle-s", s.settle_s,
-                 "seconds the GPU idles before each run, so that every run (and PyTorch's, with "
-                 "compare_torch.py train --settle-s) starts from the same clocks and temperature "
-                 "instead of the heat of the run before")
-      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -404,8 +395,6 @@ int main(int argc, char** argv) {
     FG_CHECK(s.warmup >= 0 && s.warmup < s.steps, "--warmup (", s.warmup,
              ") must be at least 0 and less than --steps (", s.steps, ")");
     FG_CHECK(s.peak_tflops > 0, "--peak-tflops must be > 0, got ", s.peak_tflops);
-    FG_CHECK(s.settle_s >= 0 && s.settle_s <= 600, "--settle-s must be in [0, 600], got ",
-             s.settle_s);
     FG_CHECK(std::filesystem::is_regular_file(s.data), "--data ", s.data,
              ": no such file (the tinyshakespeare text)");
     fg::trainer::TrainOptions base;
@@ -456,8 +445,6 @@ int main(int argc, char** argv) {
               << ", commit " << (s.commit.empty() ? "unknown" : s.commit) << ", " << date << ". "
               << s.steps << " steps per run; ms/step is the median of the last "
               << s.steps - s.warmup << "; tokens/s = batch * seq / that."
-              << (s.settle_s > 0 ? " Each run starts after " + fmt("%g", s.settle_s) + " s idle."
-                                 : std::string())
               << (s.profile ? " Profiled runs: the times include CUPTI's tracing (3-5% on an H200)."
                             : "")
               << "\n\n"
@@ -489,8 +476,6 @@ int main(int argc, char** argv) {
         std::cerr << "bench_train: [" << runs.size() + 1 << "/" << total << "] " << m.name
                   << " recompute " << rc << ": " << s.steps << " steps of " << m.batch << " x "
                   << m.seq << " tokens on " << base.device.str() << std::endl;
-        // Heat from the run before lowers the clocks a power-limited GPU holds.
-        if (s.settle_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(s.settle_s));
         const std::time_t t0 = std::time(nullptr);
         Run r;
         try {

@@ -27,7 +27,7 @@ train: whole training steps of the GPT that fusegpt trains (bench/torch_gpt.py, 
 
   PYTHONUNBUFFERED=1 python3 bench/compare_torch.py [layer] [--bin build-gpu/bin] [--ours-json F]
   PYTHONUNBUFFERED=1 python3 bench/compare_torch.py train [--ours-json F] [--models baby,gpt2,seed]
-      [--steps 30] [--warmup 10] [--settle-s 0]
+      [--steps 30] [--warmup 10]
 """
 import argparse
 import contextlib
@@ -474,16 +474,13 @@ def run_train(args):
               f"bf16 autocast, fp32 master weights, AdamW(fused=True) lr 1e-4, clip 1.0; backends: "
               f"{', '.join(args.backends)} (torch.compile(model), default mode; optimizer eager); "
               f"SDPA {args.sdpa if args.device == 'cuda' else 'auto (CPU)'}; "
-              f"median ms/step of {args.steps} steps after {args.warmup} warm-up"
-              f"{f'; the GPU idles {args.settle_s:g} s before each run' if args.settle_s else ''}; "
-              f"MFU against 989.4 TFLOP/s", ""]
+              f"median ms/step of {args.steps} steps after {args.warmup} warm-up; MFU against 989.4 TFLOP/s", ""]
     print("\n".join(header), file=sys.stderr)
     start = time.time()
     results = {}
     for name in args.models:
         results[name] = {}
         for backend in args.backends:
-            time.sleep(args.settle_s)  # as bench_train --settle-s: every run starts from rest
             r = results[name][backend] = train_run_safe(name, backend, args)
             what = r["error"] if "error" in r else (
                 f"{r['ms_per_step']:.2f} ms/step, {r['tokens_per_s']:,.0f} tokens/s, MFU {fmt_mfu(r)}, "
@@ -540,9 +537,6 @@ def parse_args(argv):
                        help="comma-separated, from eager, compile (default: both)")
     train.add_argument("--steps", type=int, default=30, help="timed steps; the median is reported")
     train.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
-    train.add_argument("--settle-s", type=float, default=0.0,
-                       help="seconds the GPU idles before each run (as bench_train --settle-s), so "
-                            "every run starts from the same clocks and temperature")
     train.add_argument("--sdpa", choices=["flash", "auto"], default="flash",
                        help="attention backend: flash only, or PyTorch's own choice")
     train.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
@@ -554,8 +548,6 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.mode == "train" and (args.steps < 1 or args.warmup < 0):
         ap.error("train: --steps must be >= 1 and --warmup >= 0")
-    if args.mode == "train" and not 0 <= args.settle_s <= 600:
-        ap.error("train: --settle-s must be in [0, 600]")
     return args
 
 

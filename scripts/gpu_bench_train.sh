@@ -6,9 +6,7 @@
 # configures like gpu_check.sh (needs .deps/) and builds only bench_train.
 # STEPS/WARMUP: steps per run and how many are dropped (seed's steps are ~0.5 s);
 # PROFILE=0 times without CUPTI; TORCH=0 skips PyTorch; COMMIT names the commit.
-# SETTLE_S: seconds the GPU idles before every run, ours and PyTorch's alike (a
-# power-limited H200 runs ~2 % slower for a second after a heavy run); PyTorch times
-# the same steps after the same warm-up as ours.
+# PyTorch times the same steps after the same warm-up as ours.
 # Everything goes to $OUT; the key tables are echoed at the end.
 set -uo pipefail
 OUT=${OUT:-/tmp/fg_out}
@@ -17,7 +15,6 @@ BIN=${BIN:-build-gpu/bin}
 STEPS=${STEPS:-30}
 WARMUP=${WARMUP:-5}
 PROFILE=${PROFILE:-1}
-SETTLE_S=${SETTLE_S:-5}
 TORCH=${TORCH:-1}
 COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
@@ -33,8 +30,8 @@ fi
 PROFILE_FLAG=
 [ "$PROFILE" = 1 ] && PROFILE_FLAG=--profile
 SECONDS=0
-timeout 400 "$BIN/bench_train" --data .deps/tinyshakespeare.txt --models baby,gpt2,seed \
-  --recompute none,attn,full --steps "$STEPS" --warmup "$WARMUP" --settle-s "$SETTLE_S" --commit "$COMMIT" \
+timeout 330 "$BIN/bench_train" --data .deps/tinyshakespeare.txt --models baby,gpt2,seed \
+  --recompute none,attn,full --steps "$STEPS" --warmup "$WARMUP" --commit "$COMMIT" \
   --json "$OUT/bench_train.json" $PROFILE_FLAG > "$OUT/bench_train.md" 2> "$OUT/bench_train.log"
 echo "bench_train rc=$? ${SECONDS}s"
 grep -E "error|failed|unavailable" "$OUT/bench_train.log" "$OUT/bench_train.md" | head -20
@@ -42,8 +39,8 @@ grep -E "error|failed|unavailable" "$OUT/bench_train.log" "$OUT/bench_train.md" 
 # compare_torch.py lists its modes in --help ({layer,train}); older copies have no train mode.
 if [ "$TORCH" = 1 ] && python3 bench/compare_torch.py --help 2>/dev/null | grep -q "train"; then
   SECONDS=0
-  PYTHONUNBUFFERED=1 timeout 360 python3 bench/compare_torch.py train --steps $((STEPS - WARMUP)) \
-    --warmup "$WARMUP" --settle-s "$SETTLE_S" --ours-json "$OUT/bench_train.json" > "$OUT/compare_train.md" 2> "$OUT/compare_train.log"
+  PYTHONUNBUFFERED=1 timeout 300 python3 bench/compare_torch.py train --steps $((STEPS - WARMUP)) \
+    --warmup "$WARMUP" --ours-json "$OUT/bench_train.json" > "$OUT/compare_train.md" 2> "$OUT/compare_train.log"
   echo "compare_torch train rc=$? ${SECONDS}s"
   tail -5 "$OUT/compare_train.log"
 else
