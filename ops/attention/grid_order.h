@@ -6,7 +6,8 @@
 // across its heads. One group per head keeps a head's tiles together (L2 at its best, but
 // the last head's heavy tile starts near the end: a tail of up to one heavy tile, 14 % of
 // the seed's attention); one group walks heads fastest (no tail, K and V of every head in
-// flight). Groups of about two waves of blocks keep most of both.
+// flight). Groups of about two waves of blocks keep most of both. A persistent kernel (the
+// Hopper forward) hands out the walk's tiles in this order from a counter.
 #pragma once
 
 #include <algorithm>
