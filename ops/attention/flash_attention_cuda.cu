@@ -920,7 +920,7 @@ struct HopperWsFwdTraits {
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kLaunchRegs * 384,
                 "setmaxnreg.inc would wait for registers the block does not have");
-  static constexpr int kQBytes = kBlockM * kHeadDim * 2;  // two buffers
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;  // per Q buffer (two)
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
   static constexpr int kBarrierOffset = 2 * kQBytes + 2 * kStages * kKVBytes;
   static constexpr int kBarriers = 4 + 4 * kStages;  // Q full, empty; K, V full, empty per stage
@@ -936,9 +936,10 @@ struct HopperWsFwdTraits {
 // - empty_q[j], empty_k[s], empty_v[s] (count 8): one arrival per consumer warp once the
 //   wgmma that read the buffer retired; the producer waits at the opposite parity first.
 // - Turns, named barriers 1 (consumer 0 may issue) and 2 (consumer 1), 256 threads each: the
-//   waiting consumer's bar.sync + the other's bar.arrive. Per query tile both walk the same
-//   n_tiles + 1 issue steps (n_tiles S products, then the last P V); consumer 1 opens each
-//   tile with an arrival on turn 0 and skips its last one, so every arrival is waited for.
+//   waiting consumer's bar.sync + the other's bar.arrive. Both walk the same issue steps
+//   (per query tile its S products, the last P V sharing a step with the next tile's first
+//   S); consumer 1 opens the block's walk with an arrival on turn 0 and skips its very last
+//   one, so every arrival is waited for.
 // The grid: at most one block per SM over `blocks` tiles in grid_order.h's walk; tile_counter
 // (0 at launch) hands out tiles gridDim.x, gridDim.x + 1, ...
 template <class Tr>
