@@ -15,6 +15,15 @@ namespace fg::ops {
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
           double alpha = 1.0, double beta = 0.0, const Tensor& bias = Tensor());
 
+// Off by default: each problem (shapes, dtypes, alignments) runs the algorithm
+// cuBLASLt's heuristic ranks first, the same in every process, so a resumed run
+// repeats the interrupted one bit for bit. On (or FG_GEMM_TUNE=1 in the environment),
+// the first call of each new problem outside a CUDA graph capture times the
+// heuristic's first 8 algorithms on its own operands (c only read) and keeps the
+// fastest, as PyTorch's TunableOp does: faster steps, but the pick follows timing
+// noise, so another process may round differently. Plans made before stay as made.
+void set_gemm_tuning(bool on);
+
 // Whether gemm takes operands of dtype `ab` with c of dtype `c` on `device`: the
 // same dtype everywhere; bf16 operands with an f32 c; on the CPU any c wider than
 // the operands.
@@ -33,6 +42,7 @@ void gemm_cpu(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, cons
 void gemm_cuda(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                double alpha, double beta, const Tensor& bias);
 size_t gemm_cuda_workspace_bytes();
+void set_gemm_tuning_cuda(bool on);
 }  // namespace detail
 
 }  // namespace fg::ops

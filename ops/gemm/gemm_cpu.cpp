@@ -43,6 +43,13 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Te
   detail::gemm_cpu(a, trans_a, b, trans_b, c, alpha, beta, bias);
 }
 
+void set_gemm_tuning(bool on) {
+#ifdef FG_CUDA
+  detail::set_gemm_tuning_cuda(on);
+#endif
+  (void)on;  // the CPU has one algorithm
+}
+
 bool gemm_accepts(DType ab, DType c, Device device) {
   if (ab == c) return true;
   if (ab == DType::BF16 && c == DType::F32) return true;

@@ -5,9 +5,13 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -29,6 +33,9 @@ namespace {
 constexpr size_t kWorkspaceBytes = 32u << 20;  // cuBLASLt's split-K and stream-K scratch
 constexpr uint32_t kMaxAlignment = 256;        // the most any cuBLASLt kernel asks for
 constexpr int kBlock = 256;
+constexpr int kCandidates = 8;        // heuristic algorithms timed per problem when tuning
+constexpr int kTuneRuns = 10;         // runs timed per candidate
+constexpr float kTuneMargin = 0.97f;  // a later candidate must be 3 % faster to win
 
 // Owns one cuBLASLt object; destroyed with its matching destroy function.
 template <class T, cublasStatus_t (*Destroy)(T)>
@@ -155,9 +162,68 @@ MatrixLayout make_layout(DType t, int64_t rows, int64_t cols, int64_t ld) {
   return MatrixLayout(l);
 }
 
+// What a plan is timed on when tuning: the call's own operands and scalars.
+struct Operands {
+  const void *a, *b, *c;
+  const void *alpha, *beta;
+  void* workspace;
+};
+
+// Whether new plans are tuned (gemm.h: set_gemm_tuning); FG_GEMM_TUNE=1 turns it on.
+std::atomic<bool>& tuning() {
+  static std::atomic<bool> on = [] {
+    const char* v = std::getenv("FG_GEMM_TUNE");
+    return v && std::string_view(v) == "1";
+  }();
+  return on;
+}
+
+// A captured stream cannot be timed (and a graph must not record trial runs).
+bool stream_capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  FG_CUDA_CHECK(cudaStreamIsCapturing(cuda::stream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// The candidate that ran fastest on the call's operands, D written to scratch
+// (C is read, so accumulating calls stay intact). Ties keep the earlier
+// (heuristic-preferred) one; candidates that fail to launch are skipped.
+cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, const PlanKey& key,
+                                  const Operands& ops, const cublasLtMatmulHeuristicResult_t* cands,
+                                  int count) {
+  DeviceBuffer scratch(static_cast<size_t>(key.ldc * key.m) * dtype_size(key.c_dtype));
+  cudaStream_t stream = cuda::stream();
+  cudaEvent_t start, stop;
+  FG_CUDA_CHECK(cudaEventCreate(&start));
+  FG_CUDA_CHECK(cudaEventCreate(&stop));
+  auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(handle, plan.desc.get(), ops.alpha, ops.b, plan.a.get(), ops.a,
+                          plan.b.get(), ops.beta, ops.c, plan.c.get(), scratch.get(), plan.c.get(),
+                          &algo, ops.workspace, kWorkspaceBytes, stream);
+  };
+  int best = 0;
+  float best_ms = std::numeric_limits<float>::infinity();
+  for (int i = 0; i < count; ++i) {
+    if (launch(cands[i].algo) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up, and a check
+    FG_CUDA_CHECK(cudaEventRecord(start, stream));
+    for (int r = 0; r < kTuneRuns; ++r) FG_CUBLAS_CHECK(launch(cands[i].algo));
+    FG_CUDA_CHECK(cudaEventRecord(stop, stream));
+    FG_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    FG_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (ms < best_ms * kTuneMargin) best = i, best_ms = ms;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  FG_CUDA_CHECK(cudaStreamSynchronize(stream));  // before scratch is freed
+  return cands[best].algo;
+}
+
 // Builds the plan, or returns null when no algorithm supports it (the bias
 // epilogue is not offered for every dtype; the caller then adds bias itself).
-std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, const void* bias_ptr) {
+std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, const void* bias_ptr,
+                                const Operands& operands) {
+  bool tune = tuning() && !stream_capturing();
   auto plan = std::make_unique<Plan>();
   // f64 accumulates in f64; f32 and bf16 in fp32, never TF32, so f32 matches the CPU.
   bool f64 = key.dtype == DType::F64;
@@ -189,26 +255,29 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, con
   set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_a);
   set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c);
   set_pref(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c);
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kCandidates]{};
   int found = 0;
-  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-      handle, d, plan->a.get(), plan->b.get(), plan->c.get(), plan->c.get(), p, 1, &result, &found);
+  cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle, d, plan->a.get(), plan->b.get(), plan->c.get(),
+                                     plan->c.get(), p, tune ? kCandidates : 1, results, &found);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0)) {
     FG_CHECK(key.bias_epilogue, "gemm: cuBLASLt has no algorithm for ", dtype_name(key.dtype), " (",
              key.m, ", ", key.k, ") @ (", key.k, ", ", key.n, ")");
     return nullptr;
   }
   FG_CUBLAS_CHECK(st);
-  plan->algo = result.algo;
+  plan->algo = results[0].algo;
+  if (tune && found > 1) plan->algo = fastest_algo(handle, *plan, key, operands, results, found);
   return plan;
 }
 
 // The cached plan for key, built on first use; null (also cached) when the
 // bias epilogue has no algorithm for it.
 Plan* find_or_make_plan(Registry& r, cublasLtHandle_t handle, const PlanKey& key,
-                        const void* bias_ptr) {
+                        const void* bias_ptr, const Operands& operands) {
   auto it = r.plans.find(key);
-  if (it == r.plans.end()) it = r.plans.emplace(key, make_plan(handle, key, bias_ptr)).first;
+  if (it == r.plans.end())
+    it = r.plans.emplace(key, make_plan(handle, key, bias_ptr, operands)).first;
   return it->second.get();
 }
 
@@ -263,6 +332,10 @@ int64_t leading_dim(const Tensor& t) {
 
 size_t gemm_cuda_workspace_bytes() { return kWorkspaceBytes; }
 
+void set_gemm_tuning_cuda(bool on) {
+  tuning() = on;
+}
+
 void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_b, const Tensor& c,
                double alpha, double beta, const Tensor& bias_in) {
   int64_t m = c.size(0), n = c.size(1), k = trans_a ? a_in.size(0) : a_in.size(1);
@@ -300,27 +373,29 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
     Registry& r = registry();
     std::lock_guard<std::mutex> lock(r.mutex);
     DeviceContext& ctx = device_context(r, key.device);
-    Plan* plan =
-        find_or_make_plan(r, ctx.handle.get(), key, key.bias_epilogue ? bias.raw_data() : nullptr);
-    if (!plan) {  // no algorithm with the bias epilogue: plain matmul, bias added below
-      key.bias_epilogue = false;
-      key.align_bias = kMaxAlignment;
-      plan = find_or_make_plan(r, ctx.handle.get(), key, nullptr);
-    }
-    if (key.bias_epilogue) {  // the pointer changes per call; its alignment is in the key
-      set_desc(plan->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias.raw_data());
-      bias_done = true;
-    }
     double alpha64 = alpha, beta64 = beta;
     float alpha32 = static_cast<float>(alpha), beta32 = static_cast<float>(beta);
     bool f64 = c.dtype() == DType::F64;
     const void* p_alpha = f64 ? static_cast<const void*>(&alpha64) : &alpha32;
     const void* p_beta = f64 ? static_cast<const void*>(&beta64) : &beta32;
+    void* workspace = ctx.workspace.get();
+    Operands operands{a.raw_data(), b.raw_data(), c.raw_data(), p_alpha, p_beta, workspace};
+    Plan* plan = find_or_make_plan(r, ctx.handle.get(), key,
+                                   key.bias_epilogue ? bias.raw_data() : nullptr, operands);
+    if (!plan) {  // no algorithm with the bias epilogue: plain matmul, bias added below
+      key.bias_epilogue = false;
+      key.align_bias = kMaxAlignment;
+      plan = find_or_make_plan(r, ctx.handle.get(), key, nullptr, operands);
+    }
+    if (key.bias_epilogue) {  // the pointer changes per call; its alignment is in the key
+      set_desc(plan->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias.raw_data());
+      bias_done = true;
+    }
     // cuBLASLt's A is our B: C^T = op(B)^T op(A)^T.
     FG_CUBLAS_CHECK(cublasLtMatmul(ctx.handle.get(), plan->desc.get(), p_alpha, b.raw_data(),
                                    plan->a.get(), a.raw_data(), plan->b.get(), p_beta, c.raw_data(),
                                    plan->c.get(), c.raw_data(), plan->c.get(), &plan->algo,
-                                   ctx.workspace.get(), kWorkspaceBytes, cuda::stream()));
+                                   workspace, kWorkspaceBytes, cuda::stream()));
   }
   if (bias.defined() && !bias_done) scale_add_bias(c, ldc, 1.0, bias);
 }

@@ -190,6 +190,27 @@ TEST(GemmCudaEdge, RepeatedCallsReuseTheCachedPlan) {
   for (const GemmCase& g : {g1, g1, g2, g1}) check_gemm(g, DType::F32, 1.0, 0.0, true, false);
 }
 
+// Tuned plans (each candidate timed on the call's operands): still the CPU's results,
+// and an accumulating call adds its product once, though every candidate ran on it.
+TEST(GemmCudaEdge, TunedPlansMatchTheCpuAndAccumulateOnce) {
+  FG_REQUIRE_GPU();
+  fg::ops::set_gemm_tuning(true);
+  // Shapes no other test uses, so their plans are made (and tuned) here; the first two
+  // are large enough for cuBLASLt to offer several algorithms.
+  for (GemmCase g : {GemmCase{1024, 768, 512, false, true}, GemmCase{768, 1024, 640, true, false},
+                     GemmCase{131, 67, 193, false, false}}) {
+    check_gemm(g, DType::F32, 0.5, 1.0, false, false);
+    check_gemm(g, DType::BF16, 1.0, 0.0, true, false);
+    Operands o = make_operands(g, DType::BF16, 11);
+    Tensor c = Tensor::ones({g.m, g.n}, DType::F32, Device::cuda(0));
+    Tensor c_ref = f64(c);
+    fg::ops::gemm(f64(o.a), g.trans_a, f64(o.b), g.trans_b, c_ref, 1.0, 1.0);
+    fg::ops::gemm(o.a, g.trans_a, o.b, g.trans_b, c, 1.0, 1.0);
+    EXPECT_TRUE(close_rel(c, c_ref, 1e-5)) << case_name(g);
+  }
+  fg::ops::set_gemm_tuning(false);
+}
+
 TEST(GemmCudaEdge, MatmulAllocatesAndWritesEveryElement) {
   FG_REQUIRE_GPU();
   Device gpu = Device::cuda(0);
