@@ -21,7 +21,9 @@ struct CrossEntropyOut {
 // () i32 on the targets' device: the rows of targets (N) that are not kIgnoreIndex.
 Tensor count_targets(const Tensor& targets);
 
-// logits (N, V); targets i32 (N) in [0, V) or kIgnoreIndex; rows whose target is
+// logits (N, V), rows contiguous; the row stride may exceed V (padded rows, as the LM
+// head's are: lm_head_loss.h), other layouts are read through a contiguous copy.
+// targets i32 (N) in [0, V) or kIgnoreIndex; rows whose target is
 // kIgnoreIndex do not count. count: a () i32 tensor on the logits' device, the
 // number of counted rows to divide by (a chunk of a larger batch passes the whole
 // batch's count_targets); undefined: this call's own count_targets(targets).
@@ -36,7 +38,7 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
 
 // Forward and backward in one call, for a loss whose gradient dloss is known
 // before the loss is (1 for a loss that is the root of backward): returns what
-// forward returns and overwrites logits (contiguous) with dlogits, as backward
+// forward returns and overwrites logits (rows contiguous) with dlogits, as backward
 // computes them. On the GPU the logits cross device memory once each way
 // instead of being read twice and written once.
 CrossEntropyOut cross_entropy_with_grad(const Tensor& logits, const Tensor& targets,

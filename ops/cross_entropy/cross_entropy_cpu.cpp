@@ -29,6 +29,17 @@ void check_count(const char* op, const Tensor& count, const Tensor& logits) {
   check_same_device(op, "logits", logits, "count", count);
 }
 
+// Whether t's rows are contiguous and apart: what the kernels read (a row stride past the
+// row, as padded logits have, is fine).
+bool rows_dense(const Tensor& t) {
+  return (t.strides()[1] == 1 || t.size(1) <= 1) && (t.size(0) <= 1 || t.strides()[0] >= t.size(1));
+}
+
+// t, or a contiguous copy when its rows are not dense.
+Tensor with_dense_rows(const Tensor& t) {
+  return rows_dense(t) ? t : t.contiguous();
+}
+
 // The loss and lse keep fp32 for f32 and bf16 logits, f64 for f64.
 DType loss_dtype(DType logits) {
   return logits == DType::F64 ? DType::F64 : DType::F32;
@@ -85,12 +96,12 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& target
   CrossEntropyOut r = forward_outputs("cross_entropy", logits, targets, count);
 #ifdef FG_CUDA
   if (logits.is_cuda()) {
-    detail::cross_entropy_forward_cuda(logits.contiguous(), targets.contiguous(), r.count, r.loss,
-                                       r.lse);
+    detail::cross_entropy_forward_cuda(with_dense_rows(logits), targets.contiguous(), r.count,
+                                       r.loss, r.lse);
     return r;
   }
 #endif
-  detail::cross_entropy_forward_cpu(logits.contiguous(), targets.contiguous(), r.count, r.loss,
+  detail::cross_entropy_forward_cpu(with_dense_rows(logits), targets.contiguous(), r.count, r.loss,
                                     r.lse);
   return r;
 }
@@ -107,12 +118,12 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
   Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());  // (N, V)
 #ifdef FG_CUDA
   if (logits.is_cuda()) {
-    detail::cross_entropy_backward_cuda(dloss_c, logits.contiguous(), targets.contiguous(),
+    detail::cross_entropy_backward_cuda(dloss_c, with_dense_rows(logits), targets.contiguous(),
                                         lse.contiguous(), count, dlogits);
     return dlogits;
   }
 #endif
-  detail::cross_entropy_backward_cpu(dloss_c, logits.contiguous(), targets.contiguous(),
+  detail::cross_entropy_backward_cpu(dloss_c, with_dense_rows(logits), targets.contiguous(),
                                      lse.contiguous(), count, dlogits);
   return dlogits;
 }
@@ -121,8 +132,8 @@ CrossEntropyOut cross_entropy_with_grad(const Tensor& logits, const Tensor& targ
                                         const Tensor& count, const Tensor& dloss) {
   const char* op = "cross_entropy_with_grad";
   CrossEntropyOut r = forward_outputs(op, logits, targets, count);
-  FG_CHECK(logits.is_contiguous(), op, ": logits ", logits.shape_str(),
-           " must be contiguous (dlogits are written over them)");
+  FG_CHECK(rows_dense(logits), op, ": logits ", logits.shape_str(),
+           " must have contiguous rows (dlogits are written over them)");
   const Tensor dloss_c = checked_dloss(op, dloss, logits);
   const Tensor t = targets.contiguous();
 #ifdef FG_CUDA
@@ -164,7 +175,7 @@ void count_targets_cpu(const Tensor& targets, const Tensor& count) {
 
 void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, const Tensor& count,
                                const Tensor& loss, const Tensor& lse) {
-  int64_t n = logits.size(0), v = logits.size(1);
+  int64_t n = logits.size(0), v = logits.size(1), ld = n <= 1 ? v : logits.strides()[0];
   const int32_t* pt = targets.data<int32_t>();
   check_target_range("cross_entropy", pt, n, v);
   int32_t c = read_count("cross_entropy", count);
@@ -173,7 +184,7 @@ void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, cons
     T* plse = lse.data<T>();
     T total = 0;
     for (int64_t i = 0; i < n; ++i) {
-      const T* row = pl + i * v;
+      const T* row = pl + i * ld;
       T m = row[0];
       for (int64_t j = 1; j < v; ++j) m = std::max(m, row[j]);
       T s = 0;
@@ -188,6 +199,7 @@ void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, cons
 void cross_entropy_backward_cpu(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
                                 const Tensor& lse, const Tensor& count, const Tensor& dlogits) {
   int64_t n = logits.size(0), v = logits.size(1);
+  int64_t ld = n <= 1 ? v : logits.strides()[0], dld = n <= 1 ? v : dlogits.strides()[0];
   const int32_t* pt = targets.data<int32_t>();
   check_target_range("cross_entropy_backward", pt, n, v);
   int32_t c = read_count("cross_entropy_backward", count);
@@ -197,12 +209,12 @@ void cross_entropy_backward_cpu(const Tensor& dloss, const Tensor& logits, const
     T* pd = dlogits.data<T>();
     T scale = c ? dloss.data<T>()[0] / static_cast<T>(c) : T(0);
     for (int64_t i = 0; i < n; ++i) {
-      T* drow = pd + i * v;
+      T* drow = pd + i * dld;
       if (pt[i] == kIgnoreIndex || c == 0) {
         std::fill(drow, drow + v, T(0));
         continue;
       }
-      const T* row = pl + i * v;
+      const T* row = pl + i * ld;
       for (int64_t j = 0; j < v; ++j) drow[j] = scale * std::exp(row[j] - plse[i]);  // softmax
       drow[pt[i]] -= scale;
     }

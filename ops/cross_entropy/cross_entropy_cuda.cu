@@ -210,9 +210,9 @@ __device__ C row_grad_scale(const C* dloss, const int32_t* count, int32_t target
 template <class T, class C, int kBlock, int kVec>
 __global__ void __launch_bounds__(kBlock)
     cross_entropy_forward_kernel(const T* logits, const int32_t* targets, C* lse, C* row_loss,
-                                 int64_t vocab) {
+                                 int64_t vocab, int64_t ld) {
   const int64_t row = blockIdx.x;
-  const T* x = logits + row * vocab;
+  const T* x = logits + row * ld;
   const C l = row_log_sum_exp<T, C, kBlock, kVec>(x, vocab);
   if (threadIdx.x != 0) return;
   lse[row] = l;
@@ -223,11 +223,11 @@ __global__ void __launch_bounds__(kBlock)
 template <class T, class C, int kBlock, int kVec>
 __global__ void __launch_bounds__(kBlock)
     cross_entropy_backward_kernel(const T* logits, const int32_t* targets, const C* lse,
-                                  const C* dloss, const int32_t* count, T* dlogits,
-                                  int64_t vocab) {
+                                  const C* dloss, const int32_t* count, T* dlogits, int64_t vocab,
+                                  int64_t ld, int64_t dld) {
   const int64_t row = blockIdx.x;
   const int32_t t = targets[row];
-  write_row_grad<T, C, kBlock, kVec>(logits + row * vocab, dlogits + row * vocab, vocab, lse[row],
+  write_row_grad<T, C, kBlock, kVec>(logits + row * ld, dlogits + row * dld, vocab, lse[row],
                                      row_grad_scale(dloss, count, t), t);
 }
 
@@ -238,9 +238,9 @@ __global__ void __launch_bounds__(kBlock)
 template <class T, class C, int kBlock, int kVec>
 __global__ void __launch_bounds__(kBlock)
     cross_entropy_fused_kernel(T* logits, const int32_t* targets, C* lse, C* row_loss,
-                               const C* dloss, const int32_t* count, int64_t vocab) {
+                               const C* dloss, const int32_t* count, int64_t vocab, int64_t ld) {
   const int64_t row = blockIdx.x;
-  T* x = logits + row * vocab;
+  T* x = logits + row * ld;
   const int32_t t = targets[row];
   const C l = row_log_sum_exp<T, C, kBlock, kVec>(x, vocab);
   if (threadIdx.x == 0) {
@@ -264,12 +264,12 @@ template <int kBlock>
 __global__ void __launch_bounds__(kBlock)
     cross_entropy_fused_staged_kernel(bf16* logits, const int32_t* targets, float* lse,
                                       float* row_loss, const float* dloss, const int32_t* count,
-                                      int64_t vocab) {
+                                      int64_t vocab, int64_t ld) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) unsigned char staged[];
   __shared__ uint64_t landed;
   const int64_t row = blockIdx.x;
-  bf16* x = logits + row * vocab;
+  bf16* x = logits + row * ld;
   if (threadIdx.x == 0) {
     hopper::mbar_init(&landed, 1);
     hopper::fence_mbar_init();
@@ -306,6 +306,11 @@ __global__ void cross_entropy_mean_kernel(const C* row_loss, int64_t n, const in
   *loss = c ? static_cast<C>(total / static_cast<double>(c)) : C(0);
 }
 
+// Row stride of (N, V) logits with contiguous rows (cross_entropy.h: rows may be padded).
+int64_t row_stride(const Tensor& t) {
+  return t.size(0) <= 1 ? t.size(1) : t.strides()[0];
+}
+
 // Calls launch.template operator()<kBlock, kVec>() with the row tiling for these
 // logits: 16-byte packs when every row starts 16-byte aligned; kLargeRowBlock
 // threads per row for large vocabularies (few blocks per SM, so the rows the
@@ -314,7 +319,9 @@ template <class T, class Launch>
 void with_row_tiling(const Tensor& logits, const Tensor& dlogits, Launch&& launch) {
   constexpr int kVec = kPackOf<T>;
   const int64_t vocab = logits.size(1);
-  const bool packed = vocab % kVec == 0 && logits.starts_aligned(16) && dlogits.starts_aligned(16);
+  const bool packed = vocab % kVec == 0 && row_stride(logits) % kVec == 0 &&
+                      row_stride(dlogits) % kVec == 0 && logits.starts_aligned(16) &&
+                      dlogits.starts_aligned(16);
   const bool large = vocab >= 16 * 1024;
   if (packed && large) return launch.template operator()<kLargeRowBlock, kVec>();
   if (packed) return launch.template operator()<kRowBlock, kVec>();
@@ -339,7 +346,8 @@ void launch_forward(const Tensor& logits, const Tensor& targets, const Tensor& c
     with_row_tiling<T>(logits, logits, [&]<int kBlock, int kVec>() {
       cross_entropy_forward_kernel<T, C, kBlock, kVec>
           <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
-              logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(), vocab);
+              logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(), vocab,
+              row_stride(logits));
     });
     FG_CUDA_CHECK(cudaGetLastError());
   }
@@ -355,7 +363,8 @@ void launch_backward(const Tensor& dloss, const Tensor& logits, const Tensor& ta
     cross_entropy_backward_kernel<T, C, kBlock, kVec>
         <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
             logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), dloss.data<C>(),
-            count.data<int32_t>(), dlogits.data<T>(), vocab);
+            count.data<int32_t>(), dlogits.data<T>(), vocab, row_stride(logits),
+            row_stride(dlogits));
   });
   FG_CUDA_CHECK(cudaGetLastError());
 }
@@ -376,14 +385,14 @@ void launch_fused(const Tensor& logits, const Tensor& targets, const Tensor& cou
           kernel<<<static_cast<unsigned>(n), kBlock, static_cast<size_t>(row_bytes),
                    cuda::stream()>>>(logits.data<T>(), targets.data<int32_t>(), lse.data<C>(),
                                      row_loss.data<C>(), dloss.data<C>(), count.data<int32_t>(),
-                                     vocab);
+                                     vocab, row_stride(logits));
           return;
         }
       }
       cross_entropy_fused_kernel<T, C, kBlock, kVec>
           <<<static_cast<unsigned>(n), kBlock, 0, cuda::stream()>>>(
               logits.data<T>(), targets.data<int32_t>(), lse.data<C>(), row_loss.data<C>(),
-              dloss.data<C>(), count.data<int32_t>(), vocab);
+              dloss.data<C>(), count.data<int32_t>(), vocab, row_stride(logits));
     });
     FG_CUDA_CHECK(cudaGetLastError());
   }

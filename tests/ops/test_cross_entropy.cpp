@@ -90,11 +90,49 @@ TEST(CrossEntropy, WithGradIsForwardThenBackwardInPlace) {
   }
   Tensor logits = Tensor::from_vector(kLogits, {3, 3});
   EXPECT_FG_ERROR(cross_entropy_with_grad(logits.transpose(0, 1), targets, Tensor(), scalar(1)),
-                  "cross_entropy_with_grad: logits (3, 3) must be contiguous");
+                  "cross_entropy_with_grad: logits (3, 3) must have contiguous rows");
   EXPECT_FG_ERROR(cross_entropy_with_grad(logits, targets, Tensor(), Tensor::ones({1})),
                   "cross_entropy_with_grad: dloss is (1,) but expected ()");
   EXPECT_FG_ERROR(cross_entropy_with_grad(logits, Tensor::from_ints({0}, {1}), Tensor(), scalar(1)),
                   "cross_entropy_with_grad: logits is (3, 3) but targets is (1,)");
+}
+
+// Logits in rows padded to a stride of ld (what the LM head hands over) give the same bits
+// as contiguous ones, forward, backward and in place, and the padding is never written.
+void check_padded_rows(int64_t n, int64_t vocab, int64_t ld, DType dtype, Device device) {
+  SCOPED_TRACE(std::string(dtype_name(dtype)) + " V " + std::to_string(vocab) + " ld " +
+               std::to_string(ld) + " on " + device.str());
+  Generator gen(vocab);
+  Tensor logits = Tensor::randn({n, vocab}, gen, dtype, device);
+  Tensor targets = Tensor::from_ints({0, static_cast<int32_t>(vocab - 1), kIgnoreIndex, 1}, {4});
+  targets = targets.slice(0, 0, n).to(device);
+  const double kPad = 123.0;
+  Tensor storage = Tensor::full({n, ld}, kPad, dtype, device);
+  Tensor padded = storage.slice(1, 0, vocab);
+  padded.copy_(logits);
+  ASSERT_EQ(padded.strides()[0], ld);
+  Tensor dloss = Tensor::full({}, 0.5, dtype == DType::F64 ? DType::F64 : DType::F32, device);
+
+  fg::ops::CrossEntropyOut want = cross_entropy_forward(logits, targets);
+  fg::ops::CrossEntropyOut got = cross_entropy_forward(padded, targets);
+  EXPECT_EQ(fg::max_abs_diff(got.lse, want.lse), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(got.loss, want.loss), 0.0);
+  Tensor d_want = cross_entropy_backward(dloss, logits, targets, want.lse, want.count);
+  Tensor d_got = cross_entropy_backward(dloss, padded, targets, want.lse, want.count);
+  EXPECT_EQ(fg::max_abs_diff(d_got, d_want), 0.0);
+
+  Tensor in_place = logits.clone();
+  fg::ops::CrossEntropyOut w_want = cross_entropy_with_grad(in_place, targets, Tensor(), dloss);
+  fg::ops::CrossEntropyOut w_got = cross_entropy_with_grad(padded, targets, Tensor(), dloss);
+  EXPECT_EQ(fg::max_abs_diff(w_got.lse, w_want.lse), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(padded, in_place), 0.0);  // dlogits over the padded rows
+  Tensor pad = storage.slice(1, vocab, ld);
+  EXPECT_EQ(fg::max_abs_diff(pad, Tensor::full(pad.shape(), kPad, dtype, device)), 0.0);
+}
+
+TEST(CrossEntropy, PaddedRowsGiveTheSameBits) {
+  check_padded_rows(4, 7, 10, DType::F64, Device::cpu());
+  check_padded_rows(3, 65, 72, DType::F32, Device::cpu());
 }
 
 TEST(CrossEntropy, AllIgnoredGivesZeroLossAndGrads) {
@@ -314,6 +352,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CrossEntropyCuda,
 TEST(CrossEntropyCudaEdge, F64MatchesCpu) {
   FG_REQUIRE_GPU();
   check_cross_entropy({9, 333, 0}, DType::F64, 1e-12);
+}
+
+TEST(CrossEntropyCudaEdge, PaddedRowsGiveTheSameBits) {
+  FG_REQUIRE_GPU();
+  for (DType dtype : {DType::BF16, DType::F32}) {
+    check_padded_rows(4, 65, 72, dtype, Device::cuda(0));        // single values
+    check_padded_rows(4, 4096, 4104, dtype, Device::cuda(0));    // 16-byte packs
+    check_padded_rows(3, 50304, 50312, dtype, Device::cuda(0));  // bf16: staged rows
+  }
 }
 
 #ifdef FG_CUDA  // calls the CUDA entry points directly
