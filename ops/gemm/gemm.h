@@ -20,8 +20,10 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Te
 // repeats the interrupted one bit for bit. On (or FG_GEMM_TUNE=1 in the environment),
 // the first call of each new problem outside a CUDA graph capture times the
 // heuristic's first 8 algorithms on its own operands (c only read) and keeps the
-// fastest, as PyTorch's TunableOp does: faster steps, but the pick follows timing
-// noise, so another process may round differently. Plans made before stay as made.
+// fastest, as PyTorch's TunableOp does. A product timed alone is not one timed inside a
+// step (a GPT-2-small step got faster, a 1B-parameter one slower: docs/cli.md), and the
+// pick follows timing noise, so another process may round differently. Plans made
+// before stay as made.
 void set_gemm_tuning(bool on);
 
 // Whether gemm takes operands of dtype `ab` with c of dtype `c` on `device`: the
