@@ -45,7 +45,8 @@ CrossEntropyOut cross_entropy_with_grad(const Tensor& logits, const Tensor& targ
                                         const Tensor& count, const Tensor& dloss);
 
 namespace detail {
-// Checked, contiguous operands; outputs allocated by the caller: loss (), lse (N)
+// Checked operands, contiguous but for the logits' (and dlogits') row stride, which may
+// exceed V; outputs allocated by the caller: loss (), lse (N)
 // in the loss dtype, count () i32, dloss () in the loss dtype. The CPU versions
 // read count and dloss and check the target range; the CUDA kernels read them
 // from device memory, and an out-of-range target makes its row's loss NaN.

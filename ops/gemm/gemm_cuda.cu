@@ -193,9 +193,12 @@ cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, con
                                   int count) {
   DeviceBuffer scratch(static_cast<size_t>(key.ldc * key.m) * dtype_size(key.c_dtype));
   cudaStream_t stream = cuda::stream();
-  cudaEvent_t start, stop;
-  FG_CUDA_CHECK(cudaEventCreate(&start));
-  FG_CUDA_CHECK(cudaEventCreate(&stop));
+  auto make_event = [] {
+    cudaEvent_t e = nullptr;
+    FG_CUDA_CHECK(cudaEventCreate(&e));
+    return std::unique_ptr<CUevent_st, cudaError_t (*)(cudaEvent_t)>(e, cudaEventDestroy);
+  };
+  const auto start = make_event(), stop = make_event();
   auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
     return cublasLtMatmul(handle, plan.desc.get(), ops.alpha, ops.b, plan.a.get(), ops.a,
                           plan.b.get(), ops.beta, ops.c, plan.c.get(), scratch.get(), plan.c.get(),
@@ -205,16 +208,14 @@ cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, con
   float best_ms = std::numeric_limits<float>::infinity();
   for (int i = 0; i < count; ++i) {
     if (launch(cands[i].algo) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up, and a check
-    FG_CUDA_CHECK(cudaEventRecord(start, stream));
+    FG_CUDA_CHECK(cudaEventRecord(start.get(), stream));
     for (int r = 0; r < kTuneRuns; ++r) FG_CUBLAS_CHECK(launch(cands[i].algo));
-    FG_CUDA_CHECK(cudaEventRecord(stop, stream));
-    FG_CUDA_CHECK(cudaEventSynchronize(stop));
+    FG_CUDA_CHECK(cudaEventRecord(stop.get(), stream));
+    FG_CUDA_CHECK(cudaEventSynchronize(stop.get()));
     float ms = 0;
-    FG_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    FG_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
     if (ms < best_ms * kTuneMargin) best = i, best_ms = ms;
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   FG_CUDA_CHECK(cudaStreamSynchronize(stream));  // before scratch is freed
   return cands[best].algo;
 }
