@@ -45,6 +45,12 @@ CrossEntropyOut cross_entropy_with_grad(const Tensor& logits, const Tensor& targ
                                         const Tensor& count, const Tensor& dloss);
 
 namespace detail {
+// The row stride of logits (or dlogits) as these functions take them: >= V; V for a
+// single row, whose stride may be anything.
+inline int64_t row_stride(const Tensor& logits) {
+  return logits.size(0) <= 1 ? logits.size(1) : logits.strides()[0];
+}
+
 // Checked operands, contiguous but for the logits' (and dlogits') row stride, which may
 // exceed V; outputs allocated by the caller: loss (), lse (N)
 // in the loss dtype, count () i32, dloss () in the loss dtype. The CPU versions

@@ -175,7 +175,7 @@ void count_targets_cpu(const Tensor& targets, const Tensor& count) {
 
 void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, const Tensor& count,
                                const Tensor& loss, const Tensor& lse) {
-  int64_t n = logits.size(0), v = logits.size(1), ld = n <= 1 ? v : logits.strides()[0];
+  int64_t n = logits.size(0), v = logits.size(1), ld = row_stride(logits);
   const int32_t* pt = targets.data<int32_t>();
   check_target_range("cross_entropy", pt, n, v);
   int32_t c = read_count("cross_entropy", count);
@@ -199,7 +199,7 @@ void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& targets, cons
 void cross_entropy_backward_cpu(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
                                 const Tensor& lse, const Tensor& count, const Tensor& dlogits) {
   int64_t n = logits.size(0), v = logits.size(1);
-  int64_t ld = n <= 1 ? v : logits.strides()[0], dld = n <= 1 ? v : dlogits.strides()[0];
+  int64_t ld = row_stride(logits), dld = row_stride(dlogits);
   const int32_t* pt = targets.data<int32_t>();
   check_target_range("cross_entropy_backward", pt, n, v);
   int32_t c = read_count("cross_entropy_backward", count);

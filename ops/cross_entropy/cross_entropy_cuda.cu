@@ -306,11 +306,6 @@ __global__ void cross_entropy_mean_kernel(const C* row_loss, int64_t n, const in
   *loss = c ? static_cast<C>(total / static_cast<double>(c)) : C(0);
 }
 
-// Row stride of (N, V) logits with contiguous rows (cross_entropy.h: rows may be padded).
-int64_t row_stride(const Tensor& t) {
-  return t.size(0) <= 1 ? t.size(1) : t.strides()[0];
-}
-
 // Calls launch.template operator()<kBlock, kVec>() with the row tiling for these
 // logits: 16-byte packs when every row starts 16-byte aligned; kLargeRowBlock
 // threads per row for large vocabularies (few blocks per SM, so the rows the
