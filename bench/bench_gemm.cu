@@ -1,13 +1,14 @@
 // GEMM benchmark: the Hopper GEMM (ops/gemm/gemm_hopper.cuh through gemm_hopper_bf16, bf16
-// out), in each of its schedules, against cuBLASLt (fg::ops::gemm, b transposed) at the seed
-// and GPT-2 projection shapes, c = a (M, K) @ b (N, K)^T, measured in the same run, and the
+// out), in each of its schedules, against cuBLASLt (fg::ops::gemm) at the seed and GPT-2
+// projection shapes (forward, and the MLP's backward dx = dy @ w_down), c = a (M, K) @ b^T with
+// b (N, K), or with --b-layout kn b^T given as (K, N), measured in the same run, and the
 // largest difference between each result and cuBLASLt's. cuBLASLt and the schedules are timed
 // interleaved (bench/common/gpu_timer.cuh), so a clock drop under load weighs on each alike. The
 // operands rotate over enough copies to exceed L2 twice, so every call reads them from device
 // memory. Prints markdown; --out FILE writes it too, shape by shape (a hang leaves the shapes
 // before it).
 //   bench_gemm [--out FILE] [--commit HASH] [--reps N] [--warmup N] [--bias]
-//              [--schedules cooperative,pingpong,...]
+//              [--schedules cooperative,pingpong,...] [--b-layout nk|kn]
 #include <cuda_runtime.h>
 
 #include <CLI/CLI.hpp>
@@ -41,10 +42,11 @@ struct GemmShape {
 };
 
 const std::vector<GemmShape> kShapes = {
-    {"seed QKV", 8192, 12288, 4096},      {"seed MLP up", 4096, 22016, 4096},
-    {"seed MLP down", 4096, 4096, 11008}, {"GPT-2 qkv", 16384, 2304, 768},
-    {"GPT-2 gate|up", 16384, 4096, 768},  {"GPT-2 down", 16384, 768, 2048},
-    {"GPT-2 out-proj", 16384, 768, 768},
+    {"seed QKV", 8192, 12288, 4096},         {"seed MLP up", 4096, 22016, 4096},
+    {"seed MLP down", 4096, 4096, 11008},    {"GPT-2 qkv", 16384, 2304, 768},
+    {"GPT-2 gate|up", 16384, 4096, 768},     {"GPT-2 down", 16384, 768, 2048},
+    {"GPT-2 out-proj", 16384, 768, 768},     {"seed MLP down dx", 4096, 10944, 4096},
+    {"GPT-2 MLP down dx", 16384, 2048, 768},
 };
 
 // max |x - y| / max |y| and ||x - y|| / ||y|| of two bf16 GPU matrices, on the host.
@@ -89,6 +91,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
   app.add_flag("--bias", with_bias, "add a bias (N) in both epilogues");
+  std::string b_layout_name = "nk";
+  app.add_option("--b-layout", b_layout_name,
+                 "b's layout: nk, (N, K) rows (x @ w^T), or kn, (K, N) rows (dy @ w; the "
+                 "one-block schedules only)")
+      ->check(CLI::IsMember({"nk", "kn"}))
+      ->capture_default_str();
   app.add_option("--schedules", schedule_names, "the Hopper GEMM's schedules to time")
       ->delimiter(',')
       ->capture_default_str();
@@ -113,6 +121,8 @@ int main(int argc, char** argv) {
     std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
     const int64_t rotate_bytes = 2 * static_cast<int64_t>(prop.l2CacheSize);
     const fg::bench::GpuTimer timer(warmup, reps);
+    const bool kn = b_layout_name == "kn";
+    const auto b_layout = kn ? fg::ops::detail::BLayout::kKN : fg::ops::detail::BLayout::kNK;
 
     std::vector<GemmSchedule> schedules;
     for (const std::string& name : schedule_names) {
@@ -133,13 +143,15 @@ int main(int argc, char** argv) {
     };
     std::ostringstream head;
     head << "# bf16 GEMM: Hopper kernel vs cuBLASLt\n\n"
-         << "GPU: " << prop.name << ", commit " << commit << ", " << date << ". c = a (M, K) @ b "
-         << "(N, K)^T" << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median "
+         << "GPU: " << prop.name << ", commit " << commit << ", " << date
+         << ". c = a (M, K) @ b^T, " << (kn ? "b^T given as (K, N)" : "b (N, K)")
+         << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median "
          << "of " << reps << " calls (CUDA events) after " << warmup << ", cuBLASLt and every "
          << "schedule interleaved call by call; operands rotate over "
          << "copies totalling at least " << rotate_bytes / (1 << 20) << " MB (2x L2). cuBLASLt "
          << "through fg::ops::gemm (its heuristic's first algorithm). schedule: the Hopper "
-         << "kernel's (GemmSchedule). speed = cuBLASLt ms / ours ms (> 1: ours faster). max diff = max |ours - cuBLASLt| / max |cuBLASLt|; rel = ||ours - "
+         << "kernel's (GemmSchedule). speed = cuBLASLt ms / ours ms (> 1: ours faster). max diff = "
+            "max |ours - cuBLASLt| / max |cuBLASLt|; rel = ||ours - "
          << "cuBLASLt|| / ||cuBLASLt||.\n\n"
          << "| shape | M | N | K | schedule | ours ms | ours TFLOP/s | cuBLASLt ms | cuBLASLt "
          << "TFLOP/s | speed | max diff | rel |\n"
@@ -154,13 +166,14 @@ int main(int argc, char** argv) {
       std::vector<Tensor> a(sets), b(sets);
       for (int i = 0; i < sets; ++i) {
         a[i] = Tensor::randn({s.M, s.K}, gen, DType::BF16, gpu);
-        b[i] = Tensor::randn({s.N, s.K}, gen, DType::BF16, gpu, 0.0, 1.0 / std::sqrt(s.K));
+        b[i] = Tensor::randn(kn ? fg::Shape{s.K, s.N} : fg::Shape{s.N, s.K}, gen, DType::BF16, gpu,
+                             0.0, 1.0 / std::sqrt(s.K));
       }
       const Tensor bias = with_bias ? Tensor::randn({s.N}, gen, DType::BF16, gpu) : Tensor();
       const Tensor c_ours = Tensor::empty({s.M, s.N}, DType::BF16, gpu);
       const Tensor c_ref = Tensor::empty({s.M, s.N}, DType::BF16, gpu);
       auto cublas = [&](int i) {
-        fg::ops::gemm(a[i % sets], false, b[i % sets], true, c_ref, 1.0, 0.0, bias);
+        fg::ops::gemm(a[i % sets], false, b[i % sets], !kn, c_ref, 1.0, 0.0, bias);
       };
       cublas(0);  // c_ref: the product of operand set 0, which each schedule's check uses
       // Each schedule checked against cuBLASLt first, then cuBLASLt and all of them timed.
@@ -168,7 +181,8 @@ int main(int argc, char** argv) {
       std::vector<std::pair<double, double>> diffs;
       for (GemmSchedule schedule : schedules) {
         auto ours = [&, schedule](int i) {
-          fg::ops::detail::gemm_hopper_bf16(a[i % sets], b[i % sets], c_ours, bias, schedule);
+          fg::ops::detail::gemm_hopper_bf16(a[i % sets], b[i % sets], c_ours, bias, schedule,
+                                            b_layout);
         };
         c_ours.fill_(NAN);  // what a schedule leaves unwritten shows as a NaN difference
         ours(0);

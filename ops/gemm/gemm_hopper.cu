@@ -32,16 +32,20 @@ bool gemm_hopper_available() {
 }
 
 void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& bias,
-                      GemmSchedule schedule) {
+                      GemmSchedule schedule, BLayout b_layout) {
   const char* op = "gemm_hopper_bf16";
   check_defined(op, "a", a);
   check_defined(op, "b", b);
   check_defined(op, "c", c);
   FG_CHECK(a.dim() == 2 && b.dim() == 2 && c.dim() == 2, op, ": a, b and c must be 2-D, got ",
            a.shape_str(), ", ", b.shape_str(), ", ", c.shape_str());
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
-  FG_CHECK(b.size(1) == K, op, ": a is ", a.shape_str(), " but b is ", b.shape_str(),
-           " (expected (N, ", K, "))");
+  const bool kn = b_layout == BLayout::kKN;
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(kn ? 1 : 0);
+  FG_CHECK(b.size(kn ? 0 : 1) == K, op, ": a is ", a.shape_str(), " but b is ", b.shape_str(),
+           kn ? " (expected (" : " (expected (N, ", K, kn ? ", N))" : "))");
+  FG_CHECK(!kn || schedule == GemmSchedule::kCooperative || schedule == GemmSchedule::kPingPong, op,
+           ": a (K, N) b runs in the cooperative and pingpong schedules, not ",
+           gemm_schedule_name(schedule));
   check_shape(op, "c", c, {M, N});
   const std::pair<const char*, const Tensor*> operands[] = {{"a", &a}, {"b", &b}, {"c", &c}};
   for (const auto& [name, t] : operands) {
@@ -65,15 +69,17 @@ void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c, const T
   const hopper::StoreBf16 epi{
       hopper::kmajor_map(c.data<bf16>(), M, N, c.strides()[0], hopper::kStoreBox),
       bias_c.defined() ? bias_c.data<bf16>() : nullptr, static_cast<int>(N)};
-  const auto launch = [&]<GemmSchedule kSchedule>() {
-    hopper::launch_gemm_tn<kSchedule>(a.data<bf16>(), a.strides()[0], b.data<bf16>(),
-                                      b.strides()[0], static_cast<int>(M), static_cast<int>(N),
-                                      static_cast<int>(K), epi, cuda::stream());
+  const auto launch = [&]<GemmSchedule kSchedule, BLayout kB = BLayout::kNK>() {
+    hopper::launch_gemm_tn<kSchedule, kB>(a.data<bf16>(), a.strides()[0], b.data<bf16>(),
+                                          b.strides()[0], static_cast<int>(M), static_cast<int>(N),
+                                          static_cast<int>(K), epi, cuda::stream());
   };
   switch (schedule) {
     case GemmSchedule::kCooperative:
+      if (kn) return launch.operator()<GemmSchedule::kCooperative, BLayout::kKN>();
       return launch.operator()<GemmSchedule::kCooperative>();
     case GemmSchedule::kPingPong:
+      if (kn) return launch.operator()<GemmSchedule::kPingPong, BLayout::kKN>();
       return launch.operator()<GemmSchedule::kPingPong>();
     case GemmSchedule::kCooperative2Cta:
       return launch.operator()<GemmSchedule::kCooperative2Cta>();

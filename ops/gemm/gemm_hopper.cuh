@@ -52,6 +52,10 @@ constexpr int kOutTileBytes = 64 * kBlockN * 2;         // a consumer's staged 6
 static_assert(kStoreBox == kBlockK, "output maps are made by kmajor_map: boxes kBlockK wide");
 constexpr int kSmemLimit = 227 * 1024;                  // per block, on sm_90
 
+// A kKN B's k tiles (gemm_hopper.h) land as 64-column chunks of 64 k rows, which wgmma reads
+// N-major.
+constexpr int kChunkBytesKN = 64 * kBlockK * 2;  // one 64-column chunk of a kKN B tile
+
 // Sizes that follow from the schedule. A "unit" is what one cluster computes per step of the
 // persistent loop: kCluster row tiles of kBlockM rows by one 256-column tile.
 template <GemmSchedule kSchedule>
@@ -289,9 +293,17 @@ __device__ __forceinline__ uint64_t kmajor_desc(uint32_t addr) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
 }
 
-// D (64 x 256, fp32) (+)= A (64 x 16) B (16 x 256)^T, both K-major in shared memory.
-// kScaleD 0 ignores D's old value: the first product of a tile needs no zeroed registers.
-template <int kScaleD>
+// N-major (a kKN B tile): 64-column chunks `leading` = kChunkBytesKN apart, 8-row atoms of
+// 1024 bytes (`stride`); a k16 step is 16 rows = 2048 bytes further.
+__device__ __forceinline__ uint64_t nmajor_desc(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>(kChunkBytesKN >> 4) << 16) | (64ull << 32) | (1ull << 62);
+}
+
+// D (64 x 256, fp32) (+)= A (64 x 16) B (16 x 256)^T, A K-major in shared memory, B K-major
+// (kNMajorB 0) or N-major (1). kScaleD 0 ignores D's old value: the first product of a tile
+// needs no zeroed registers.
+template <int kScaleD, int kNMajorB = 0>
 __device__ __forceinline__ void wgmma_m64n256k16_ss(float (&d)[128], uint64_t desc_a,
                                                     uint64_t desc_b) {
   asm volatile(
@@ -304,10 +316,9 @@ __device__ __forceinline__ void wgmma_m64n256k16_ss(float (&d)[128], uint64_t de
       "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, "
       "%111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, "
-      "%125, %126, %127}, %128, %129, %130, 1, 1, 0, 0;"
-      : FG_WGMMA_ACC32(d), FG_WGMMA_ACC32(d + 32), FG_WGMMA_ACC32(d + 64),
-        FG_WGMMA_ACC32(d + 96)
-      : "l"(desc_a), "l"(desc_b), "n"(kScaleD));
+      "%125, %126, %127}, %128, %129, %130, 1, 1, 0, %131;"
+      : FG_WGMMA_ACC32(d), FG_WGMMA_ACC32(d + 32), FG_WGMMA_ACC32(d + 64), FG_WGMMA_ACC32(d + 96)
+      : "l"(desc_a), "l"(desc_b), "n"(kScaleD), "n"(kNMajorB));
 }
 
 // Unit u in grouped order: kGroup row units walk the column tiles together, so the blocks
@@ -379,7 +390,7 @@ struct RingPos {
 //   multicast or a remote arrival reaches them); at the end the producer waits for the last
 //   kStages releases, so no peer still arrives on this block's barriers after it exits
 //   (CUTLASS's load_tail). Both blocks of a cluster walk the same units and k tiles.
-template <GemmSchedule kSchedule, class Epi>
+template <GemmSchedule kSchedule, BLayout kB, class Epi>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_tn_kernel(const __grid_constant__ CUtensorMap a_map,
                    const __grid_constant__ CUtensorMap b_map, const Problem p,
@@ -387,6 +398,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = ScheduleConfig<kSchedule>;
   constexpr int kStages = C::kStages, kStageBytes = C::kStageBytes, kBlockM = C::kBlockM;
+  constexpr bool kKN = kB == BLayout::kKN;
+  static_assert(!kKN || C::kCluster == 1, "a kKN B is loaded whole by each block");
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // 128-byte swizzled tiles want 1024-byte alignment, which the declaration does not promise.
   const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
@@ -441,7 +454,12 @@ __global__ void __launch_bounds__(kThreads, 1)
           mbar_expect_tx(&full[pos.stage], kStageBytes);
           const uint32_t dst = ring + pos.stage * kStageBytes;
           tma_load_2d(dst, &a_map, &full[pos.stage], kt * kBlockK, a_row);
-          if constexpr (C::kCluster == 1) {
+          if constexpr (kKN) {  // four 64-column chunks; one wholly past N reads the last
+#pragma unroll
+            for (int c = 0; c < kBlockN / 64; ++c)
+              tma_load_2d(dst + C::kTileBytesA + c * kChunkBytesKN, &b_map, &full[pos.stage],
+                          min(n0 + 64 * c, (p.N - 1) / 64 * 64), kt * kBlockK);
+          } else if constexpr (C::kCluster == 1) {
             if (p.b_half == 0) {
               tma_load_2d(dst + C::kTileBytesA, &b_map, &full[pos.stage], kt * kBlockK, b_row(0));
             } else {  // b_map's boxes are half tiles
@@ -472,15 +490,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Descriptors of stage 0 (this consumer's 64 rows of A; all 256 rows of B); stages and
   // k16 steps add their byte offset >> 4 (no carry: shared addresses stay below 2^18).
   const uint64_t desc_a0 = kmajor_desc(ring + (C::kPingPong ? 0 : consumer * 64 * 128));
-  const uint64_t desc_b0 = kmajor_desc(ring + C::kTileBytesA);
+  const uint64_t desc_b0 =
+      kKN ? nmajor_desc(ring + C::kTileBytesA) : kmajor_desc(ring + C::kTileBytesA);
+  constexpr int kStepB = kKN ? 16 * 128 / 16 : 2;  // a k16 step: 16 rows or 32 bytes, >> 4
   auto issue = [&](float(&acc)[128], int stage, auto first) {
     const uint64_t off = static_cast<uint64_t>(stage * kStageBytes) >> 4;
 #pragma unroll
     for (int kk = 0; kk < kBlockK / 16; ++kk) {
       if (decltype(first)::value && kk == 0)
-        wgmma_m64n256k16_ss<0>(acc, desc_a0 + off, desc_b0 + off);
+        wgmma_m64n256k16_ss<0, kKN>(acc, desc_a0 + off, desc_b0 + off);
       else
-        wgmma_m64n256k16_ss<1>(acc, desc_a0 + off + 2 * kk, desc_b0 + off + 2 * kk);
+        wgmma_m64n256k16_ss<1, kKN>(acc, desc_a0 + off + 2 * kk, desc_b0 + off + kStepB * kk);
     }
   };
   auto release = [&](int stage) {  // the stage's wgmmas have retired
@@ -650,29 +670,33 @@ inline CUtensorMap kmajor_map(const bf16* base, int64_t rows, int64_t cols, int6
   return map;
 }
 
-// acc = a (M, K; row stride lda) @ b (N, K; row stride ldb)^T, handed to epi tile by tile
-// (see gemm_tn_kernel), on `stream` of the current device, with the schedule kSchedule.
-// paired_halves: b's two halves (N / 2 rows each) pair up in each column tile (Problem).
-template <GemmSchedule kSchedule = GemmSchedule::kCooperative, class Epi>
+// acc = a (M, K; row stride lda) @ b^T, b (N, K) or, with kB = kKN, b^T (K, N), row stride
+// ldb, handed to epi tile by tile (see gemm_tn_kernel), on `stream` of the current device,
+// with the schedule kSchedule. paired_halves (kNK only): b's two halves (N / 2 rows each)
+// pair up in each column tile (Problem).
+template <GemmSchedule kSchedule = GemmSchedule::kCooperative, BLayout kB = BLayout::kNK, class Epi>
 void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int M, int N, int K,
                     const Epi& epi, cudaStream_t stream, bool paired_halves = false) {
   using C = ScheduleConfig<kSchedule>;
   FG_CHECK(M >= 0 && N >= 0 && K > 0, "gemm_tn: M = ", M, ", N = ", N, ", K = ", K,
            " (K must be positive)");
   FG_CHECK(K % 8 == 0, "gemm_tn: K = ", K, " must be a multiple of 8 (TMA reads 16-byte rows)");
-  FG_CHECK(lda >= K && ldb >= K && lda % 8 == 0 && ldb % 8 == 0, "gemm_tn: row strides lda = ", lda,
-           ", ldb = ", ldb, " must be at least K = ", K,
-           " and multiples of 8 elements (16 bytes, for TMA)");
+  const int b_cols = kB == BLayout::kKN ? N : K;  // b's row length
+  FG_CHECK(lda >= K && ldb >= b_cols && lda % 8 == 0 && ldb % 8 == 0,
+           "gemm_tn: row strides lda = ", lda, ", ldb = ", ldb,
+           " must be at least a's and b's rows (", K, ", ", b_cols,
+           ") and multiples of 8 elements (16 bytes, for TMA)");
   FG_CHECK(reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0,
            "gemm_tn: a and b must start 16-byte aligned (TMA)");
-  FG_CHECK(!paired_halves || N % 2 == 0, "gemm_tn: N = ", N, " is not two halves");
+  FG_CHECK(!paired_halves || (N % 2 == 0 && kB == BLayout::kNK), "gemm_tn: N = ", N,
+           " is not two halves of a (N, K) b");
   if (M == 0 || N == 0) return;
   int device = 0;
   FG_CUDA_CHECK(cudaGetDevice(&device));
   FG_CHECK(cuda::sm90a_kernels_run(),
            "gemm_tn: needs a Hopper GPU (compute capability 9.0) and a "
            "build for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a)");
-  const auto kernel = gemm_tn_kernel<kSchedule, Epi>;
+  const auto kernel = gemm_tn_kernel<kSchedule, kB, Epi>;
   cudaLaunchConfig_t config{};
   cudaLaunchAttribute cluster_dims{};
   cluster_dims.id = cudaLaunchAttributeClusterDimension;
@@ -711,7 +735,9 @@ void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int 
   const CUtensorMap a_map = kmajor_map(a, M, K, lda, C::kBlockM);
   // Boxes of its share of B: a half tile with 2 CTAs or paired halves, else the whole tile.
   const CUtensorMap b_map =
-      kmajor_map(b, N, K, ldb, paired_halves ? kBlockN / 2 : kBlockN / C::kCluster);
+      kB == BLayout::kKN
+          ? kmajor_map(b, K, N, ldb, kBlockK)  // 64 x 64 chunks
+          : kmajor_map(b, N, K, ldb, paired_halves ? kBlockN / 2 : kBlockN / C::kCluster);
   const int clusters = static_cast<int>(std::min<int64_t>(units, max_clusters));
   if constexpr (C::kCluster == 1) {
     kernel<<<clusters, kThreads, C::kSmemBytes, stream>>>(a_map, b_map, p, epi);

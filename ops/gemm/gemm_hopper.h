@@ -21,6 +21,11 @@ enum class GemmSchedule {
   kPingPong2Cta,     // kPingPong in clusters of 2, B multicast the same way
 };
 
+// How the B operand is stored. kNK: (N, K), rows of K (a weight as x @ w^T reads it); kKN:
+// (K, N), rows of N (a weight used untransposed, as backward's dx = dy @ w). kKN runs in the
+// one-block schedules (kCooperative, kPingPong).
+enum class BLayout { kNK, kKN };
+
 inline constexpr GemmSchedule kGemmSchedules[] = {
     GemmSchedule::kCooperative, GemmSchedule::kPingPong, GemmSchedule::kCooperative2Cta,
     GemmSchedule::kPingPong2Cta};
@@ -33,11 +38,13 @@ std::optional<GemmSchedule> gemm_schedule_from_name(std::string_view name);
 // Whether the current device runs it: a Hopper GPU and a build for sm_90a.
 bool gemm_hopper_available();
 
-// c = a @ b^T (+ bias), fp32 sums rounded to bf16 once. a (M, K), b (N, K), c (M, N), bias
-// (N) or undefined: bf16 on the current CUDA device, rows contiguous; a, b and c 16-byte
-// aligned with row strides (and K) multiples of 8 elements (TMA loads and stores them).
+// c = a @ b^T (+ bias), fp32 sums rounded to bf16 once. a (M, K), b (N, K) (or, kKN, b^T
+// given as (K, N)), c (M, N), bias (N) or undefined: bf16 on the current CUDA device, rows
+// contiguous; a, b and c 16-byte aligned with row strides (and K) multiples of 8 elements
+// (TMA loads and stores them).
 void gemm_hopper_bf16(const Tensor& a, const Tensor& b, const Tensor& c,
                       const Tensor& bias = Tensor(),
-                      GemmSchedule schedule = GemmSchedule::kCooperative);
+                      GemmSchedule schedule = GemmSchedule::kCooperative,
+                      BLayout b_layout = BLayout::kNK);
 
 }  // namespace fg::ops::detail
