@@ -175,7 +175,7 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
         h = r.h;
       }
       ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, h, use(lp.mlp_norm), cfg_.norm_eps);
-      Variable mlp = ag::linear(ag::gate_up_swiglu(n2.y, use(lp.w_gate_up)), use(lp.w_down));
+      Variable mlp = ag::swiglu_mlp(n2.y, use(lp.w_gate_up), use(lp.w_down));
       return std::vector<Variable>{mlp, n2.h};
     };
     std::vector<Variable> in = delta.defined() ? std::vector<Variable>{delta, h}

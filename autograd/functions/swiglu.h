@@ -4,7 +4,9 @@
 namespace fg::ag {
 // gu (..., 2F) = [gate | up] -> silu(gate) * up (..., F)
 Variable swiglu(const Variable& gu);
-// The MLP's first half, swiglu(linear(x, w_gate_up)) with x (..., D) and w_gate_up
-// (2F, D): the same two nodes, from one fused forward where it runs (Hopper, bf16).
-Variable gate_up_swiglu(const Variable& x, const Variable& w_gate_up);
+// The MLP, swiglu(x @ w_gate_up^T) @ w_down^T with x (..., D), w_gate_up (2F, D) and w_down
+// (D, F), as two nodes: the gate/up product (one fused forward with SwiGLU where it runs:
+// Hopper, bf16) and "swiglu_down", whose backward gives gu's gradient from one fused GEMM
+// (ops::swiglu_down_backward) and w_down's as linear does.
+Variable swiglu_mlp(const Variable& x, const Variable& w_gate_up, const Variable& w_down);
 }  // namespace fg::ag

@@ -117,6 +117,13 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
 // the accumulators again; it leaves the output in v's first 16 kSecondBoxes values) and
 // store_second (as store, with col0 a column of the tile): staged and stored once the
 // buffer's first stores have read it.
+// An elementwise epilogue with operands of its own (SwiGLU's backward: gate and up) may have,
+// instead of apply, a type PairOperand, load_pairs(row, col, in) (in[j]: its operands at
+// columns col + 8j and col + 8j + 1 of the row, j < kPairLoads; rows past M and columns past N
+// come too) and apply_pair(in[j], a0, a1): the first output's two values, a float2, from those
+// accumulators a0, a1 (references). A row's pairs go kPairLoads at a time, loads first, each
+// staged as it is made, so no row of values is held beside the accumulators. What apply_pair
+// leaves in a0, a1 is the second output, if there is one (kSecondBoxes; no apply_second).
 
 // The plain epilogue: c = bf16(acc + bias), c (M, N) clipped by TMA at its edges.
 struct StoreBf16 {
@@ -566,31 +573,26 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool leader = threadIdx.x % kWarpgroup == 0;
     const int out_bar = 3 + consumer;  // named barrier of this consumer's 128 threads
     const int row0 = m0 + (C::kPingPong ? 0 : consumer * 64);
-    // The tile's first kBoxes 64-column boxes as `apply` leaves them, staged and stored by
-    // the leader with `store`.
-    auto stage = [&](auto boxes, auto&& apply, auto&& store) {
+    // The tile's first kBoxes 64-column boxes, staged and stored by the leader with `store`:
+    // row_values(row, col0, half, put) gives each of this thread's rows, put(j, x, y) taking the
+    // values at columns col0 + 8j and col0 + 8j + 1.
+    auto stage = [&](auto boxes, auto&& row_values, auto&& store) {
       constexpr int kBoxes = decltype(boxes)::value;
       if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
       named_sync(out_bar, kWarpgroup);
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int r = warp * 16 + lane / 4 + 8 * half;  // r % 8 = lane / 4
-        float v[64];
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          v[2 * j] = acc[4 * j + 2 * half];
-          v[2 * j + 1] = acc[4 * j + 2 * half + 1];
-        }
-        apply(row0 + r, n0 + 2 * (lane % 4), v);
-#pragma unroll
-        for (int j = 0; j < 8 * kBoxes; ++j) {
-          const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+        const auto put = [&](int j, float x, float y) {
+          if (j >= 8 * kBoxes) return;
+          const __nv_bfloat162 pair = __floats2bfloat162_rn(x, y);
           const uint32_t addr = out + (j / 8) * (kStoreBox * 128) + r * 128 +
                                 (((j % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
           asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
                        "r"(*reinterpret_cast<const uint32_t*>(&pair))
                        : "memory");
-        }
+        };
+        row_values(row0 + r, n0 + 2 * (lane % 4), half, put);
       }
       fence_proxy_async();  // the buffer's writes, visible to the copy engine
       named_sync(out_bar, kWarpgroup);
@@ -601,15 +603,61 @@ __global__ void __launch_bounds__(kThreads, 1)
         asm volatile("cp.async.bulk.commit_group;" ::: "memory");
       }
     };
-    stage(
-        std::integral_constant<int, kBlockN / kStoreBox>{},
-        [&](int row, int col0, float(&v)[64]) { epi.apply(row, col0, v); },
-        [&](uint32_t box, int r0, int col) { epi.store(box, r0, col); });
-    if constexpr (requires { Epi::kSecondBoxes; }) {
+    // A row-wide epilogue function (apply, apply_second) on a copy of the row's accumulators.
+    const auto row_copy = [&](auto&& apply) {
+      return [&](int row, int col0, int half, const auto& put) {
+        float v[64];
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          v[2 * j] = acc[4 * j + 2 * half];
+          v[2 * j + 1] = acc[4 * j + 2 * half + 1];
+        }
+        apply(row, col0, v);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) put(j, v[2 * j], v[2 * j + 1]);
+      };
+    };
+    // The accumulators, after apply_pair (pairwise epilogues) changed them, as they are.
+    const auto row_acc = [&](int, int, int half, const auto& put) {
+#pragma unroll
+      for (int j = 0; j < 32; ++j) put(j, acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
+    };
+    constexpr bool kPairwise = requires {
+      typename Epi::PairOperand;
+    };
+    if constexpr (kPairwise) {
       stage(
-          std::integral_constant<int, Epi::kSecondBoxes>{},
-          [&](int row, int col0, float(&v)[64]) { epi.apply_second(row, col0, v); },
-          [&](uint32_t box, int r0, int col) { epi.store_second(box, r0, col); });
+          std::integral_constant<int, kBlockN / kStoreBox>{},
+          [&](int row, int col0, int half, const auto& put) {
+#pragma unroll
+            for (int j0 = 0; j0 < 32; j0 += Epi::kPairLoads) {
+              typename Epi::PairOperand in[Epi::kPairLoads];
+              epi.load_pairs(row, col0 + 8 * j0, in);
+#pragma unroll
+              for (int j = 0; j < Epi::kPairLoads; ++j) {
+                const int jj = j0 + j;
+                const float2 o =
+                    epi.apply_pair(in[j], acc[4 * jj + 2 * half], acc[4 * jj + 2 * half + 1]);
+                put(jj, o.x, o.y);
+              }
+            }
+          },
+          [&](uint32_t box, int r0, int col) { epi.store(box, r0, col); });
+    } else {
+      stage(std::integral_constant<int, kBlockN / kStoreBox>{},
+            row_copy([&](int row, int col0, float(&v)[64]) { epi.apply(row, col0, v); }),
+            [&](uint32_t box, int r0, int col) { epi.store(box, r0, col); });
+    }
+    if constexpr (requires { Epi::kSecondBoxes; }) {
+      const auto second = [&](int row, int col0, int half, const auto& put) {
+        if constexpr (kPairwise)
+          row_acc(row, col0, half, put);
+        else
+          row_copy([&](int r, int c, float(&v)[64]) { epi.apply_second(r, c, v); })(row, col0, half,
+                                                                                    put);
+      };
+      stage(std::integral_constant<int, Epi::kSecondBoxes>{}, second,
+            [&](uint32_t box, int r0, int col) { epi.store_second(box, r0, col); });
     }
   }
   // The last stores read shared memory before the block exits.

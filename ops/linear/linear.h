@@ -20,6 +20,11 @@ struct LinearGrads {
 LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, bool has_bias,
                             const Tensor& dweight_into = Tensor(), bool dweight_add = false);
 
+// linear_backward's dweight alone: dy (..., out), x (..., in) -> dy^T @ x (out, in), into
+// dweight_into as there.
+Tensor linear_weight_grad(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                          const Tensor& dweight_into = Tensor(), bool dweight_add = false);
+
 // Column sums of a contiguous (rows, cols) tensor: (cols), its dtype, summed in f32 (f64
 // for f64). The bias gradient of a product's output.
 Tensor column_sums(const Tensor& x);

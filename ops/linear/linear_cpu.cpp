@@ -21,6 +21,17 @@ int64_t check_linear(const char* op, const Tensor& x, const Tensor& weight) {
   check_same_device(op, "x", x, "weight", weight);
   return shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
 }
+
+// dy2 (rows, out)^T @ x2 (rows, in), or into (or added to) the given buffer.
+Tensor weight_grad(const char* op, const Tensor& dy2, const Tensor& x2, const Tensor& weight,
+                   const Tensor& dweight_into, bool dweight_add) {
+  if (!dweight_into.defined()) return matmul(dy2, true, x2, false);
+  check_shape(op, "dweight_into", dweight_into, weight.shape());
+  FG_CHECK(dweight_into.is_contiguous(), op, ": dweight_into ", dweight_into.shape_str(),
+           " is not contiguous");
+  gemm(dy2, true, x2, false, dweight_into, 1.0, dweight_add ? 1.0 : 0.0);
+  return dweight_into;
+}
 }  // namespace
 
 Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
@@ -56,17 +67,24 @@ LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& wei
   Tensor x2 = x.contiguous().view({rows, weight.size(1)});    // (rows, in)
   LinearGrads g;
   g.dx = matmul(dy2, false, weight.contiguous(), false).view(x.shape());  // dy @ W
-  if (dweight_into.defined()) {  // dy^T @ x, into (or added to) the given buffer
-    check_shape("linear_backward", "dweight_into", dweight_into, weight.shape());
-    FG_CHECK(dweight_into.is_contiguous(), "linear_backward: dweight_into ",
-             dweight_into.shape_str(), " is not contiguous");
-    gemm(dy2, true, x2, false, dweight_into, 1.0, dweight_add ? 1.0 : 0.0);
-    g.dweight = dweight_into;
-  } else {
-    g.dweight = matmul(dy2, true, x2, false);  // dy^T @ x
-  }
+  g.dweight = weight_grad("linear_backward", dy2, x2, weight, dweight_into, dweight_add);
   if (has_bias) g.dbias = column_sums(dy2);
   return g;
+}
+
+Tensor linear_weight_grad(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                          const Tensor& dweight_into, bool dweight_add) {
+  const int64_t rows = check_linear("linear_weight_grad", x, weight);
+  check_defined("linear_weight_grad", "dy", dy);
+  FG_CHECK(dy.dim() >= 1 && dy.size(-1) == weight.size(0) && dy.numel() == rows * weight.size(0),
+           "linear_weight_grad: dy is ", dy.shape_str(), " but x is ", x.shape_str(),
+           " and weight ", weight.shape_str());
+  FG_CHECK(dy.dtype() == x.dtype(), "linear_weight_grad: dy is ", dtype_name(dy.dtype()),
+           " but x is ", dtype_name(x.dtype()));
+  check_same_device("linear_weight_grad", "dy", dy, "x", x);
+  return weight_grad("linear_weight_grad", dy.contiguous().view({rows, weight.size(0)}),
+                     x.contiguous().view({rows, weight.size(1)}), weight, dweight_into,
+                     dweight_add);
 }
 
 Tensor column_sums(const Tensor& x) {

@@ -21,6 +21,12 @@ struct GateUpSwiGLU {
 };
 GateUpSwiGLU gate_up_swiglu(const Tensor& x, const Tensor& w);
 
+// The MLP's second half, backward: dgu = swiglu_backward(dy @ w_down, gu) for
+// y = swiglu(gu) @ w_down^T, dy (..., D), w_down (D, F), gu (..., 2F). On Hopper in bf16
+// one GEMM whose epilogue applies SwiGLU's backward to the fp32 products (dout is
+// never rounded, nor in memory); elsewhere matmul, then swiglu_backward.
+Tensor swiglu_down_backward(const Tensor& dy, const Tensor& w_down, const Tensor& gu);
+
 namespace detail {
 // Checked, contiguous operands; outputs allocated by the caller.
 void swiglu_forward_cpu(const Tensor& gu, const Tensor& out);
@@ -32,6 +38,10 @@ void swiglu_backward_cuda(const Tensor& dout, const Tensor& gu, const Tensor& dg
 bool gate_up_swiglu_cuda(const Tensor& x, const Tensor& w, const Tensor& gu, const Tensor& out);
 // Whether it runs for these x and w (given 16-byte-aligned outputs, as fresh tensors are).
 bool gate_up_swiglu_cuda_takes(const Tensor& x, const Tensor& w);
+// dy (rows, D), w (D, F), gu and dgu (rows, 2F); false, touching nothing, where the fused
+// GEMM does not run (not Hopper, not bf16, misaligned).
+bool swiglu_down_backward_cuda(const Tensor& dy, const Tensor& w, const Tensor& gu,
+                               const Tensor& dgu);
 }  // namespace detail
 
 }  // namespace fg::ops

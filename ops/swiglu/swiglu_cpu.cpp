@@ -1,6 +1,7 @@
 // SwiGLU: the public entries (checks, device dispatch) and the CPU reference.
 #include <cmath>
 
+#include "ops/gemm/gemm.h"
 #include "ops/linear/linear.h"
 #include "ops/swiglu/swiglu.h"
 
@@ -84,6 +85,38 @@ Tensor swiglu_backward(const Tensor& dout, const Tensor& gu) {
 #endif
   detail::swiglu_backward_cpu(dout.contiguous(), gu.contiguous(), dgu);
   return dgu;
+}
+
+Tensor swiglu_down_backward(const Tensor& dy, const Tensor& w_down, const Tensor& gu) {
+  const char* op = "swiglu_down_backward";
+  check_gu(op, gu);
+  check_defined(op, "dy", dy);
+  check_defined(op, "w_down", w_down);
+  const int64_t f = gu.size(-1) / 2;
+  FG_CHECK(w_down.dim() == 2 && w_down.size(1) == f, op, ": w_down is ", w_down.shape_str(),
+           " but gu is ", gu.shape_str(), " (expected (D, ", f, "))");
+  Shape dy_shape = gu.shape();
+  dy_shape.back() = w_down.size(0);
+  FG_CHECK(dy.shape() == dy_shape, op, ": dy is ", dy.shape_str(), " but gu is ", gu.shape_str(),
+           " and w_down ", w_down.shape_str(), " (expected dy ", shape_str(dy_shape), ")");
+  FG_CHECK(dy.dtype() == gu.dtype() && w_down.dtype() == gu.dtype(), op, ": dy is ",
+           dtype_name(dy.dtype()), ", w_down ", dtype_name(w_down.dtype()), " and gu ",
+           dtype_name(gu.dtype()), " (expected one dtype)");
+  check_same_device(op, "dy", dy, "gu", gu);
+  check_same_device(op, "w_down", w_down, "gu", gu);
+  const int64_t rows = f > 0 ? gu.numel() / (2 * f) : 0;
+  const Tensor dy2 = dy.contiguous().reshape({rows, w_down.size(0)});
+#ifdef FG_CUDA
+  if (gu.is_cuda() && rows > 0) {
+    Tensor dgu = Tensor::empty(gu.shape(), gu.dtype(), gu.device());
+    if (detail::swiglu_down_backward_cuda(dy2, w_down.contiguous(),
+                                          gu.contiguous().reshape({rows, 2 * f}),
+                                          dgu.reshape({rows, 2 * f})))
+      return dgu;
+  }
+#endif
+  return swiglu_backward(
+      matmul(dy2, false, w_down.contiguous(), false).reshape(half_last(gu.shape())), gu);
 }
 
 namespace detail {

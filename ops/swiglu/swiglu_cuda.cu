@@ -112,6 +112,59 @@ struct SwiGLUStore {
   }
 };
 
+// The epilogue of dout = dy @ w_down (gemm_hopper.cuh, B (K, N) = w_down (D, F)): the tile is
+// dout for features n0.., never rounded or stored. Pair by pair, with the gate and up of its
+// two features (4-byte pairs from gu), it gives dg for the first output (gu's gate half) and
+// leaves du in the accumulators for the second (the up half). SwiGLU's backward as in
+// swiglu_backward_kernel, on the fp32 dout.
+struct SwiGLUBackwardStore {
+  using PairOperand = uint2;             // the gate pair, the up pair: bf16 bits
+  static constexpr int kPairLoads = 16;  // 32 loads in flight; more and the registers spill
+  static constexpr int kSecondBoxes = 4;
+  CUtensorMap dg_map, du_map;  // dgu's halves, (rows, F) each with row stride 2F
+  const bf16* gu;              // (rows, 2F)
+  int rows, f;
+
+  // A row past M reads the last row, a column past F the last pair (F is a multiple of 8):
+  // the stores drop what they give. Where the pairs all lie before F, from one address and
+  // constant offsets (per-pair addresses, clamped, kept the loads from issuing together:
+  // 147 against 184 us per GPT-2-small call).
+  __device__ __forceinline__ void load_pairs(int row, int col, uint2 (&in)[kPairLoads]) const {
+    const uint32_t* g =
+        reinterpret_cast<const uint32_t*>(gu + static_cast<int64_t>(min(row, rows - 1)) * 2 * f);
+    const int half_f = f / 2;  // gu's up half, in pairs
+    if (col + 8 * (kPairLoads - 1) < f) {
+      const uint32_t* p = g + col / 2;
+#pragma unroll
+      for (int j = 0; j < kPairLoads; ++j)
+        in[j] = make_uint2(__ldg(p + 4 * j), __ldg(p + half_f + 4 * j));
+    } else {
+#pragma unroll
+      for (int j = 0; j < kPairLoads; ++j) {
+        const int i = min(col + 8 * j, f - 2) / 2;
+        in[j] = make_uint2(__ldg(g + i), __ldg(g + half_f + i));
+      }
+    }
+  }
+  __device__ __forceinline__ float2 apply_pair(uint2 gu2, float& a0, float& a1) const {
+    return make_float2(grad(a0, gu2.x << 16, gu2.y << 16),
+                       grad(a1, gu2.x & 0xffff0000u, gu2.y & 0xffff0000u));
+  }
+  // d's gate gradient, d becoming its up gradient; g and u as bf16 bits in a float's top half.
+  __device__ __forceinline__ static float grad(float& d, uint32_t g_bits, uint32_t u_bits) {
+    const float g = __uint_as_float(g_bits), u = __uint_as_float(u_bits), s = sigmoid(g);
+    const float dg = d * u * s * (1 + g * (1 - s));
+    d *= g * s;  // d (g s): (d g) s here held registers enough to spill
+    return dg;
+  }
+  __device__ __forceinline__ void store(uint32_t box, int row0, int col) const {
+    hopper::tma_store_2d(&dg_map, box, col, row0);
+  }
+  __device__ __forceinline__ void store_second(uint32_t box, int row0, int col) const {
+    hopper::tma_store_2d(&du_map, box, col, row0);
+  }
+};
+
 // 16-byte packs when every row start is aligned to one (F a multiple of the pack
 // and the buffers aligned); single elements otherwise.
 template <class T>
@@ -178,6 +231,28 @@ bool gate_up_swiglu_cuda(const Tensor& x, const Tensor& w, const Tensor& gu, con
   hopper::launch_gemm_tn<GemmSchedule::kPingPong>(
       x.data<bf16>(), D, w.data<bf16>(), D, static_cast<int>(rows), static_cast<int>(2 * f),
       static_cast<int>(D), epi, cuda::stream(), /*paired_halves=*/true);
+  return true;
+}
+
+bool swiglu_down_backward_cuda(const Tensor& dy, const Tensor& w, const Tensor& gu,
+                               const Tensor& dgu) {
+  const int64_t rows = dy.size(0), D = dy.size(1), f = w.size(1);
+  const bool takes = dy.dtype() == DType::BF16 && w.dtype() == DType::BF16 &&
+                     gu.dtype() == DType::BF16 && dgu.dtype() == DType::BF16 && rows > 0 &&
+                     rows < (int64_t{1} << 31) && 2 * f < (int64_t{1} << 31) && D > 0 &&
+                     D % 8 == 0 && f % 8 == 0 && dy.starts_aligned(16) && w.starts_aligned(16) &&
+                     gu.starts_aligned(16) && dgu.starts_aligned(16) && gemm_hopper_available();
+  if (!takes) return false;
+  const auto half_map = [&](const bf16* base) {
+    return hopper::kmajor_map(base, rows, f, 2 * f, hopper::kStoreBox);
+  };
+  const SwiGLUBackwardStore epi{half_map(dgu.data<bf16>()), half_map(dgu.data<bf16>() + f),
+                                gu.data<bf16>(), static_cast<int>(rows), static_cast<int>(f)};
+  // Ping-pong: one consumer's epilogue (the gu loads, SwiGLU's backward, two stores) runs
+  // under the other's products.
+  hopper::launch_gemm_tn<GemmSchedule::kPingPong, BLayout::kKN>(
+      dy.data<bf16>(), D, w.data<bf16>(), f, static_cast<int>(rows), static_cast<int>(f),
+      static_cast<int>(D), epi, cuda::stream());
   return true;
 }
 

@@ -31,9 +31,9 @@ INSTANTIATE_TEST_SUITE_P(AllOps, OpGradcheck, ::testing::ValuesIn(all_op_checks(
 TEST(OpGradcheckRegistry, CoversEveryDifferentiableOp) {
   std::set<std::string> ops;
   for (const OpCheck& c : all_op_checks()) ops.insert(c.op);
-  for (const char* op :
-       {"embedding", "add", "linear", "rmsnorm", "add_rmsnorm", "rope", "rmsnorm_qkv_rope",
-        "rmsnorm_qkv_rope_attention", "attention", "swiglu", "cross_entropy", "lm_head_loss"})
+  for (const char* op : {"embedding", "add", "linear", "rmsnorm", "add_rmsnorm", "rope",
+                         "rmsnorm_qkv_rope", "rmsnorm_qkv_rope_attention", "attention", "swiglu",
+                         "swiglu_mlp", "cross_entropy", "lm_head_loss"})
     EXPECT_TRUE(ops.count(op)) << "no finite-difference check for " << op;
 }
 

@@ -22,6 +22,7 @@ using fg::Tensor;
 using fg::ops::gate_up_swiglu;
 using fg::ops::linear_forward;
 using fg::ops::swiglu_backward;
+using fg::ops::swiglu_down_backward;
 using fg::ops::swiglu_forward;
 
 namespace {
@@ -83,6 +84,29 @@ TEST(Swiglu, ErrorsNameTheShapes) {
                   "swiglu_backward: dout is (2, 4) but gu is (2, 6)");
   EXPECT_FG_ERROR(swiglu_backward(Tensor::zeros({2, 3}, DType::F64), Tensor::zeros({2, 6})),
                   "swiglu_backward: dout is f64 but gu is f32");
+}
+
+TEST(SwigluDownBackward, IsTheProductThenSwigluBackward) {
+  // dgu for y = swiglu(gu) @ w^T: dout = dy @ w by hand, then swiglu_backward.
+  Generator gen(6);
+  Tensor gu = Tensor::randn({2, 3, 8}, gen, DType::F64);
+  Tensor w = Tensor::randn({5, 4}, gen, DType::F64);
+  Tensor dy = Tensor::randn({2, 3, 5}, gen, DType::F64);
+  std::vector<double> dyv = dy.to_vector(), wv = w.to_vector(), dout(6 * 4, 0.0);
+  for (int r = 0; r < 6; ++r)
+    for (int j = 0; j < 4; ++j)
+      for (int k = 0; k < 5; ++k) dout[r * 4 + j] += dyv[r * 5 + k] * wv[k * 4 + j];
+  Tensor want = swiglu_backward(Tensor::from_vector(dout, {2, 3, 4}, DType::F64), gu);
+  Tensor got = swiglu_down_backward(dy, w, gu);
+  EXPECT_EQ(got.shape(), (Shape{2, 3, 8}));
+  EXPECT_LT(fg::max_abs_diff(got, want), 1e-14);
+  EXPECT_FG_ERROR(swiglu_down_backward(dy, Tensor::zeros({5, 3}, DType::F64), gu),
+                  "swiglu_down_backward: w_down is (5, 3) but gu is (2, 3, 8) (expected (D, 4))");
+  EXPECT_FG_ERROR(swiglu_down_backward(Tensor::zeros({2, 3, 6}, DType::F64), w, gu),
+                  "swiglu_down_backward: dy is (2, 3, 6) but gu is (2, 3, 8) and w_down (5, 4) "
+                  "(expected dy (2, 3, 5))");
+  EXPECT_FG_ERROR(swiglu_down_backward(dy, w.to(DType::F32), gu),
+                  "swiglu_down_backward: dy is f64, w_down f32 and gu f64 (expected one dtype)");
 }
 
 TEST(GateUpSwiglu, IsLinearThenSwiglu) {
@@ -203,15 +227,17 @@ TEST_P(GateUpSwigluCuda, FusedMatchesCpu) {
   EXPECT_EQ(fg::max_abs_diff(r.gu.reshape({c.rows, 2 * c.f}), gu), 0.0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, GateUpSwigluCuda,
-                         ::testing::Values(GateUpCase{1, 64, 64}, GateUpCase{67, 72, 192},
-                                           GateUpCase{300, 768, 200}, GateUpCase{5, 64, 8},
-                                           GateUpCase{129, 768, 2048}, GateUpCase{1000, 384, 1024}),
-                         [](const auto& info) {
-                           const GateUpCase& c = info.param;
-                           return "rows" + std::to_string(c.rows) + "_d" + std::to_string(c.d) +
-                                  "_f" + std::to_string(c.f);
-                         });
+// K = 4096 (64 k tiles) with F ending mid-tile is the last.
+constexpr GateUpCase kMlpShapes[] = {{1, 64, 64},     {67, 72, 192},    {300, 768, 200},
+                                     {5, 64, 8},      {129, 768, 2048}, {1000, 384, 1024},
+                                     {200, 4096, 584}};
+
+std::string mlp_case_name(const ::testing::TestParamInfo<GateUpCase>& info) {
+  const GateUpCase& c = info.param;
+  return "rows" + std::to_string(c.rows) + "_d" + std::to_string(c.d) + "_f" + std::to_string(c.f);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, GateUpSwigluCuda, ::testing::ValuesIn(kMlpShapes), mlp_case_name);
 
 TEST(GateUpSwigluCudaEdge, OtherShapesTakeTheComposedPath) {
   FG_REQUIRE_GPU();
@@ -227,6 +253,52 @@ TEST(GateUpSwigluCudaEdge, OtherShapesTakeTheComposedPath) {
   Tensor want_gu = linear_forward(f64(x), f64(w), Tensor());
   EXPECT_TRUE(close_rel(r.gu, want_gu, 1e-2));
   EXPECT_TRUE(close_rel(r.out, swiglu_forward(want_gu), 1e-2));
+}
+#endif
+
+#ifdef FG_CUDA  // calls the CUDA entry points directly
+// dgu = swiglu_backward(dy @ w_down, gu) as one GEMM with SwiGLU's backward in its epilogue
+// (Hopper, bf16; w_down read as a (K, N) B) against the CPU in f64 on the same inputs, shapes
+// as for the gate/up GEMM above. dgu starts as NaN: every element must be written.
+class SwigluDownBackwardCuda : public ::testing::TestWithParam<GateUpCase> {};
+
+TEST_P(SwigluDownBackwardCuda, FusedMatchesCpu) {
+  FG_REQUIRE_GPU();
+  if (!fg::ops::detail::gemm_hopper_available()) GTEST_SKIP() << "needs Hopper and sm_90a";
+  const GateUpCase c = GetParam();
+  Device gpu = Device::cuda(0);
+  Generator gen(41 + c.f);
+  Tensor dy = Tensor::randn({c.rows, c.d}, gen, DType::BF16, gpu);
+  Tensor w = Tensor::randn({c.d, c.f}, gen, DType::BF16, gpu, 0.0, 0.1);
+  Tensor gu = Tensor::randn({c.rows, 2 * c.f}, gen, DType::BF16, gpu, 0.0, 2.0);
+  Tensor dgu = Tensor::full({c.rows, 2 * c.f}, NAN, DType::BF16, gpu);
+  ASSERT_TRUE(fg::ops::detail::swiglu_down_backward_cuda(dy, w, gu, dgu));
+  EXPECT_FALSE(fg::has_non_finite(dgu));
+  const Tensor want = swiglu_down_backward(f64(dy), f64(w), f64(gu));
+  EXPECT_TRUE(close_rel(dgu.slice(1, 0, c.f), want.slice(1, 0, c.f), 1e-2)) << "gate";
+  EXPECT_TRUE(close_rel(dgu.slice(1, c.f, 2 * c.f), want.slice(1, c.f, 2 * c.f), 1e-2)) << "up";
+  // The public entry, leading dimensions kept, gives the same bits.
+  Tensor r =
+      swiglu_down_backward(dy.reshape({1, c.rows, c.d}), w, gu.reshape({1, c.rows, 2 * c.f}));
+  EXPECT_EQ(r.shape(), (Shape{1, c.rows, 2 * c.f}));
+  EXPECT_EQ(fg::max_abs_diff(r.reshape({c.rows, 2 * c.f}), dgu), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SwigluDownBackwardCuda, ::testing::ValuesIn(kMlpShapes),
+                         mlp_case_name);
+
+TEST(SwigluDownBackwardCudaEdge, OtherShapesTakeTheComposedPath) {
+  FG_REQUIRE_GPU();
+  // F = 6 and D = 12 are no whole 16-byte rows: the fused GEMM declines, the composition runs.
+  Device gpu = Device::cuda(0);
+  Generator gen(43);
+  Tensor dy = Tensor::randn({9, 12}, gen, DType::BF16, gpu);
+  Tensor w = Tensor::randn({12, 6}, gen, DType::BF16, gpu, 0.0, 0.1);
+  Tensor gu = Tensor::randn({9, 12}, gen, DType::BF16, gpu);
+  Tensor dgu = Tensor::empty({9, 12}, DType::BF16, gpu);
+  EXPECT_FALSE(fg::ops::detail::swiglu_down_backward_cuda(dy, w, gu, dgu));
+  EXPECT_TRUE(close_rel(swiglu_down_backward(dy, w, gu),
+                        swiglu_down_backward(f64(dy), f64(w), f64(gu)), 1e-2));
 }
 #endif
 
