@@ -75,7 +75,8 @@ struct ScheduleConfig {
   static constexpr int kReleaseArrivals = (kPingPong ? 4 : 8) * kCluster;
   static constexpr int kGroupUnits = kGroupRows / (kBlockM * kCluster);
   static constexpr int kBarrierOffset = kOutOffset + 2 * kOutTileBytes;
-  static constexpr int kSmemBytes = kBarrierOffset + 2 * kStages * 8 + 1024;  // + to align
+  // full and empty per stage, then one per consumer for a staged epilogue's operands
+  static constexpr int kSmemBytes = kBarrierOffset + (2 * kStages + 2) * 8 + 1024;  // + to align
   static_assert(kTileBytesA % 1024 == 0 && kStageBytes % 1024 == 0 &&
                     kTileBytesB / kCluster % 1024 == 0,
                 "swizzle atoms start at 1024");
@@ -117,13 +118,13 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
 // the accumulators again; it leaves the output in v's first 16 kSecondBoxes values) and
 // store_second (as store, with col0 a column of the tile): staged and stored once the
 // buffer's first stores have read it.
-// An elementwise epilogue with operands of its own (SwiGLU's backward: gate and up) may have,
-// instead of apply, a type PairOperand, load_pairs(row, col, in) (in[j]: its operands at
-// columns col + 8j and col + 8j + 1 of the row, j < kPairLoads; rows past M and columns past N
-// come too) and apply_pair(in[j], a0, a1): the first output's two values, a float2, from those
-// accumulators a0, a1 (references). A row's pairs go kPairLoads at a time, loads first, each
-// staged as it is made, so no row of values is held beside the accumulators. What apply_pair
-// leaves in a0, a1 is the second output, if there is one (kSecondBoxes; no apply_second).
+// An epilogue with a tile of operands of its own (SwiGLU's backward: gate and up) may instead
+// be staged (kStagedHalves): the tile goes in two halves of 128 columns through the
+// consumer's output buffer. load_half(buffer, bar, row0, col) has the leader bring that
+// half's operands in by TMA, four 64 x 64 boxes counted on bar (the first half's while the
+// tile's products run); apply_staged(a, b, acc0, acc1) turns the pair at shared addresses a
+// (boxes 0-1) and b (boxes 2-3) and the two accumulators of those columns into its outputs,
+// written over the operands; store_half(buffer, row0, col) stores the four boxes by TMA.
 
 // The plain epilogue: c = bf16(acc + bias), c (M, N) clipped by TMA at its edges.
 struct StoreBf16 {
@@ -413,6 +414,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* ring_ptr = smem_raw + (ring - smem_addr(smem_raw));
   uint64_t* full = reinterpret_cast<uint64_t*>(ring_ptr + C::kBarrierOffset);  // data landed
   uint64_t* empty = full + kStages;  // consumers are done reading it
+  uint64_t* operands = empty + kStages;  // per consumer: a staged epilogue's operands landed
   const int units = p.units_m * p.tiles_n;
   // This block's cluster walks units cluster, cluster + clusters, ...; its row tile in a
   // unit is number `rank` of the unit's kCluster.
@@ -431,6 +433,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(&full[s], 1);  // the producer's arrive.expect_tx (+ the bytes)
       mbar_init(&empty[s], C::kReleaseArrivals);
     }
+    for (int c = 0; c < 2; ++c) mbar_init(&operands[c], 1);  // the leader's arrive.expect_tx
     fence_mbar_init();
   }
   if constexpr (C::kCluster == 1)
@@ -522,6 +525,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   float acc[128];
   RingPos<kStages> pos;
+  const uint32_t out = ring + C::kOutOffset + consumer * kOutTileBytes;  // this consumer's
+  const bool leader = threadIdx.x % kWarpgroup == 0;
+  constexpr bool kStaged = [] {
+    if constexpr (requires { Epi::kStagedHalves; }) return Epi::kStagedHalves;
+    return false;
+  }();
   int i = 0;  // index of the unit among this block's
   if constexpr (C::kPingPong) {
     if (consumer == 1) {
@@ -532,6 +541,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (; cluster + i * clusters < units; i += C::kPingPong ? 2 : 1) {
     int m0, n0;
     origin(cluster + i * clusters, m0, n0);
+    const int row0 = m0 + (C::kPingPong ? 0 : consumer * 64);
+    if constexpr (kStaged) {  // the first half's operands land while the products run
+      if (leader) {
+        asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+        epi.load_half(out, &operands[consumer], row0, n0);
+      }
+    }
     if constexpr (C::kPingPong) {
       if (i > 0) named_sync(my_turn, kTurnThreads);  // the other issued all its k tiles
     }
@@ -569,95 +585,83 @@ __global__ void __launch_bounds__(kThreads, 1)
     // pairs go to the buffer as four 64 x 64 boxes of 128-byte rows, chunk c of row r at
     // chunk c ^ (r % 8) (the 128-byte swizzle the TMA store reads; a warp's 4-byte writes
     // of one j hit 32 banks). The previous tile's stores must have read the buffer first.
-    const uint32_t out = ring + C::kOutOffset + consumer * kOutTileBytes;
-    const bool leader = threadIdx.x % kWarpgroup == 0;
     const int out_bar = 3 + consumer;  // named barrier of this consumer's 128 threads
-    const int row0 = m0 + (C::kPingPong ? 0 : consumer * 64);
-    // The tile's first kBoxes 64-column boxes, staged and stored by the leader with `store`:
-    // row_values(row, col0, half, put) gives each of this thread's rows, put(j, x, y) taking the
-    // values at columns col0 + 8j and col0 + 8j + 1.
-    auto stage = [&](auto boxes, auto&& row_values, auto&& store) {
-      constexpr int kBoxes = decltype(boxes)::value;
-      if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-      named_sync(out_bar, kWarpgroup);
+    if constexpr (kStaged) {
+      // Two halves of 128 columns through the buffer: the operands' four 64 x 64 boxes (the
+      // first's two, then the second's) land by TMA; each thread changes its pairs in place
+      // (apply_staged: the two outputs over the two operands) and the leader stores them.
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = warp * 16 + lane / 4 + 8 * half;  // r % 8 = lane / 4
-        const auto put = [&](int j, float x, float y) {
-          if (j >= 8 * kBoxes) return;
-          const __nv_bfloat162 pair = __floats2bfloat162_rn(x, y);
-          const uint32_t addr = out + (j / 8) * (kStoreBox * 128) + r * 128 +
-                                (((j % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
-          asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
-                       "r"(*reinterpret_cast<const uint32_t*>(&pair))
-                       : "memory");
-        };
-        row_values(row0 + r, n0 + 2 * (lane % 4), half, put);
-      }
-      fence_proxy_async();  // the buffer's writes, visible to the copy engine
-      named_sync(out_bar, kWarpgroup);
-      if (leader) {
-#pragma unroll
-        for (int box = 0; box < kBoxes; ++box)
-          store(out + box * (kStoreBox * 128), row0, n0 + box * kStoreBox);
-        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-      }
-    };
-    // A row-wide epilogue function (apply, apply_second) on a copy of the row's accumulators.
-    const auto row_copy = [&](auto&& apply) {
-      return [&](int row, int col0, int half, const auto& put) {
-        float v[64];
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          v[2 * j] = acc[4 * j + 2 * half];
-          v[2 * j + 1] = acc[4 * j + 2 * half + 1];
+      for (int h = 0; h < 2; ++h) {
+        if (h == 1 && leader) {
+          asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+          epi.load_half(out, &operands[consumer], row0, n0 + 128);
         }
-        apply(row, col0, v);
+        mbar_wait(&operands[consumer], h);  // two loads per tile: phases 0, 1
 #pragma unroll
-        for (int j = 0; j < 32; ++j) put(j, v[2 * j], v[2 * j + 1]);
+        for (int half = 0; half < 2; ++half) {
+          const int r = warp * 16 + lane / 4 + 8 * half;  // r % 8 = lane / 4
+#pragma unroll
+          for (int jj = 0; jj < 16; ++jj) {
+            const int j = 16 * h + jj;
+            const uint32_t a = out + (jj / 8) * (kStoreBox * 128) + r * 128 +
+                               (((jj % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
+            epi.apply_staged(a, a + 2 * kStoreBox * 128, acc[4 * j + 2 * half],
+                             acc[4 * j + 2 * half + 1]);
+          }
+        }
+        fence_proxy_async();  // the buffer's writes, visible to the copy engine
+        named_sync(out_bar, kWarpgroup);
+        if (leader) {
+          epi.store_half(out, row0, n0 + 128 * h);
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        }
+      }
+    } else {
+      // The tile's first kBoxes 64-column boxes as `apply` leaves them, staged and stored by
+      // the leader with `store`.
+      auto stage = [&](auto boxes, auto&& apply, auto&& store) {
+        constexpr int kBoxes = decltype(boxes)::value;
+        if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+        named_sync(out_bar, kWarpgroup);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = warp * 16 + lane / 4 + 8 * half;  // r % 8 = lane / 4
+          float v[64];
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            v[2 * j] = acc[4 * j + 2 * half];
+            v[2 * j + 1] = acc[4 * j + 2 * half + 1];
+          }
+          apply(row0 + r, n0 + 2 * (lane % 4), v);
+#pragma unroll
+          for (int j = 0; j < 8 * kBoxes; ++j) {
+            const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+            const uint32_t addr = out + (j / 8) * (kStoreBox * 128) + r * 128 +
+                                  (((j % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
+            asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
+                         "r"(*reinterpret_cast<const uint32_t*>(&pair))
+                         : "memory");
+          }
+        }
+        fence_proxy_async();  // the buffer's writes, visible to the copy engine
+        named_sync(out_bar, kWarpgroup);
+        if (leader) {
+#pragma unroll
+          for (int box = 0; box < kBoxes; ++box)
+            store(out + box * (kStoreBox * 128), row0, n0 + box * kStoreBox);
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        }
       };
-    };
-    // The accumulators, after apply_pair (pairwise epilogues) changed them, as they are.
-    const auto row_acc = [&](int, int, int half, const auto& put) {
-#pragma unroll
-      for (int j = 0; j < 32; ++j) put(j, acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
-    };
-    constexpr bool kPairwise = requires {
-      typename Epi::PairOperand;
-    };
-    if constexpr (kPairwise) {
       stage(
           std::integral_constant<int, kBlockN / kStoreBox>{},
-          [&](int row, int col0, int half, const auto& put) {
-#pragma unroll
-            for (int j0 = 0; j0 < 32; j0 += Epi::kPairLoads) {
-              typename Epi::PairOperand in[Epi::kPairLoads];
-              epi.load_pairs(row, col0 + 8 * j0, in);
-#pragma unroll
-              for (int j = 0; j < Epi::kPairLoads; ++j) {
-                const int jj = j0 + j;
-                const float2 o =
-                    epi.apply_pair(in[j], acc[4 * jj + 2 * half], acc[4 * jj + 2 * half + 1]);
-                put(jj, o.x, o.y);
-              }
-            }
-          },
+          [&](int row, int col0, float(&v)[64]) { epi.apply(row, col0, v); },
           [&](uint32_t box, int r0, int col) { epi.store(box, r0, col); });
-    } else {
-      stage(std::integral_constant<int, kBlockN / kStoreBox>{},
-            row_copy([&](int row, int col0, float(&v)[64]) { epi.apply(row, col0, v); }),
-            [&](uint32_t box, int r0, int col) { epi.store(box, r0, col); });
-    }
-    if constexpr (requires { Epi::kSecondBoxes; }) {
-      const auto second = [&](int row, int col0, int half, const auto& put) {
-        if constexpr (kPairwise)
-          row_acc(row, col0, half, put);
-        else
-          row_copy([&](int r, int c, float(&v)[64]) { epi.apply_second(r, c, v); })(row, col0, half,
-                                                                                    put);
-      };
-      stage(std::integral_constant<int, Epi::kSecondBoxes>{}, second,
+      if constexpr (requires { Epi::kSecondBoxes; }) {
+        stage(
+            std::integral_constant<int, Epi::kSecondBoxes>{},
+            [&](int row, int col0, float(&v)[64]) { epi.apply_second(row, col0, v); },
             [&](uint32_t box, int r0, int col) { epi.store_second(box, r0, col); });
+      }
     }
   }
   // The last stores read shared memory before the block exits.

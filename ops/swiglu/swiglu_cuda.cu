@@ -112,56 +112,58 @@ struct SwiGLUStore {
   }
 };
 
-// The epilogue of dout = dy @ w_down (gemm_hopper.cuh, B (K, N) = w_down (D, F)): the tile is
-// dout for features n0.., never rounded or stored. Pair by pair, with the gate and up of its
-// two features (4-byte pairs from gu), it gives dg for the first output (gu's gate half) and
-// leaves du in the accumulators for the second (the up half). SwiGLU's backward as in
-// swiglu_backward_kernel, on the fp32 dout.
+// The epilogue of dout = dy @ w_down (gemm_hopper.cuh, B (K, N) = w_down (D, F)), staged: the
+// tile is dout for features n0.., never rounded or stored. Per 128-column half, the gate's
+// two 64 x 64 boxes of gu and the up's two land in the output buffer by TMA, each thread turns
+// its pairs into dg and du in place (SwiGLU's backward as in swiglu_backward_kernel, on the
+// fp32 dout), and the four boxes go out to dgu's halves.
 struct SwiGLUBackwardStore {
-  using PairOperand = uint2;             // the gate pair, the up pair: bf16 bits
-  static constexpr int kPairLoads = 16;  // 32 loads in flight; more and the registers spill
-  static constexpr int kSecondBoxes = 4;
-  CUtensorMap dg_map, du_map;  // dgu's halves, (rows, F) each with row stride 2F
-  const bf16* gu;              // (rows, 2F)
-  int rows, f;
+  static constexpr bool kStagedHalves = true;
+  CUtensorMap g_map, u_map;    // gu's halves, (rows, F) each with row stride 2F
+  CUtensorMap dg_map, du_map;  // dgu's halves, the same way
+  int f;
 
-  // A row past M reads the last row, a column past F the last pair (F is a multiple of 8):
-  // the stores drop what they give. Where the pairs all lie before F, from one address and
-  // constant offsets (per-pair addresses, clamped, kept the loads from issuing together:
-  // 147 against 184 us per GPT-2-small call).
-  __device__ __forceinline__ void load_pairs(int row, int col, uint2 (&in)[kPairLoads]) const {
-    const uint32_t* g =
-        reinterpret_cast<const uint32_t*>(gu + static_cast<int64_t>(min(row, rows - 1)) * 2 * f);
-    const int half_f = f / 2;  // gu's up half, in pairs
-    if (col + 8 * (kPairLoads - 1) < f) {
-      const uint32_t* p = g + col / 2;
+  __device__ __forceinline__ void load_half(uint32_t buf, uint64_t* bar, int row0, int col) const {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kBox = hopper::kStoreBox * 128;
+    hopper::mbar_expect_tx(bar, 4 * kBox);
 #pragma unroll
-      for (int j = 0; j < kPairLoads; ++j)
-        in[j] = make_uint2(__ldg(p + 4 * j), __ldg(p + half_f + 4 * j));
-    } else {
-#pragma unroll
-      for (int j = 0; j < kPairLoads; ++j) {
-        const int i = min(col + 8 * j, f - 2) / 2;
-        in[j] = make_uint2(__ldg(g + i), __ldg(g + half_f + i));
-      }
+    for (int b = 0; b < 2; ++b) {  // a box wholly past F reads the last whole one (dropped)
+      const int c = min(col + 64 * b, (f - 1) / 64 * 64);
+      hopper::tma_load_2d(buf + b * kBox, &g_map, bar, c, row0);
+      hopper::tma_load_2d(buf + (2 + b) * kBox, &u_map, bar, c, row0);
     }
+#endif
   }
-  __device__ __forceinline__ float2 apply_pair(uint2 gu2, float& a0, float& a1) const {
-    return make_float2(grad(a0, gu2.x << 16, gu2.y << 16),
-                       grad(a1, gu2.x & 0xffff0000u, gu2.y & 0xffff0000u));
+  __device__ __forceinline__ void apply_staged(uint32_t g_addr, uint32_t u_addr, float& a0,
+                                               float& a1) const {
+    uint32_t g2, u2;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(g2) : "r"(g_addr));
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(u2) : "r"(u_addr));
+    const __nv_bfloat162 dg = __floats2bfloat162_rn(grad(a0, g2 << 16, u2 << 16),
+                                                    grad(a1, g2 & 0xffff0000u, u2 & 0xffff0000u));
+    const __nv_bfloat162 du = __floats2bfloat162_rn(a0, a1);
+    asm volatile("st.shared.b32 [%0], %1;" ::"r"(g_addr),
+                 "r"(*reinterpret_cast<const uint32_t*>(&dg))
+                 : "memory");
+    asm volatile("st.shared.b32 [%0], %1;" ::"r"(u_addr),
+                 "r"(*reinterpret_cast<const uint32_t*>(&du))
+                 : "memory");
   }
   // d's gate gradient, d becoming its up gradient; g and u as bf16 bits in a float's top half.
   __device__ __forceinline__ static float grad(float& d, uint32_t g_bits, uint32_t u_bits) {
     const float g = __uint_as_float(g_bits), u = __uint_as_float(u_bits), s = sigmoid(g);
     const float dg = d * u * s * (1 + g * (1 - s));
-    d *= g * s;  // d (g s): (d g) s here held registers enough to spill
+    d *= g * s;  // d (g s): (d g) s held registers enough to spill in an earlier version
     return dg;
   }
-  __device__ __forceinline__ void store(uint32_t box, int row0, int col) const {
-    hopper::tma_store_2d(&dg_map, box, col, row0);
-  }
-  __device__ __forceinline__ void store_second(uint32_t box, int row0, int col) const {
-    hopper::tma_store_2d(&du_map, box, col, row0);
+  __device__ __forceinline__ void store_half(uint32_t buf, int row0, int col) const {
+    constexpr int kBox = hopper::kStoreBox * 128;
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      hopper::tma_store_2d(&dg_map, buf + b * kBox, col + 64 * b, row0);
+      hopper::tma_store_2d(&du_map, buf + (2 + b) * kBox, col + 64 * b, row0);
+    }
   }
 };
 
@@ -246,10 +248,11 @@ bool swiglu_down_backward_cuda(const Tensor& dy, const Tensor& w, const Tensor& 
   const auto half_map = [&](const bf16* base) {
     return hopper::kmajor_map(base, rows, f, 2 * f, hopper::kStoreBox);
   };
-  const SwiGLUBackwardStore epi{half_map(dgu.data<bf16>()), half_map(dgu.data<bf16>() + f),
-                                gu.data<bf16>(), static_cast<int>(rows), static_cast<int>(f)};
-  // Ping-pong: one consumer's epilogue (the gu loads, SwiGLU's backward, two stores) runs
-  // under the other's products.
+  const SwiGLUBackwardStore epi{half_map(gu.data<bf16>()), half_map(gu.data<bf16>() + f),
+                                half_map(dgu.data<bf16>()), half_map(dgu.data<bf16>() + f),
+                                static_cast<int>(f)};
+  // Ping-pong: one consumer's epilogue (gu's loads, SwiGLU's backward, the stores) runs under
+  // the other's products.
   hopper::launch_gemm_tn<GemmSchedule::kPingPong, BLayout::kKN>(
       dy.data<bf16>(), D, w.data<bf16>(), f, static_cast<int>(rows), static_cast<int>(f),
       static_cast<int>(D), epi, cuda::stream());
