@@ -1,8 +1,9 @@
 // A Hopper (sm_90a) bf16 GEMM with a pluggable epilogue: acc = A B^T in fp32, A (M, K) and
-// B (N, K) both row-major ("TN": both K-major, the layout wgmma reads without transposes),
-// each finished tile handed to an epilogue functor that changes it in fp32 registers (bias,
-// RoPE, ...) and stores it, rounded to bf16 and staged in shared memory, by TMA. Include from
-// .cu files only (device code and a host launcher).
+// B (N, K) both row-major ("TN": both K-major, the layout wgmma reads without transposes) or
+// B given as (K, N) (BLayout::kKN, read N-major), each finished tile handed to an epilogue
+// functor that changes it in fp32 registers (bias, RoPE, SwiGLU and its backward, ...) and
+// stores it, rounded to bf16 and staged in shared memory, by TMA. Include from .cu files only
+// (device code and a host launcher).
 //
 // Warp-specialized and persistent, as CUTLASS's sm90 kernels and FlashAttention-3: one block
 // per SM walks the output tiles (grouped order, for L2); warpgroup 0 is the producer, whose
