@@ -154,7 +154,7 @@ struct SwiGLUBackwardStore {
   __device__ __forceinline__ static float grad(float& d, uint32_t g_bits, uint32_t u_bits) {
     const float g = __uint_as_float(g_bits), u = __uint_as_float(u_bits), s = sigmoid(g);
     const float dg = d * u * s * (1 + g * (1 - s));
-    d *= g * s;  // d (g s): (d g) s held registers enough to spill in an earlier version
+    d *= g * s;
     return dg;
   }
   __device__ __forceinline__ void store_half(uint32_t buf, int row0, int col) const {
