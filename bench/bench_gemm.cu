@@ -5,8 +5,10 @@
 // largest difference between each result and cuBLASLt's. cuBLASLt and the schedules are timed
 // interleaved (bench/common/gpu_timer.cuh), so a clock drop under load weighs on each alike. The
 // operands rotate over enough copies to exceed L2 twice, so every call reads them from device
-// memory. Prints markdown; --out FILE writes it too, shape by shape (a hang leaves the shapes
-// before it).
+// memory. Then the MLP's backward at the three models' shapes: dgu = swiglu_backward(dy @
+// w_down, gu) as our one product with SwiGLU's backward in its epilogue (ops::
+// swiglu_down_backward) against cuBLASLt's dx product and the separate pass. Prints markdown;
+// --out FILE writes it too, shape by shape (a hang leaves the shapes before it).
 //   bench_gemm [--out FILE] [--commit HASH] [--reps N] [--warmup N] [--bias]
 //              [--schedules cooperative,pingpong,...] [--b-layout nk|kn]
 #include <cuda_runtime.h>
@@ -28,6 +30,7 @@
 #include "core/tensor.h"
 #include "ops/gemm/gemm.h"
 #include "ops/gemm/gemm_hopper.h"
+#include "ops/swiglu/swiglu.h"
 
 using fg::Device;
 using fg::DType;
@@ -40,6 +43,14 @@ struct GemmShape {
   const char* name;
   int64_t M, N, K;
 };
+
+// The MLP's backward: rows M = B * T, D = d_model, F = d_ff.
+struct MlpShape {
+  const char* name;
+  int64_t M, D, F;
+};
+const std::vector<MlpShape> kMlpShapes = {
+    {"baby", 16384, 384, 1024}, {"GPT-2", 16384, 768, 2048}, {"seed", 4096, 4096, 10944}};
 
 const std::vector<GemmShape> kShapes = {
     {"seed QKV", 8192, 12288, 4096},         {"seed MLP up", 4096, 22016, 4096},
@@ -206,6 +217,52 @@ int main(int argc, char** argv) {
                   << " ms, cuBLASLt " << fmt("%.3f", ms_ref) << " ms, max diff "
                   << fmt("%.2e", max_diff) << std::endl;
       }
+    }
+
+    emit(
+        "\n## The MLP's backward: dgu = swiglu_backward(dy @ w_down, gu)\n\n"
+        "fused: ops::swiglu_down_backward (one Hopper product, w_down read as a (K, N) B, "
+        "SwiGLU's backward in its epilogue); composed: cuBLASLt's dy @ w_down (bf16 dout), then "
+        "the swiglu_backward pass. Timed interleaved as above; speed = composed / fused; rel = "
+        "||fused - composed|| / ||composed|| (the composed path rounds dout to bf16).\n\n"
+        "| shape | M | D | F | fused ms | cuBLASLt dx ms | pass ms | composed ms | speed | rel "
+        "|\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (const MlpShape& s : kMlpShapes) {
+      const int64_t set_bytes = (s.M * s.D + s.D * s.F + 2 * s.M * s.F) * 2;
+      const int sets =
+          static_cast<int>(std::max<int64_t>(1, (rotate_bytes + set_bytes - 1) / set_bytes));
+      fg::Generator gen(43);
+      std::vector<Tensor> dy(sets), w(sets), gu(sets), dout(sets);
+      for (int i = 0; i < sets; ++i) {
+        dy[i] = Tensor::randn({s.M, s.D}, gen, DType::BF16, gpu);
+        w[i] = Tensor::randn({s.D, s.F}, gen, DType::BF16, gpu, 0.0, 1.0 / std::sqrt(s.D));
+        gu[i] = Tensor::randn({s.M, 2 * s.F}, gen, DType::BF16, gpu, 0.0, 2.0);
+        dout[i] = Tensor::empty({s.M, s.F}, DType::BF16, gpu);
+      }
+      const auto fused = [&](int i) {
+        (void)fg::ops::swiglu_down_backward(dy[i % sets], w[i % sets], gu[i % sets]);
+      };
+      const auto product = [&](int i) {
+        fg::ops::gemm(dy[i % sets], false, w[i % sets], false, dout[i % sets], 1.0, 0.0);
+      };
+      const auto pass = [&](int i) {
+        (void)fg::ops::swiglu_backward(dout[i % sets], gu[i % sets]);
+      };
+      const auto composed = [&](int i) {
+        product(i);
+        pass(i);
+      };
+      product(0);
+      const auto [max_diff, rel] = differences(fg::ops::swiglu_down_backward(dy[0], w[0], gu[0]),
+                                               fg::ops::swiglu_backward(dout[0], gu[0]));
+      (void)max_diff;
+      const std::vector<double> ms = timer.median_ms({fused, product, pass, composed});
+      emit("| " + std::string(s.name) + " | " + std::to_string(s.M) + " | " + std::to_string(s.D) +
+           " | " + std::to_string(s.F) + " | " + fmt("%.3f", ms[0]) + " | " + fmt("%.3f", ms[1]) +
+           " | " + fmt("%.3f", ms[2]) + " | " + fmt("%.3f", ms[3]) + " | " +
+           fmt("%.3f", ms[3] / ms[0]) + " | " + fmt("%.2e", rel) + " |\n");
+      std::cout << "MLP backward " << s.name << ": fused " << fmt("%.3f", ms[0]) << " ms, composed "
+                << fmt("%.3f", ms[3]) << " ms" << std::endl;
     }
 
     std::cout << "\n" << md.str();
