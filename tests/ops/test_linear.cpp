@@ -59,6 +59,23 @@ TEST(Linear, BackwardIntoAGivenBuffer) {
                   "linear_backward: dweight_into is (3, 2) but expected (2, 3)");
 }
 
+TEST(Linear, WeightGradAloneIsBackwardsDweight) {
+  // linear_weight_grad: dy^T @ x as linear_backward gives it, fresh or into a buffer.
+  Generator gen(2);
+  Tensor x = Tensor::randn({2, 3, 4}, gen, DType::F64);
+  Tensor w = Tensor::randn({5, 4}, gen, DType::F64);
+  Tensor dy = Tensor::randn({2, 3, 5}, gen, DType::F64);
+  const Tensor want = linear_backward(dy, x, w, false).dweight;
+  EXPECT_EQ(fg::max_abs_diff(fg::ops::linear_weight_grad(dy, x, w), want), 0.0);
+  Tensor into = Tensor::full({5, 4}, NAN, DType::F64);
+  EXPECT_EQ(fg::ops::linear_weight_grad(dy, x, w, into).raw_data(), into.raw_data());
+  EXPECT_EQ(fg::max_abs_diff(into, want), 0.0);
+  EXPECT_FG_ERROR(fg::ops::linear_weight_grad(Tensor::zeros({2, 3, 4}, DType::F64), x, w),
+                  "linear_weight_grad: dy is (2, 3, 4) but x is (2, 3, 4) and weight (5, 4)");
+  EXPECT_FG_ERROR(fg::ops::linear_weight_grad(dy, x, w, Tensor::zeros({4, 5}, DType::F64)),
+                  "linear_weight_grad: dweight_into is (4, 5) but expected (5, 4)");
+}
+
 TEST(Linear, LeadingDimsAreRows) {
   Generator gen(1);
   Tensor x = Tensor::randn({3, 5, 7}, gen, DType::F64);
