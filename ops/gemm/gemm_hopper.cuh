@@ -587,6 +587,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     // chunk c ^ (r % 8) (the 128-byte swizzle the TMA store reads; a warp's 4-byte writes
     // of one j hit 32 banks). The previous tile's stores must have read the buffer first.
     const int out_bar = 3 + consumer;  // named barrier of this consumer's 128 threads
+    // Where this thread's pair j (columns 8j + 2 * (lane % 4) + 0, 1) of buffer row r lies.
+    const auto pair_addr = [&](int j, int r) {
+      return out + (j / 8) * (kStoreBox * 128) + r * 128 + (((j % 8) ^ (lane / 4)) << 4) +
+             4 * (lane % 4);
+    };
     if constexpr (kStaged) {
       // Two halves of 128 columns through the buffer: the operands' four 64 x 64 boxes (the
       // first's two, then the second's) land by TMA; each thread changes its pairs in place
@@ -604,8 +609,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int jj = 0; jj < 16; ++jj) {
             const int j = 16 * h + jj;
-            const uint32_t a = out + (jj / 8) * (kStoreBox * 128) + r * 128 +
-                               (((jj % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
+            const uint32_t a = pair_addr(jj, r);
             epi.apply_staged(a, a + 2 * kStoreBox * 128, acc[4 * j + 2 * half],
                              acc[4 * j + 2 * half + 1]);
           }
@@ -637,8 +641,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int j = 0; j < 8 * kBoxes; ++j) {
             const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-            const uint32_t addr = out + (j / 8) * (kStoreBox * 128) + r * 128 +
-                                  (((j % 8) ^ (lane / 4)) << 4) + 4 * (lane % 4);
+            const uint32_t addr = pair_addr(j, r);
             asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
                          "r"(*reinterpret_cast<const uint32_t*>(&pair))
                          : "memory");

@@ -119,13 +119,13 @@ struct SwiGLUStore {
 // fp32 dout), and the four boxes go out to dgu's halves.
 struct SwiGLUBackwardStore {
   static constexpr bool kStagedHalves = true;
+  static constexpr int kBox = hopper::kStoreBox * 128;  // bytes of one 64 x 64 box
   CUtensorMap g_map, u_map;    // gu's halves, (rows, F) each with row stride 2F
   CUtensorMap dg_map, du_map;  // dgu's halves, the same way
   int f;
 
   __device__ __forceinline__ void load_half(uint32_t buf, uint64_t* bar, int row0, int col) const {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int kBox = hopper::kStoreBox * 128;
     hopper::mbar_expect_tx(bar, 4 * kBox);
 #pragma unroll
     for (int b = 0; b < 2; ++b) {  // a box wholly past F reads the last whole one (dropped)
@@ -158,7 +158,6 @@ struct SwiGLUBackwardStore {
     return dg;
   }
   __device__ __forceinline__ void store_half(uint32_t buf, int row0, int col) const {
-    constexpr int kBox = hopper::kStoreBox * 128;
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       hopper::tma_store_2d(&dg_map, buf + b * kBox, col + 64 * b, row0);
