@@ -115,6 +115,7 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
   qcfg.use_bias = cfg_.qkv_bias;
   qcfg.eps = cfg_.norm_eps;
   qcfg.rope_theta = cfg_.rope_theta;
+  qcfg.add_residual = false;  // the stream arrives summed (see below)
 
   // Weights are cast where they are used, inside any recomputed region, so a
   // region never captures a node of the outer graph.
@@ -131,9 +132,9 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
     return w;
   };
   const Variable tok = use(next());
-  // The residual stream is carried as (h, delta): the next fused norm adds them.
+  // The residual stream h: each block's two products add their branch to it in their
+  // epilogues (linear's residual) and each norm reads it once, passing it through.
   Variable h = ag::embedding(tok, idx);  // (B, T, D)
-  Variable delta;
   for (int64_t i = 0; i < cfg_.n_layer; ++i) {
     LayerParams lp;
     lp.attn_norm = next();
@@ -146,47 +147,37 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
 
     // Captures by value: with --recompute full, backward runs this again after forward returned.
     auto layer = [=, this](const std::vector<Variable>& in) {
-      // in = {h} for the first layer, {delta, h} after it.
-      ops::QKVRoPEConfig c = qcfg;
-      c.add_residual = in.size() == 2;
-      Variable residual = c.add_residual ? in[1] : Variable();
-      // The attention core, then the output projection, (B, T, D).
-      auto project = [=](const Variable& a) {
-        return ag::linear(ag::reshape(a, {B, T, D}), use(lp.wo));
+      // The attention core, then the output projection adding it to the stream, (B, T, D).
+      auto project = [=](const Variable& a, const Variable& stream) {
+        return ag::linear(ag::reshape(a, {B, T, D}), use(lp.wo), Variable(), stream);
       };
-      Variable attn_out, h;
+      Variable h_attn;
       if (recompute == Recompute::Attn) {
         // The core and the projection run again in backward, so the attention output
         // (which the projection would keep for dW) is not kept; q, k, v are, as the
-        // region's inputs.
-        ag::QKVRoPEResult r = ag::rmsnorm_qkv_rope(c, in[0], positions, residual, use(lp.attn_norm),
-                                                   use(lp.wqkv), use(lp.bias));
-        auto attend = [=](const std::vector<Variable>& qkv) {
-          return std::vector<Variable>{project(ag::attention(qkv[0], qkv[1], qkv[2]))};
+        // region's inputs, and the stream it adds to.
+        ag::QKVRoPEResult r = ag::rmsnorm_qkv_rope(qcfg, in[0], positions, Variable(),
+                                                   use(lp.attn_norm), use(lp.wqkv), use(lp.bias));
+        auto attend = [=](const std::vector<Variable>& a) {
+          return std::vector<Variable>{project(ag::attention(a[0], a[1], a[2]), a[3])};
         };
-        attn_out = ag::checkpoint(attend, {r.q, r.k, r.v})[0];
-        h = r.h;
+        h_attn = ag::checkpoint(attend, {r.q, r.k, r.v, r.h})[0];
       } else {
         // One node: its backward writes the attention's gradients straight into the
         // projection's, RoPE undone on the way.
         ag::QKVAttentionResult r = ag::rmsnorm_qkv_rope_attention(
-            c, in[0], positions, residual, use(lp.attn_norm), use(lp.wqkv), use(lp.bias));
-        attn_out = project(r.out);
-        h = r.h;
+            qcfg, in[0], positions, Variable(), use(lp.attn_norm), use(lp.wqkv), use(lp.bias));
+        h_attn = project(r.out, r.h);
       }
-      ag::AddRMSNormResult n2 = ag::add_rmsnorm(attn_out, h, use(lp.mlp_norm), cfg_.norm_eps);
-      Variable mlp = ag::swiglu_mlp(n2.y, use(lp.w_gate_up), use(lp.w_down));
-      return std::vector<Variable>{mlp, n2.h};
+      ag::AddRMSNormResult n2 =
+          ag::add_rmsnorm(h_attn, Variable(), use(lp.mlp_norm), cfg_.norm_eps);
+      return std::vector<Variable>{ag::swiglu_mlp(n2.y, use(lp.w_gate_up), use(lp.w_down), n2.h)};
     };
-    std::vector<Variable> in = delta.defined() ? std::vector<Variable>{delta, h}
-                                               : std::vector<Variable>{h};
-    std::vector<Variable> out = recompute == Recompute::Full ? ag::checkpoint(layer, in) : layer(in);
-    delta = out[0];
-    h = out[1];
+    h = recompute == Recompute::Full ? ag::checkpoint(layer, {h})[0] : layer({h})[0];
   }
   const Variable norm_w = use(next());
   const Variable head = cfg_.tie_embeddings ? tok : use(next());
-  Variable y = ag::add_rmsnorm(delta, h, norm_w, cfg_.norm_eps).y;
+  Variable y = ag::rmsnorm(h, norm_w, cfg_.norm_eps);
   return {ag::reshape(y, {B * T, D}), head};
 }
 

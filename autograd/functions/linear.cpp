@@ -6,12 +6,15 @@
 
 namespace fg::ag {
 
-Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
-  Tensor y = ops::linear_forward(x.data(), weight.data(), bias.defined() ? bias.data() : Tensor());
-  return record_linear(x, weight, bias, std::move(y));
+Variable linear(const Variable& x, const Variable& weight, const Variable& bias,
+                const Variable& residual) {
+  Tensor y = ops::linear_forward(x.data(), weight.data(), bias.defined() ? bias.data() : Tensor(),
+                                 residual.defined() ? residual.data() : Tensor());
+  return record_linear(x, weight, bias, std::move(y), residual);
 }
 
-Variable record_linear(const Variable& x, const Variable& weight, const Variable& bias, Tensor y) {
+Variable record_linear(const Variable& x, const Variable& weight, const Variable& bias, Tensor y,
+                       const Variable& residual) {
   bool has_bias = bias.defined();
   // A weight cast from a parameter: its gradient goes straight into the
   // parameter's buffer (autograd/function.h), so the parameter is the input.
@@ -19,9 +22,10 @@ Variable record_linear(const Variable& x, const Variable& weight, const Variable
   const Variable& w_in = master.defined() ? master : weight;
   // dx = dy @ W, dW = dy^T @ x, db = column sums of dy: saves x and W, never y.
   bool x_grad = x.requires_grad(), w_grad = w_in.requires_grad(), b_grad = bias.requires_grad();
-  return record("linear", {x, w_in, bias}, {y},
-                [xd = x.data(), wd = weight.data(), master, has_bias, x_grad, w_grad,
-                 b_grad](const std::vector<Tensor>& g) {
+  bool r_grad = residual.requires_grad();
+  return record("linear", {x, w_in, bias, residual}, {y},
+                [xd = x.data(), wd = weight.data(), master, has_bias, x_grad, w_grad, b_grad,
+                 r_grad](const std::vector<Tensor>& g) {
                   // master is defined only for a weight cast from a parameter that wants
                   // a gradient (cast_source), so w_grad holds whenever there is a buffer.
                   const GradBuffer into = leaf_grad_buffer(master, [&](DType c) {
@@ -30,7 +34,8 @@ Variable record_linear(const Variable& x, const Variable& weight, const Variable
                   ops::LinearGrads d = ops::linear_backward(g[0], xd, wd, has_bias && b_grad,
                                                             into.buffer, into.add);
                   return std::vector<Tensor>{x_grad ? d.dx : Tensor(),
-                                             w_grad ? d.dweight : Tensor(), d.dbias};
+                                             w_grad ? d.dweight : Tensor(), d.dbias,
+                                             r_grad ? g[0] : Tensor()};
                 })[0];
 }
 

@@ -16,18 +16,21 @@ Variable swiglu(const Variable& gu) {
                 })[0];
 }
 
-Variable swiglu_mlp(const Variable& x, const Variable& w_gate_up, const Variable& w_down) {
+Variable swiglu_mlp(const Variable& x, const Variable& w_gate_up, const Variable& w_down,
+                    const Variable& residual) {
   ops::GateUpSwiGLU r = ops::gate_up_swiglu(x.data(), w_gate_up.data());
   const Variable gu = record_linear(x, w_gate_up, Variable(), r.gu);
-  Tensor y = ops::linear_forward(r.out, w_down.data(), Tensor());
+  Tensor y = ops::linear_forward(r.out, w_down.data(), Tensor(),
+                                 residual.defined() ? residual.data() : Tensor());
   // As in record_linear: a weight cast from a parameter hands its gradient straight to the
   // parameter's buffer. Saves swiglu(gu) (for dW) and gu, as the two unfused nodes would.
   const Variable master = cast_source(w_down);
   const Variable& w_in = master.defined() ? master : w_down;
   const bool gu_grad = gu.requires_grad(), w_grad = w_in.requires_grad();
-  return record("swiglu_down", {gu, w_in}, {std::move(y)},
+  const bool r_grad = residual.requires_grad();
+  return record("swiglu_down", {gu, w_in, residual}, {std::move(y)},
                 [act = std::move(r.out), gud = gu.data(), wd = w_down.data(), master, gu_grad,
-                 w_grad](const std::vector<Tensor>& g) {
+                 w_grad, r_grad](const std::vector<Tensor>& g) {
                   Tensor dw;
                   if (w_grad) {
                     const GradBuffer into = leaf_grad_buffer(master, [&](DType c) {
@@ -36,7 +39,8 @@ Variable swiglu_mlp(const Variable& x, const Variable& w_gate_up, const Variable
                     dw = ops::linear_weight_grad(g[0], act, wd, into.buffer, into.add);
                   }
                   return std::vector<Tensor>{
-                      gu_grad ? ops::swiglu_down_backward(g[0], wd, gud) : Tensor(), dw};
+                      gu_grad ? ops::swiglu_down_backward(g[0], wd, gud) : Tensor(), dw,
+                      r_grad ? g[0] : Tensor()};
                 })[0];
 }
 

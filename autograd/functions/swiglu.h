@@ -7,6 +7,8 @@ Variable swiglu(const Variable& gu);
 // The MLP, swiglu(x @ w_gate_up^T) @ w_down^T with x (..., D), w_gate_up (2F, D) and w_down
 // (D, F), as two nodes: the gate/up product (one fused forward with SwiGLU where it runs:
 // Hopper, bf16) and "swiglu_down", whose backward gives gu's gradient from one fused GEMM
-// (ops::swiglu_down_backward) and w_down's as linear does.
-Variable swiglu_mlp(const Variable& x, const Variable& w_gate_up, const Variable& w_down);
+// (ops::swiglu_down_backward) and w_down's as linear does. residual (x's shape) or
+// undefined: added to the output by the down product, as ag::linear adds one.
+Variable swiglu_mlp(const Variable& x, const Variable& w_gate_up, const Variable& w_down,
+                    const Variable& residual = Variable());
 }  // namespace fg::ag

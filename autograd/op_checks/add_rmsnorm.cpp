@@ -17,12 +17,24 @@ OpCheck add_rmsnorm_case(const char* shapes, const Shape& x, double eps, uint64_
             {random_leaf(x, seed), random_leaf(x, seed + 1), random_leaf({x.back()}, seed + 2)});
       }};
 }
+// Without a residual: h passes x through, and its projected gradient must reach dx.
+OpCheck rmsnorm_pass_through_case(const char* shapes, const Shape& x, uint64_t seed) {
+  return {"add_rmsnorm", shapes, [=] {
+            return gradcheck(
+                [](const std::vector<Variable>& in) {
+                  AddRMSNormResult r = add_rmsnorm(in[0], Variable(), in[1], 1e-5);
+                  return std::vector<Variable>{r.y, r.h};
+                },
+                {random_leaf(x, seed), random_leaf({x.back()}, seed + 1)});
+          }};
+}
 }  // namespace
 
 std::vector<OpCheck> add_rmsnorm_checks() {
   return {
       add_rmsnorm_case("x, residual (3, 5, 7), weight (7,)", {3, 5, 7}, 1e-5, 51),
       add_rmsnorm_case("x, residual (9, 11), weight (11,), eps 0.1", {9, 11}, 0.1, 54),
+      rmsnorm_pass_through_case("x (3, 5, 7), no residual, weight (7,)", {3, 5, 7}, 57),
   };
 }
 

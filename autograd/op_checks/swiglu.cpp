@@ -14,15 +14,21 @@ OpCheck swiglu_case(const char* shapes, const Shape& gu, uint64_t seed, double s
       }};
 }
 // The MLP: x, w_gate_up and w_down all checked (swiglu_down's backward among them).
-OpCheck swiglu_mlp_case(const char* shapes, const Shape& x, int64_t f, uint64_t seed) {
+// With `residual`, a fourth input of x's shape is added by the down product.
+OpCheck swiglu_mlp_case(const char* shapes, const Shape& x, int64_t f, uint64_t seed,
+                        bool residual = false) {
   const int64_t d = x.back();
   return {"swiglu_mlp", shapes, [=] {
+            std::vector<Variable> in = {random_leaf(x, seed, 2.0),
+                                        random_leaf({2 * f, d}, seed + 1),
+                                        random_leaf({d, f}, seed + 2)};
+            if (residual) in.push_back(random_leaf(x, seed + 3));
             return gradcheck(
-                [](const std::vector<Variable>& in) {
-                  return std::vector<Variable>{swiglu_mlp(in[0], in[1], in[2])};
+                [residual](const std::vector<Variable>& v) {
+                  return std::vector<Variable>{
+                      swiglu_mlp(v[0], v[1], v[2], residual ? v[3] : Variable())};
                 },
-                {random_leaf(x, seed, 2.0), random_leaf({2 * f, d}, seed + 1),
-                 random_leaf({d, f}, seed + 2)});
+                in);
           }};
 }
 }  // namespace
@@ -34,6 +40,7 @@ std::vector<OpCheck> swiglu_checks() {
       swiglu_case("gu (2, 3, 5, 6), F 3, values in [-6, 6]", {2, 3, 5, 6}, 43, 6.0),
       swiglu_mlp_case("x (2, 3, 6), F 5", {2, 3, 6}, 5, 44),
       swiglu_mlp_case("x (7, 4), F 9", {7, 4}, 9, 45),
+      swiglu_mlp_case("x (2, 3, 6), F 5, residual (2, 3, 6)", {2, 3, 6}, 5, 46, true),
   };
 }
 

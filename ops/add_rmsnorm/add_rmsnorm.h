@@ -1,5 +1,7 @@
 // Residual add fused with RMSNorm: h = x + residual, y = rmsnorm(h) * weight.
-// Backward keeps h and rstd only.
+// Backward keeps h and rstd only. Without a residual (undefined) h is x itself, not
+// copied: the norm of a residual stream that a product's epilogue already summed
+// (ops::linear_forward's residual), whose backward still adds dh in the same pass.
 #pragma once
 
 #include "core/tensor.h"

@@ -8,14 +8,16 @@ namespace fg::ops {
 AddRMSNormOut add_rmsnorm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight,
                                   double eps) {
   detail::check_rmsnorm_operands("add_rmsnorm", "x", x, weight);
-  detail::check_like("add_rmsnorm", "residual", residual, "x", x);
+  if (residual.defined()) detail::check_like("add_rmsnorm", "residual", residual, "x", x);
   FG_CHECK(eps >= 0, "add_rmsnorm: eps is ", eps, " but must be >= 0");
+  const Tensor xc = x.contiguous();
   AddRMSNormOut out{
       Tensor::empty(x.shape(), x.dtype(), x.device()),
-      Tensor::empty(x.shape(), x.dtype(), x.device()),
+      residual.defined() ? Tensor::empty(x.shape(), x.dtype(), x.device()) : xc,
       Tensor::empty({x.numel() / x.size(-1)}, detail::rmsnorm_stat_dtype(x.dtype()), x.device())};
-  detail::rmsnorm_rows_forward(x.contiguous(), residual.contiguous(), weight.contiguous(), eps,
-                               out.h, out.y, out.rstd);
+  detail::rmsnorm_rows_forward(xc, residual.defined() ? residual.contiguous() : Tensor(),
+                               weight.contiguous(), eps, residual.defined() ? out.h : Tensor(),
+                               out.y, out.rstd);
   return out;
 }
 

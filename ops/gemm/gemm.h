@@ -1,5 +1,6 @@
 // The one matrix multiply every op uses: C = alpha * op(A) @ op(B) + beta * C
-// (+ bias broadcast over rows), row-major 2-D operands whose last dimension is
+// (+ bias broadcast over rows), or + beta * addend in place of beta * C when an
+// addend is given, row-major 2-D operands whose last dimension is
 // contiguous. CPU: plain loops in the operands' dtype. CUDA: cuBLASLt, bf16/f32
 // in, fp32 accumulate, bias in the epilogue.
 #pragma once
@@ -12,8 +13,11 @@ namespace fg::ops {
 // bias: (n) or undefined. All on one device; a and b of one dtype, c and bias of
 // that dtype too, or c of a wider one where gemm_accepts says so (the fp32 sums
 // written unrounded: weight gradients straight into f32 master gradients).
+// addend: c's shape and dtype, or undefined; read in the product's epilogue (a residual
+// added to a projection's output without a pass of its own), never written.
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
-          double alpha = 1.0, double beta = 0.0, const Tensor& bias = Tensor());
+          double alpha = 1.0, double beta = 0.0, const Tensor& bias = Tensor(),
+          const Tensor& addend = Tensor());
 
 // Off by default: each problem (shapes, dtypes, alignments) runs the algorithm
 // cuBLASLt's heuristic ranks first, the same in every process, so a resumed run
@@ -41,8 +45,9 @@ size_t gemm_workspace_bytes(Device device);
 namespace detail {
 void gemm_cpu(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
               double alpha, double beta, const Tensor& bias);
+// addend: c's shape and dtype, or undefined (then beta scales c itself).
 void gemm_cuda(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
-               double alpha, double beta, const Tensor& bias);
+               double alpha, double beta, const Tensor& bias, const Tensor& addend);
 size_t gemm_cuda_workspace_bytes();
 void set_gemm_tuning_cuda(bool on);
 }  // namespace detail

@@ -14,7 +14,7 @@ void check_matrix(const char* name, const Tensor& t) {
 }  // namespace
 
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
-          double alpha, double beta, const Tensor& bias) {
+          double alpha, double beta, const Tensor& bias, const Tensor& addend) {
   check_matrix("a", a);
   check_matrix("b", b);
   check_matrix("c", c);
@@ -33,9 +33,15 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Te
     check_same_device("gemm", "a", a, "bias", bias);
     check_dtype("gemm", "bias", bias, c.dtype());
   }
+  if (addend.defined()) {
+    check_shape("gemm", "addend", addend, c.shape());
+    check_same_device("gemm", "c", c, "addend", addend);
+    check_dtype("gemm", "addend", addend, c.dtype());
+  }
 #ifdef FG_CUDA
-  if (c.is_cuda()) return detail::gemm_cuda(a, trans_a, b, trans_b, c, alpha, beta, bias);
+  if (c.is_cuda()) return detail::gemm_cuda(a, trans_a, b, trans_b, c, alpha, beta, bias, addend);
 #endif
+  if (addend.defined()) c.copy_(addend);  // the reference: beta * c then reads the addend
   // The reference computes in c's dtype: wider operands are converted first.
   if (a.dtype() != c.dtype())
     return detail::gemm_cpu(a.to(c.dtype()), trans_a, b.to(c.dtype()), trans_b, c, alpha, beta,

@@ -338,7 +338,7 @@ void set_gemm_tuning_cuda(bool on) {
 }
 
 void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_b, const Tensor& c,
-               double alpha, double beta, const Tensor& bias_in) {
+               double alpha, double beta, const Tensor& bias_in, const Tensor& addend_in) {
   int64_t m = c.size(0), n = c.size(1), k = trans_a ? a_in.size(0) : a_in.size(1);
   if (m == 0 || n == 0) return;
   if (bias_in.defined())
@@ -348,7 +348,14 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
   int64_t ldc = leading_dim(c);
   FG_CHECK(ldc >= n, "gemm: c ", c.shape_str(), " has row stride ", ldc,
            " (overlapping rows cannot be written)");
+  // cuBLASLt reads C with D's layout: an addend laid out otherwise is copied into c first.
+  Tensor addend = addend_in;
+  if (addend.defined() && (k == 0 || leading_dim(addend) != ldc)) {
+    c.copy_(addend);
+    addend = Tensor();
+  }
   if (k == 0) return scale_add_bias(c, ldc, beta, bias);  // empty product: beta c + bias
+  const Tensor& c_src = addend.defined() ? addend : c;    // what beta scales
   // Overlapping rows (a stride-0 broadcast, say) are made real for cuBLASLt.
   Tensor a = leading_dim(a_in) >= a_in.size(1) ? a_in : a_in.contiguous();
   Tensor b = leading_dim(b_in) >= b_in.size(1) ? b_in : b_in.contiguous();
@@ -367,7 +374,7 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
               .bias_epilogue = bias.defined() && beta == 0.0,
               .align_a = alignment_of(a.raw_data()),
               .align_b = alignment_of(b.raw_data()),
-              .align_c = alignment_of(c.raw_data()),
+              .align_c = std::min(alignment_of(c.raw_data()), alignment_of(c_src.raw_data())),
               .align_bias = bias.defined() ? alignment_of(bias.raw_data()) : kMaxAlignment};
   bool bias_done = false;
   {
@@ -380,7 +387,7 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
     const void* p_alpha = f64 ? static_cast<const void*>(&alpha64) : &alpha32;
     const void* p_beta = f64 ? static_cast<const void*>(&beta64) : &beta32;
     void* workspace = ctx.workspace.get();
-    Operands operands{a.raw_data(), b.raw_data(), c.raw_data(), p_alpha, p_beta, workspace};
+    Operands operands{a.raw_data(), b.raw_data(), c_src.raw_data(), p_alpha, p_beta, workspace};
     Plan* plan = find_or_make_plan(r, ctx.handle.get(), key,
                                    key.bias_epilogue ? bias.raw_data() : nullptr, operands);
     if (!plan) {  // no algorithm with the bias epilogue: plain matmul, bias added below
@@ -394,9 +401,9 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
     }
     // cuBLASLt's A is our B: C^T = op(B)^T op(A)^T.
     FG_CUBLAS_CHECK(cublasLtMatmul(ctx.handle.get(), plan->desc.get(), p_alpha, b.raw_data(),
-                                   plan->a.get(), a.raw_data(), plan->b.get(), p_beta, c.raw_data(),
-                                   plan->c.get(), c.raw_data(), plan->c.get(), &plan->algo,
-                                   workspace, kWorkspaceBytes, cuda::stream()));
+                                   plan->a.get(), a.raw_data(), plan->b.get(), p_beta,
+                                   c_src.raw_data(), plan->c.get(), c.raw_data(), plan->c.get(),
+                                   &plan->algo, workspace, kWorkspaceBytes, cuda::stream()));
   }
   if (bias.defined() && !bias_done) scale_add_bias(c, ldc, 1.0, bias);
 }

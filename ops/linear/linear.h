@@ -5,8 +5,12 @@
 
 namespace fg::ops {
 
-// x (..., in), weight (out, in), bias (out) or undefined -> y (..., out)
-Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// x (..., in), weight (out, in), bias (out) or undefined -> y (..., out).
+// residual (y's shape and dtype) or undefined: y = x @ weight^T + bias + residual, the
+// residual added in the product's epilogue (a block's output projection adding its
+// branch to the residual stream without a pass of its own).
+Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                      const Tensor& residual = Tensor());
 
 struct LinearGrads {
   Tensor dx;       // (..., in)

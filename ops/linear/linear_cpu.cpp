@@ -34,7 +34,8 @@ Tensor weight_grad(const char* op, const Tensor& dy2, const Tensor& x2, const Te
 }
 }  // namespace
 
-Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                      const Tensor& residual) {
   int64_t rows = check_linear("linear", x, weight);
   int64_t out_features = weight.size(0);
   if (bias.defined()) {
@@ -46,9 +47,17 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias)
   }
   Shape y_shape = x.shape();
   y_shape.back() = out_features;
+  if (residual.defined()) {
+    FG_CHECK(residual.shape() == y_shape, "linear: residual is ", residual.shape_str(),
+             " but x @ weight^T is ", shape_str(y_shape));
+    check_dtype("linear", "residual", residual, x.dtype());
+    check_same_device("linear", "x", x, "residual", residual);
+  }
   Tensor y = Tensor::empty(y_shape, x.dtype(), x.device());  // (..., out)
   gemm(x.contiguous().view({rows, x.size(-1)}), false, weight.contiguous(), true,
-       y.view({rows, out_features}), 1.0, 0.0, bias.defined() ? bias.contiguous() : Tensor());
+       y.view({rows, out_features}), 1.0, residual.defined() ? 1.0 : 0.0,
+       bias.defined() ? bias.contiguous() : Tensor(),
+       residual.defined() ? residual.contiguous().view({rows, out_features}) : Tensor());
   return y;
 }
 

@@ -65,13 +65,23 @@ TEST(AddRMSNorm, BackwardIsRMSNormBackwardPlusDh) {
   EXPECT_EQ(fg::max_abs_diff(with.dweight, norm.dweight), 0.0);
 }
 
+// Without a residual: the norm of x, and h is x's own tensor (nothing copied).
+TEST(AddRMSNorm, WithoutResidualHIsXItself) {
+  Generator gen(3);
+  Tensor x = Tensor::randn({3, 5, 7}, gen, DType::F64), w = Tensor::randn({7}, gen, DType::F64);
+  fg::ops::AddRMSNormOut out = add_rmsnorm_forward(x, Tensor(), w, 1e-5);
+  fg::ops::RMSNormOut ref = fg::ops::rmsnorm_forward(x, w, 1e-5);
+  EXPECT_EQ(out.h.raw_data(), x.raw_data());
+  EXPECT_EQ(fg::max_abs_diff(out.y, ref.y), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(out.rstd, ref.rstd), 0.0);
+}
+
 TEST(AddRMSNorm, ErrorsNameBothSides) {
   Tensor x = Tensor::zeros({3, 5, 7}), w = Tensor::ones({7});
   EXPECT_FG_ERROR(add_rmsnorm_forward(x, Tensor::zeros({3, 5, 6}), w, 1e-5),
                   "add_rmsnorm: residual is (3, 5, 6) but x is (3, 5, 7)");
   EXPECT_FG_ERROR(add_rmsnorm_forward(x, Tensor::zeros({3, 5, 7}, DType::F64), w, 1e-5),
                   "add_rmsnorm: residual is f64 but x is f32");
-  EXPECT_FG_ERROR(add_rmsnorm_forward(x, Tensor(), w, 1e-5), "add_rmsnorm: residual is undefined");
   EXPECT_FG_ERROR(add_rmsnorm_forward(x, x, Tensor::ones({8}), 1e-5),
                   "add_rmsnorm: weight is (8,) but expected (7,)");
   Tensor rstd = Tensor::ones({15});
@@ -114,6 +124,9 @@ void check_add_rmsnorm_cuda(const NormCase& c, DType dtype, double tol) {
   fg::ops::AddRMSNormOut pub = add_rmsnorm_forward(x, res, w, 1e-5);
   EXPECT_EQ(fg::max_abs_diff(pub.y, y), 0.0);
   EXPECT_EQ(fg::max_abs_diff(pub.h, h), 0.0);
+  fg::ops::AddRMSNormOut alone = add_rmsnorm_forward(h, Tensor(), w, 1e-5);  // no residual
+  EXPECT_EQ(alone.h.raw_data(), h.raw_data());
+  EXPECT_TRUE(close_rel(alone.y, ref.y, tol)) << "y without a residual";
 
   for (bool with_dh : {false, true}) {
     fg::ops::AddRMSNormGrads g_ref = add_rmsnorm_backward(

@@ -40,6 +40,23 @@ TEST(Gemm, HandComputedProducts) {
   EXPECT_EQ(c.to_vector(), (std::vector<double>{1 + 1 + 10, 14 + 2 + 20, 4 + 3 + 10, 32 + 4 + 20}));
 }
 
+// An addend takes c's place under beta; c is only written, the addend only read.
+TEST(Gemm, AddendTakesThePlaceOfC) {
+  Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3}, DType::F64);
+  Tensor b = Tensor::from_vector({1, 0, -1, 2, 0.5, 1}, {3, 2}, DType::F64);
+  Tensor addend = Tensor::from_vector({2, 4, 6, 8}, {2, 2}, DType::F64);
+  Tensor bias = Tensor::from_vector({10, 20}, {2}, DType::F64);
+  Tensor c = Tensor::full({2, 2}, NAN, DType::F64);
+  fg::ops::gemm(a, false, b, false, c, 2.0, 0.5, bias, addend);
+  EXPECT_EQ(c.to_vector(), (std::vector<double>{1 + 1 + 10, 14 + 2 + 20, 4 + 3 + 10, 32 + 4 + 20}));
+  EXPECT_EQ(addend.to_vector(), (std::vector<double>{2, 4, 6, 8}));
+  EXPECT_FG_ERROR(fg::ops::gemm(a, false, b, false, c, 1, 1, Tensor(), Tensor::zeros({2, 3})),
+                  "addend is (2, 3) but expected (2, 2)");
+  EXPECT_FG_ERROR(
+      fg::ops::gemm(a, false, b, false, c, 1, 1, Tensor(), Tensor::zeros({2, 2}, DType::F32)),
+      "addend");
+}
+
 TEST(Gemm, ErrorsNameTheShapes) {
   Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({4, 2}), c = Tensor::zeros({2, 2});
   EXPECT_FG_ERROR(fg::ops::gemm(a, false, b, false, c), "op(a) is (2, 3) but op(b) is (4, 2)");
@@ -130,16 +147,29 @@ Operands make_operands(const GemmCase& g, DType dtype, uint64_t seed, bool wide 
 
 class GemmCuda : public ::testing::TestWithParam<GemmCase> {};
 
-void check_gemm(const GemmCase& g, DType dtype, double alpha, double beta, bool bias, bool wide) {
+// How beta's term is given: none (c itself), an addend laid out like c (read in
+// cuBLASLt's epilogue), or one with a wider row stride (copied into c first).
+enum class Addend { kNone, kLikeC, kWider };
+
+void check_gemm(const GemmCase& g, DType dtype, double alpha, double beta, bool bias, bool wide,
+                Addend addend = Addend::kNone) {
   Operands o = make_operands(g, dtype, 100 + g.m + g.n + g.k, wide);
   Tensor c_ref = f64(o.c);
   fg::ops::gemm(f64(o.a), g.trans_a, f64(o.b), g.trans_b, c_ref, alpha, beta,
                 bias ? f64(o.bias) : Tensor());
-  if (beta == 0.0) o.c.fill_(NAN);  // beta 0 must not read c
-  fg::ops::gemm(o.a, g.trans_a, o.b, g.trans_b, o.c, alpha, beta, bias ? o.bias : Tensor());
+  Tensor add;
+  if (addend != Addend::kNone) {
+    Tensor wider =
+        Tensor::full({g.m, g.n + (addend == Addend::kWider ? 5 : 0)}, NAN, dtype, o.c.device());
+    add = wider.slice(1, 0, g.n);
+    add.copy_(o.c);
+  }
+  if (beta == 0.0 || add.defined()) o.c.fill_(NAN);  // c is not read
+  fg::ops::gemm(o.a, g.trans_a, o.b, g.trans_b, o.c, alpha, beta, bias ? o.bias : Tensor(), add);
   EXPECT_FALSE(fg::has_non_finite(o.c));
   EXPECT_TRUE(close_rel(o.c, c_ref, tolerance(dtype)))
-      << dtype_name(dtype) << " alpha " << alpha << " beta " << beta << " bias " << bias;
+      << dtype_name(dtype) << " alpha " << alpha << " beta " << beta << " bias " << bias
+      << " addend " << static_cast<int>(addend);
 }
 
 TEST_P(GemmCuda, F32MatchesCpu) {
@@ -148,6 +178,8 @@ TEST_P(GemmCuda, F32MatchesCpu) {
   check_gemm(GetParam(), DType::F32, 1.0, 0.0, true, false);   // bias epilogue
   check_gemm(GetParam(), DType::F32, 0.7, 1.3, true, false);   // bias with beta != 0
   check_gemm(GetParam(), DType::F32, -2.0, 1.0, false, true);  // accumulate, wide operands
+  check_gemm(GetParam(), DType::F32, 1.0, 1.0, false, false, Addend::kLikeC);
+  check_gemm(GetParam(), DType::F32, 0.5, 2.0, true, true, Addend::kWider);
 }
 
 TEST_P(GemmCuda, Bf16MatchesCpu) {
@@ -155,6 +187,7 @@ TEST_P(GemmCuda, Bf16MatchesCpu) {
   check_gemm(GetParam(), DType::BF16, 1.0, 0.0, false, false);
   check_gemm(GetParam(), DType::BF16, 1.0, 0.0, true, true);
   check_gemm(GetParam(), DType::BF16, 0.5, 1.0, true, false);
+  check_gemm(GetParam(), DType::BF16, 1.0, 1.0, false, false, Addend::kLikeC);  // a residual
 }
 
 // bf16 operands into an f32 c (weight gradients into f32 master gradients),
@@ -233,6 +266,9 @@ TEST(GemmCudaEdge, EmptyInnerDimensionGivesBetaCPlusBias) {
   Tensor bias = Tensor::full({5}, 1.0, DType::F32, gpu);
   fg::ops::gemm(a, false, b, false, c, 1.0, 0.5, bias);
   EXPECT_EQ(fg::sum(c), 15 * 2.0);
+  fg::ops::gemm(a, false, b, false, c, 1.0, 2.0, Tensor(),
+                Tensor::full({3, 5}, 3.0, DType::F32, gpu));
+  EXPECT_EQ(fg::sum(c), 15 * 6.0);
   Tensor e = fg::ops::matmul(Tensor::zeros({0, 4}, DType::F32, gpu), false,
                              Tensor::zeros({4, 6}, DType::F32, gpu), false);
   EXPECT_EQ(e.shape(), (Shape{0, 6}));

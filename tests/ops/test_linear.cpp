@@ -29,6 +29,9 @@ TEST(Linear, ForwardHandComputed) {
   // rows: [1+3, 0.5-2+6] and [-1+2, -0.5+4]
   EXPECT_EQ(linear_forward(x, w, Tensor()).to_vector(), (std::vector<double>{4, 4.5, 1, 3.5}));
   EXPECT_EQ(linear_forward(x, w, b).to_vector(), (std::vector<double>{4.25, 1.5, 1.25, 0.5}));
+  Tensor r = Tensor::from_vector({1, -1, 2, 0.5}, {2, 2});  // a residual added by the product
+  EXPECT_EQ(linear_forward(x, w, b, r).to_vector(), (std::vector<double>{5.25, 0.5, 3.25, 1}));
+  EXPECT_EQ(r.to_vector(), (std::vector<double>{1, -1, 2, 0.5}));
 }
 
 TEST(Linear, BackwardHandComputed) {
@@ -103,6 +106,8 @@ TEST(Linear, ErrorsNameBothSides) {
                   "linear: x is f32 but weight is f64");
   EXPECT_FG_ERROR(linear_forward(x, Tensor::zeros({33}), Tensor()), "weight must be (out, in)");
   EXPECT_FG_ERROR(linear_forward(Tensor(), w, Tensor()), "linear: x is undefined");
+  EXPECT_FG_ERROR(linear_forward(x, Tensor::zeros({96, 33}), Tensor(), Tensor::zeros({4, 7, 95})),
+                  "linear: residual is (4, 7, 95) but x @ weight^T is (4, 7, 96)");
   EXPECT_FG_ERROR(linear_backward(Tensor::zeros({4, 7, 95}), x, Tensor::zeros({96, 33}), true),
                   "linear_backward: dy is (4, 7, 95) but x (4, 7, 33) @ weight^T (96, 33) is "
                   "(4, 7, 96)");
@@ -135,6 +140,13 @@ void check_linear(const LinearCase& c, DType dtype, double tol, bool bias) {
   Tensor dy = Tensor::randn(y_shape, gen, dtype, gpu);
 
   Tensor y_ref = linear_forward(f64(x), f64(w), bias ? f64(b) : Tensor());
+  // With a residual added by the product (the GEMM's epilogue on the GPU).
+  Tensor r = Tensor::randn(y_shape, gen, dtype, gpu);
+  Tensor yr_ref = linear_forward(f64(x), f64(w), bias ? f64(b) : Tensor(), f64(r));
+  poison_pool({y_shape}, dtype, gpu);
+  Tensor yr = linear_forward(x, w, b, r);
+  EXPECT_FALSE(fg::has_non_finite(yr));
+  EXPECT_TRUE(close_rel(yr, yr_ref, tol)) << "y + residual, bias " << bias;
   fg::ops::LinearGrads g_ref = linear_backward(f64(dy), f64(x), f64(w), bias);
 
   poison_pool({y_shape}, dtype, gpu);
