@@ -14,7 +14,7 @@ std::vector<Variable> checkpoint(const RegionFn& fn, const std::vector<Variable>
     // Fresh leaves stand for the inputs, so the recomputed sub-graph ends here.
     std::vector<Variable> leaves;
     for (const Variable& in : inputs)
-      leaves.emplace_back(in.defined() ? in.data() : Tensor(), in.requires_grad());
+      leaves.push_back(stand_in_leaf(in.defined() ? in.data() : Tensor(), in.requires_grad()));
     std::vector<Variable> outs;
     {
       EnableGradGuard enable;

@@ -12,6 +12,7 @@ struct VariableImpl {
   Tensor data;
   Tensor grad;
   bool grad_stale = false;  // zero_grad_in_place: grad's contents count as zero
+  bool stand_in = false;    // stand_in_leaf: its gradient is taken as delivered
   bool requires_grad = false;
   std::shared_ptr<Node> grad_fn;  // null for leaves
   int output_nr = 0;
@@ -49,6 +50,12 @@ EnableGradGuard::~EnableGradGuard() { g_grad_enabled = previous_; }
 Variable::Variable(Tensor data, bool requires_grad) : impl_(std::make_shared<VariableImpl>()) {
   impl_->data = std::move(data);
   impl_->requires_grad = requires_grad;
+}
+
+Variable stand_in_leaf(Tensor data, bool requires_grad) {
+  Variable v(std::move(data), requires_grad);
+  v.impl_->stand_in = true;
+  return v;
 }
 
 Variable make_non_leaf(Tensor data, std::shared_ptr<Node> node, int output_nr) {
@@ -154,6 +161,8 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
       } else if (v.impl()->grad_stale) {
         v.impl()->grad.copy_(g);  // converts, when g comes in another dtype
         v.impl()->grad_stale = false;
+      } else if (v.impl()->stand_in) {
+        accumulate_shared(v.impl()->grad, g.dtype() == v.dtype() ? g : g.to(v.dtype()));
       } else {
         accumulate(v.impl()->grad, g, v.dtype());
       }

@@ -56,8 +56,15 @@ class Variable {
 
  private:
   friend Variable make_non_leaf(Tensor, std::shared_ptr<Node>, int);
+  friend Variable stand_in_leaf(Tensor, bool);
   std::shared_ptr<VariableImpl> impl_;
 };
+
+// A leaf standing in for a variable of an outer graph while a region is recomputed
+// (checkpoint): its gradient is taken as backward delivers it, as a node's output's is,
+// without the copy a parameter's first gradient gets (a parameter's is added to in place
+// later; this one is only read, once backward returns).
+Variable stand_in_leaf(Tensor data, bool requires_grad);
 
 // Backward from several roots at once, each with its own incoming gradient.
 void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& grad_outputs);

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include "autograd/checkpoint.h"
+#include "autograd/function.h"
 #include "autograd/functions.h"
+#include "ops/gemm/gemm.h"
 #include "test_util.h"
 
 using namespace fg;
@@ -57,4 +59,28 @@ TEST(Checkpoint, NestedInsideNoGradDoesNotRecord) {
   Variable x(Tensor::ones({3, 5}, DType::F64), true);
   NoGradGuard guard;
   EXPECT_FALSE(checkpoint(block, {x})[0].requires_grad());
+}
+
+// A region adding its second input (a residual stream) to a product: that input's gradient
+// is the region's output gradient itself, and reaches the input's producer as that tensor,
+// not a copy (the stand-in leaves of the recomputation take gradients as delivered).
+TEST(Checkpoint, InputGradientsArriveWithoutACopy) {
+  Generator g(3);
+  Variable x(Tensor::randn({4, 6}, g, DType::F64), true);
+  Variable w(Tensor::randn({5, 6}, g, DType::F64), true);
+  Variable r0(Tensor::randn({4, 5}, g, DType::F64), true);
+  const void* seen = nullptr;
+  Variable r = record("probe", {r0}, {r0.data().clone()}, [&seen](const std::vector<Tensor>& gr) {
+    seen = gr[0].raw_data();
+    return std::vector<Tensor>{gr[0]};
+  })[0];
+  auto region = [&w](const std::vector<Variable>& in) {
+    return std::vector<Variable>{linear(in[0], w, Variable(), in[1])};
+  };
+  Variable out = checkpoint(region, {x, r})[0];
+  const Tensor seed = Tensor::randn({4, 5}, g, DType::F64);
+  out.backward(seed);
+  EXPECT_EQ(seen, seed.raw_data());
+  EXPECT_EQ(max_abs_diff(r0.grad(), seed), 0.0);
+  EXPECT_EQ(max_abs_diff(x.grad(), ops::matmul(seed, false, w.data(), false)), 0.0);
 }
