@@ -4,10 +4,31 @@
 
 namespace fg::ag {
 
+namespace {
+thread_local bool g_recomputing = false;
+
+// Sets recomputing() for a scope, restoring it after (regions nest).
+class RecomputingScope {
+ public:
+  explicit RecomputingScope(bool on) : previous_(g_recomputing) { g_recomputing = on; }
+  ~RecomputingScope() { g_recomputing = previous_; }
+  RecomputingScope(const RecomputingScope&) = delete;
+  RecomputingScope& operator=(const RecomputingScope&) = delete;
+
+ private:
+  bool previous_;
+};
+}  // namespace
+
+bool recomputing() {
+  return g_recomputing;
+}
+
 std::vector<Variable> checkpoint(const RegionFn& fn, const std::vector<Variable>& inputs) {
   std::vector<Tensor> outputs;
   {
     NoGradGuard no_grad;  // nothing inside the region is recorded, so nothing is kept
+    RecomputingScope first_run(false);  // its outputs are wanted, even inside a recomputation
     for (Variable& out : fn(inputs)) outputs.push_back(out.data());
   }
   auto backward_fn = [fn, inputs](const std::vector<Tensor>& grad_outputs) {
@@ -18,6 +39,7 @@ std::vector<Variable> checkpoint(const RegionFn& fn, const std::vector<Variable>
     std::vector<Variable> outs;
     {
       EnableGradGuard enable;
+      RecomputingScope again(true);
       outs = fn(leaves);
     }
     std::vector<Variable> roots;

@@ -16,4 +16,11 @@ using RegionFn = std::function<std::vector<Variable>(const std::vector<Variable>
 
 std::vector<Variable> checkpoint(const RegionFn& fn, const std::vector<Variable>& inputs);
 
+// True while checkpoint's backward runs a region again to rebuild its graph (false in its
+// first, recording-off run and in any checkpoint nested inside). The region's outputs are
+// known then (the first run made them), so a region may record its last products' nodes
+// without computing their values (record_linear with an unwritten output, say): backward
+// reads no node's own output.
+bool recomputing();
+
 }  // namespace fg::ag

@@ -156,13 +156,16 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
              v.data().shape_str());
     if (v.is_leaf()) {
       Tensor& buffer = v.impl()->grad;
-      if (buffer.defined() && g.raw_data() == buffer.raw_data() && g.dtype() == buffer.dtype()) {
+      if (v.impl()->stand_in) {
+        // Never a parameter's buffer; a second gradient may be the first's own tensor (add's
+        // backward sends one to both inputs), so it is added, not taken as landed.
+        accumulate_shared(buffer, g.dtype() == v.dtype() ? g : g.to(v.dtype()));
+      } else if (buffer.defined() && g.raw_data() == buffer.raw_data() &&
+                 g.dtype() == buffer.dtype()) {
         v.impl()->grad_stale = false;  // written in place by the backward (leaf_grad_buffer)
       } else if (v.impl()->grad_stale) {
         v.impl()->grad.copy_(g);  // converts, when g comes in another dtype
         v.impl()->grad_stale = false;
-      } else if (v.impl()->stand_in) {
-        accumulate_shared(v.impl()->grad, g.dtype() == v.dtype() ? g : g.to(v.dtype()));
       } else {
         accumulate(v.impl()->grad, g, v.dtype());
       }

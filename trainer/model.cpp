@@ -148,8 +148,14 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
     // Captures by value: with --recompute full, backward runs this again after forward returned.
     auto layer = [=, this](const std::vector<Variable>& in) {
       // The attention core, then the output projection adding it to the stream, (B, T, D).
-      auto project = [=](const Variable& a, const Variable& stream) {
-        return ag::linear(ag::reshape(a, {B, T, D}), use(lp.wo), Variable(), stream);
+      // As a recomputed region's last product it records its node without computing its
+      // output, which the region's first run made (ag::recomputing()).
+      auto project = [=](const Variable& a, const Variable& stream, bool region_output) {
+        const Variable x = ag::reshape(a, {B, T, D});
+        if (region_output && ag::recomputing())
+          return ag::record_linear(x, use(lp.wo), Variable(),
+                                   Tensor::empty({B, T, D}, x.dtype(), x.device()), stream);
+        return ag::linear(x, use(lp.wo), Variable(), stream);
       };
       Variable h_attn;
       if (recompute == Recompute::Attn) {
@@ -159,7 +165,7 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
         ag::QKVRoPEResult r = ag::rmsnorm_qkv_rope(qcfg, in[0], positions, Variable(),
                                                    use(lp.attn_norm), use(lp.wqkv), use(lp.bias));
         auto attend = [=](const std::vector<Variable>& a) {
-          return std::vector<Variable>{project(ag::attention(a[0], a[1], a[2]), a[3])};
+          return std::vector<Variable>{project(ag::attention(a[0], a[1], a[2]), a[3], true)};
         };
         h_attn = ag::checkpoint(attend, {r.q, r.k, r.v, r.h})[0];
       } else {
@@ -167,11 +173,13 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
         // projection's, RoPE undone on the way.
         ag::QKVAttentionResult r = ag::rmsnorm_qkv_rope_attention(
             qcfg, in[0], positions, Variable(), use(lp.attn_norm), use(lp.wqkv), use(lp.bias));
-        h_attn = project(r.out, r.h);
+        h_attn = project(r.out, r.h, false);
       }
       ag::AddRMSNormResult n2 =
           ag::add_rmsnorm(h_attn, Variable(), use(lp.mlp_norm), cfg_.norm_eps);
-      return std::vector<Variable>{ag::swiglu_mlp(n2.y, use(lp.w_gate_up), use(lp.w_down), n2.h)};
+      // The layer's last product: under --recompute full, its output is the region's.
+      return std::vector<Variable>{
+          ag::swiglu_mlp(n2.y, use(lp.w_gate_up), use(lp.w_down), n2.h, !ag::recomputing())};
     };
     h = recompute == Recompute::Full ? ag::checkpoint(layer, {h})[0] : layer({h})[0];
   }

@@ -17,11 +17,14 @@ Variable swiglu(const Variable& gu) {
 }
 
 Variable swiglu_mlp(const Variable& x, const Variable& w_gate_up, const Variable& w_down,
-                    const Variable& residual) {
+                    const Variable& residual, bool compute_output) {
   ops::GateUpSwiGLU r = ops::gate_up_swiglu(x.data(), w_gate_up.data());
   const Variable gu = record_linear(x, w_gate_up, Variable(), r.gu);
-  Tensor y = ops::linear_forward(r.out, w_down.data(), Tensor(),
-                                 residual.defined() ? residual.data() : Tensor());
+  Shape y_shape = x.shape();
+  y_shape.back() = w_down.size(0);
+  Tensor y = compute_output ? ops::linear_forward(r.out, w_down.data(), Tensor(),
+                                                  residual.defined() ? residual.data() : Tensor())
+                            : Tensor::empty(y_shape, x.dtype(), x.device());
   // As in record_linear: a weight cast from a parameter hands its gradient straight to the
   // parameter's buffer. Saves swiglu(gu) (for dW) and gu, as the two unfused nodes would.
   const Variable master = cast_source(w_down);

@@ -84,3 +84,36 @@ TEST(Checkpoint, InputGradientsArriveWithoutACopy) {
   EXPECT_EQ(max_abs_diff(r0.grad(), seed), 0.0);
   EXPECT_EQ(max_abs_diff(x.grad(), ops::matmul(seed, false, w.data(), false)), 0.0);
 }
+
+// recomputing() is true only while backward runs a region again: not in a region's first run,
+// nor in the first run of a checkpoint nested in a recomputation. A region whose last product
+// then records its node with an unwritten output gives the plain graph's gradients.
+TEST(Checkpoint, RecomputingOnlyInTheSecondRun) {
+  Generator g(9);
+  const Tensor x0 = Tensor::randn({3, 4}, g, DType::F64), w0 = Tensor::randn({5, 4}, g, DType::F64);
+  const Tensor seed = Tensor::randn({3, 5}, g, DType::F64);
+  std::vector<bool> seen_outer, seen_inner;
+  auto inner = [&](const std::vector<Variable>& in) {
+    seen_inner.push_back(recomputing());
+    return std::vector<Variable>{add(in[0], in[0])};
+  };
+  Variable x(x0.clone(), true), w(w0.clone(), true);
+  auto outer = [&](const std::vector<Variable>& in) {
+    seen_outer.push_back(recomputing());
+    Variable h = checkpoint(inner, {in[0]})[0];
+    if (recomputing())
+      return std::vector<Variable>{
+          record_linear(h, w, Variable(), Tensor::full({3, 5}, NAN, DType::F64))};
+    return std::vector<Variable>{linear(h, w)};
+  };
+  EXPECT_FALSE(recomputing());
+  checkpoint(outer, {x})[0].backward(seed);
+  EXPECT_FALSE(recomputing());
+  EXPECT_EQ(seen_outer, (std::vector<bool>{false, true}));
+  EXPECT_EQ(seen_inner, (std::vector<bool>{false, false, true}));
+
+  Variable xp(x0.clone(), true), wp(w0.clone(), true);
+  linear(add(xp, xp), wp).backward(seed);
+  EXPECT_EQ(max_abs_diff(x.grad(), xp.grad()), 0.0);
+  EXPECT_EQ(max_abs_diff(w.grad(), wp.grad()), 0.0);
+}
