@@ -1,6 +1,7 @@
 #include "autograd/functions/rmsnorm_qkv_rope.h"
 
 #include "autograd/function.h"
+#include "autograd/functions/rmsnorm.h"
 #include "ops/attention/attention.h"
 #include "ops/gemm/gemm.h"
 
@@ -32,6 +33,16 @@ GradBuffer projection_buffer(const Variable& master, const Tensor& h) {
                           [&](DType c) { return ops::gemm_accepts(h.dtype(), c, h.device()); });
 }
 
+// The buffers the backward writes straight into: the projection's and the norm weight's
+// parameters' gradients (where they are casts of parameters).
+struct LayerBuffers {
+  GradBuffer wqkv, norm_weight;
+};
+LayerBuffers layer_buffers(const Variable& wqkv_master, const Variable& norm_master,
+                           const Tensor& h) {
+  return {projection_buffer(wqkv_master, h), detail::norm_weight_buffer(norm_master, h)};
+}
+
 std::vector<Tensor> input_grads(const ops::QKVRoPEConfig& cfg, const ops::QKVRoPEGrads& d) {
   return {d.dx, cfg.add_residual ? d.dx : Tensor(), d.dnorm_weight, d.dwqkv, d.dbias};
 }
@@ -45,17 +56,20 @@ QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
   const ops::QKVRoPEOut out = layer_forward(cfg, x, positions, residual, norm_weight, wqkv, bias);
   // Saved for backward: h (an output anyway) and rstd, besides the parameters and
   // positions. The normalized rows and qkv are recomputed, never kept.
-  const Variable master = cast_source(wqkv);
-  std::vector<Variable> r =
-      record("rmsnorm_qkv_rope", {x, residual, norm_weight, projection_input(master, wqkv), bias},
-             {out.q, out.k, out.v, out.h},
-             [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(), w = wqkv.data(),
-              master](const std::vector<Tensor>& g) {
-               const GradBuffer into = projection_buffer(master, h);
-               return input_grads(
-                   cfg, ops::rmsnorm_qkv_rope_backward(cfg, g[0], g[1], g[2], g[3], h, rstd,
-                                                       positions, wn, w, into.buffer, into.add));
-             });
+  const Variable master = cast_source(wqkv), norm_master = cast_source(norm_weight);
+  std::vector<Variable> r = record(
+      "rmsnorm_qkv_rope",
+      {x, residual, detail::norm_weight_input(norm_master, norm_weight),
+       projection_input(master, wqkv), bias},
+      {out.q, out.k, out.v, out.h},
+      [cfg, h = out.h, rstd = out.rstd, positions, wn = norm_weight.data(), w = wqkv.data(), master,
+       norm_master](const std::vector<Tensor>& g) {
+        const LayerBuffers into = layer_buffers(master, norm_master, h);
+        return input_grads(
+            cfg, ops::rmsnorm_qkv_rope_backward(cfg, g[0], g[1], g[2], g[3], h, rstd, positions, wn,
+                                                w, into.wqkv.buffer, into.wqkv.add,
+                                                into.norm_weight.buffer, into.norm_weight.add));
+      });
   return {r[0], r[1], r[2], r[3]};
 }
 
@@ -65,20 +79,23 @@ QKVAttentionResult rmsnorm_qkv_rope_attention(const ops::QKVRoPEConfig& cfg, con
                                               const Variable& bias) {
   const ops::QKVRoPEOut qkv = layer_forward(cfg, x, positions, residual, norm_weight, wqkv, bias);
   ops::AttentionOut a = ops::attention_forward(qkv.q, qkv.k, qkv.v);
-  const Variable master = cast_source(wqkv);
+  const Variable master = cast_source(wqkv), norm_master = cast_source(norm_weight);
   std::vector<Variable> r = record(
       "rmsnorm_qkv_rope_attention",
-      {x, residual, norm_weight, projection_input(master, wqkv), bias}, {a.out, qkv.h},
-      [cfg, qkv, a, positions, wn = norm_weight.data(), w = wqkv.data(),
-       master](const std::vector<Tensor>& g) {
+      {x, residual, detail::norm_weight_input(norm_master, norm_weight),
+       projection_input(master, wqkv), bias},
+      {a.out, qkv.h},
+      [cfg, qkv, a, positions, wn = norm_weight.data(), w = wqkv.data(), master,
+       norm_master](const std::vector<Tensor>& g) {
         const Tensor& h = qkv.h;
         Tensor dqkv = Tensor::empty({h.size(0) * h.size(1), cfg.qkv_dim()}, h.dtype(), h.device());
         ops::attention_backward_into_qkv(g[0], qkv.q, qkv.k, qkv.v, a.out, a.lse, positions,
                                          cfg.rotary_dim, cfg.rope_theta, dqkv);
-        const GradBuffer into = projection_buffer(master, h);
-        return input_grads(
-            cfg, ops::rmsnorm_qkv_rope_backward_packed(cfg, dqkv, g[1], h, qkv.rstd, positions, wn,
-                                                       w, into.buffer, into.add));
+        const LayerBuffers into = layer_buffers(master, norm_master, h);
+        return input_grads(cfg,
+                           ops::rmsnorm_qkv_rope_backward_packed(
+                               cfg, dqkv, g[1], h, qkv.rstd, positions, wn, w, into.wqkv.buffer,
+                               into.wqkv.add, into.norm_weight.buffer, into.norm_weight.add));
       });
   return {r[0], r[1]};
 }

@@ -20,8 +20,11 @@ struct AddRMSNormGrads {
   Tensor dx;       // = dresidual: dh + the gradient through the norm
   Tensor dweight;  // (D)
 };
-// dh (the gradient arriving at h from later uses) may be undefined.
+// dh (the gradient arriving at h from later uses) may be undefined. dweight_into,
+// dweight_add: as rmsnorm_backward's (ops/rmsnorm).
 AddRMSNormGrads add_rmsnorm_backward(const Tensor& dy, const Tensor& dh, const Tensor& h,
-                                     const Tensor& weight, const Tensor& rstd);
+                                     const Tensor& weight, const Tensor& rstd,
+                                     const Tensor& dweight_into = Tensor(),
+                                     bool dweight_add = false);
 
 }  // namespace fg::ops

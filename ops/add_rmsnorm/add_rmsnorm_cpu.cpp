@@ -22,9 +22,10 @@ AddRMSNormOut add_rmsnorm_forward(const Tensor& x, const Tensor& residual, const
 }
 
 AddRMSNormGrads add_rmsnorm_backward(const Tensor& dy, const Tensor& dh, const Tensor& h,
-                                     const Tensor& weight, const Tensor& rstd) {
-  RMSNormGrads g =
-      detail::rmsnorm_backward_checked("add_rmsnorm_backward", dy, dh, "h", h, weight, rstd);
+                                     const Tensor& weight, const Tensor& rstd,
+                                     const Tensor& dweight_into, bool dweight_add) {
+  RMSNormGrads g = detail::rmsnorm_backward_checked("add_rmsnorm_backward", dy, dh, "h", h, weight,
+                                                    rstd, dweight_into, dweight_add);
   return {g.dx, g.dweight};
 }
 

@@ -2,8 +2,10 @@
 // row kernels that rmsnorm, add_rmsnorm and rmsnorm_qkv_rope share. The reference
 // accumulates in double whatever the dtype.
 #include <cmath>
+#include <string>
 #include <vector>
 
+#include "ops/add/add.h"
 #include "ops/rmsnorm/rmsnorm.h"
 
 namespace fg::ops {
@@ -60,11 +62,12 @@ void rmsnorm_rows_apply(const Tensor& x, const Tensor& weight, const Tensor& rst
 
 void rmsnorm_rows_backward(const Tensor& dy, const Tensor& dh, const Tensor& x,
                            const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                           const Tensor& dweight, const Tensor& y) {
+                           const Tensor& dweight, const Tensor& y, bool dweight_add) {
 #ifdef FG_CUDA
-  if (x.is_cuda()) return rmsnorm_rows_backward_cuda(dy, dh, x, weight, rstd, dx, dweight, y);
+  if (x.is_cuda())
+    return rmsnorm_rows_backward_cuda(dy, dh, x, weight, rstd, dx, dweight, y, dweight_add);
 #endif
-  rmsnorm_rows_backward_cpu(dy, dh, x, weight, rstd, dx, dweight, y);
+  rmsnorm_rows_backward_cpu(dy, dh, x, weight, rstd, dx, dweight, y, dweight_add);
 }
 
 namespace {
@@ -115,7 +118,7 @@ void rmsnorm_rows_apply_cpu(const Tensor& x, const Tensor& weight, const Tensor&
 
 void rmsnorm_rows_backward_cpu(const Tensor& dy, const Tensor& dh, const Tensor& x,
                                const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                               const Tensor& dweight, const Tensor& y) {
+                               const Tensor& dweight, const Tensor& y, bool dweight_add) {
   dispatch_float("rmsnorm_backward", x.dtype(), [&]<class T>() {
     const int64_t D = weight.numel(), rows = x.numel() / D;
     const T* pdy = dy.data<T>();
@@ -141,22 +144,43 @@ void rmsnorm_rows_backward_cpu(const Tensor& dy, const Tensor& dh, const Tensor&
         dw[c] += pdy[base + c] * xhat;
       }
     }
-    T* pdw = dweight.data<T>();
-    for (int64_t c = 0; c < D; ++c) pdw[c] = static_cast<T>(dw[c]);
+    // In dweight's dtype (weight's or wider), rounded once.
+    const Tensor sums = Tensor::from_vector(dw, {D}, DType::F64);
+    if (dweight_add)
+      dweight.copy_(add_forward(dweight.to(DType::F64), sums));
+    else
+      dweight.copy_(sums);
   });
+}
+
+Tensor dweight_buffer(const char* op, const Tensor& dweight_into, const Tensor& x,
+                      const Tensor& weight) {
+  if (!dweight_into.defined()) return Tensor::empty(weight.shape(), x.dtype(), x.device());
+  check_shape(op, "dweight_into", dweight_into, weight.shape());
+  check_same_device(op, "dweight_into", dweight_into, "weight", weight);
+  FG_CHECK(dweight_into.is_contiguous(), op, ": dweight_into ", dweight_into.describe(),
+           " is not contiguous");
+  const DType stat = rmsnorm_stat_dtype(x.dtype());
+  FG_CHECK(dweight_into.dtype() == weight.dtype() || dweight_into.dtype() == stat, op,
+           ": dweight_into is ", dtype_name(dweight_into.dtype()), " but must be ",
+           dtype_name(weight.dtype()),
+           weight.dtype() == stat ? std::string() : str_cat(" or ", dtype_name(stat)));
+  return dweight_into;
 }
 
 RMSNormGrads rmsnorm_backward_checked(const char* op, const Tensor& dy, const Tensor& dh,
                                       const char* x_name, const Tensor& x, const Tensor& weight,
-                                      const Tensor& rstd) {
+                                      const Tensor& rstd, const Tensor& dweight_into,
+                                      bool dweight_add) {
   check_rmsnorm_operands(op, x_name, x, weight);
   check_like(op, "dy", dy, x_name, x);
   if (dh.defined()) check_like(op, "dh", dh, x_name, x);
   check_rstd(op, rstd, x_name, x);
   RMSNormGrads grads{Tensor::empty(x.shape(), x.dtype(), x.device()),
-                     Tensor::empty(weight.shape(), x.dtype(), x.device())};
+                     dweight_buffer(op, dweight_into, x, weight)};
   rmsnorm_rows_backward(dy.contiguous(), dh.defined() ? dh.contiguous() : Tensor(), x.contiguous(),
-                        weight.contiguous(), rstd.contiguous(), grads.dx, grads.dweight);
+                        weight.contiguous(), rstd.contiguous(), grads.dx, grads.dweight, Tensor(),
+                        dweight_into.defined() && dweight_add);
   return grads;
 }
 
@@ -174,8 +198,9 @@ RMSNormOut rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps) {
 }
 
 RMSNormGrads rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                              const Tensor& rstd) {
-  return detail::rmsnorm_backward_checked("rmsnorm_backward", dy, Tensor(), "x", x, weight, rstd);
+                              const Tensor& rstd, const Tensor& dweight_into, bool dweight_add) {
+  return detail::rmsnorm_backward_checked("rmsnorm_backward", dy, Tensor(), "x", x, weight, rstd,
+                                          dweight_into, dweight_add);
 }
 
 }  // namespace fg::ops

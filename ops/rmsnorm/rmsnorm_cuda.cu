@@ -371,7 +371,7 @@ __global__ void __launch_bounds__(kNarrowThreads)
 // every run.
 template <class T>
 __global__ void sum_partial_rows_kernel(const compute_t<T>* partial, int64_t groups, int64_t n,
-                                        T* out) {
+                                        T* out, bool add) {
   using A = compute_t<T>;
   __shared__ A lane_sums[kSumLanes][kSumColumns + 1];  // +1: no bank conflicts reading a column
   const int64_t c = blockIdx.x * static_cast<int64_t>(kSumColumns) + threadIdx.x;
@@ -384,6 +384,7 @@ __global__ void sum_partial_rows_kernel(const compute_t<T>* partial, int64_t gro
   __syncthreads();
   if (threadIdx.y != 0 || c >= n) return;
   for (int l = 1; l < kSumLanes; ++l) s += lane_sums[l][threadIdx.x];
+  if (add) s += to_compute(out[c]);
   out[c] = from_compute<T>(s);
 }
 
@@ -492,12 +493,12 @@ void launch_forward(const Tensor& x, const Tensor& residual, const Tensor& weigh
 }
 
 template <class T>
-void launch_sum_partial_rows(const Tensor& partial, const Tensor& out) {
+void launch_sum_partial_rows(const Tensor& partial, const Tensor& out, bool add) {
   const int64_t groups = partial.size(0), n = partial.size(1);
   if (n == 0) return;
   const dim3 block(kSumColumns, kSumLanes);
   sum_partial_rows_kernel<T><<<cuda::grid_for(n, kSumColumns), block, 0, cuda::stream()>>>(
-      partial.data<compute_t<T>>(), groups, n, out.data<T>());
+      partial.data<compute_t<T>>(), groups, n, out.data<T>(), add);
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -538,9 +539,10 @@ Tensor launch_backward_shared(const Tensor& dy, const Tensor& dh, const Tensor& 
   return partial;
 }
 
+// Returns the (groups, D) dweight partial sums, for sum_partial_rows_cuda to finish.
 template <class T, bool kDh, bool kY>
-void launch_backward(const Tensor& dy, const Tensor& dh, const Tensor& x, const Tensor& weight,
-                     const Tensor& rstd, const Tensor& dx, const Tensor& dweight, const Tensor& y) {
+Tensor launch_backward(const Tensor& dy, const Tensor& dh, const Tensor& x, const Tensor& weight,
+                       const Tensor& rstd, const Tensor& dx, const Tensor& y) {
   using A = compute_t<T>;
   const int64_t D = weight.numel(), rows = x.numel() / D;
   const bool packed =
@@ -577,7 +579,7 @@ void launch_backward(const Tensor& dy, const Tensor& dh, const Tensor& x, const 
   } else {
     partial = launch_backward_shared<T, 1, kDh, kY>(dy, dh, x, weight, rstd, dx, y);
   }
-  launch_sum_partial_rows<T>(partial, dweight);
+  return partial;
 }
 
 }  // namespace
@@ -602,31 +604,28 @@ void rmsnorm_rows_apply_cuda(const Tensor& x, const Tensor& weight, const Tensor
 
 void rmsnorm_rows_backward_cuda(const Tensor& dy, const Tensor& dh, const Tensor& x,
                                 const Tensor& weight, const Tensor& rstd, const Tensor& dx,
-                                const Tensor& dweight, const Tensor& y) {
+                                const Tensor& dweight, const Tensor& y, bool dweight_add) {
   const int64_t rows = x.numel() / weight.numel();
   if (rows == 0) {
-    dweight.zero_();
+    if (!dweight_add) dweight.zero_();
     return;
   }
+  Tensor partial;
   dispatch_gpu_float("rmsnorm_backward", x.dtype(), [&]<class T>() {
     auto with_dh = [&]<bool kY>() {
-      if (dh.defined()) {
-        launch_backward<T, true, kY>(dy, dh, x, weight, rstd, dx, dweight, y);
-      } else {
-        launch_backward<T, false, kY>(dy, dh, x, weight, rstd, dx, dweight, y);
-      }
+      return dh.defined() ? launch_backward<T, true, kY>(dy, dh, x, weight, rstd, dx, y)
+                          : launch_backward<T, false, kY>(dy, dh, x, weight, rstd, dx, y);
     };
-    if (y.defined()) {
-      with_dh.template operator()<true>();
-    } else {
-      with_dh.template operator()<false>();
-    }
+    partial =
+        y.defined() ? with_dh.template operator()<true>() : with_dh.template operator()<false>();
   });
+  // In dweight's dtype: a bf16 weight's f32 master gradient takes the fp32 sums unrounded.
+  sum_partial_rows_cuda(partial, dweight, dweight_add);
 }
 
-void sum_partial_rows_cuda(const Tensor& partial, const Tensor& out) {
+void sum_partial_rows_cuda(const Tensor& partial, const Tensor& out, bool add) {
   dispatch_gpu_float("sum_partial_rows", out.dtype(),
-                     [&]<class T>() { launch_sum_partial_rows<T>(partial, out); });
+                     [&]<class T>() { launch_sum_partial_rows<T>(partial, out, add); });
 }
 
 }  // namespace fg::ops::detail

@@ -47,22 +47,23 @@ struct QKVRoPEGrads {
   Tensor dbias;         // (qkv_dim), undefined without bias
 };
 // dh (gradient reaching h from the residual stream) may be undefined.
-// dwqkv_into, dwqkv_add: as linear_backward's dweight_into (ops/linear).
-QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& dq,
-                                       const Tensor& dk, const Tensor& dv, const Tensor& dh,
-                                       const Tensor& h, const Tensor& rstd,
-                                       const Tensor& positions, const Tensor& norm_weight,
-                                       const Tensor& wqkv, const Tensor& dwqkv_into = Tensor(),
-                                       bool dwqkv_add = false);
+// dwqkv_into, dwqkv_add: as linear_backward's dweight_into (ops/linear); dnorm_weight_into,
+// dnorm_weight_add: as rmsnorm_backward's dweight_into (ops/rmsnorm).
+QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& dq, const Tensor& dk,
+                                       const Tensor& dv, const Tensor& dh, const Tensor& h,
+                                       const Tensor& rstd, const Tensor& positions,
+                                       const Tensor& norm_weight, const Tensor& wqkv,
+                                       const Tensor& dwqkv_into = Tensor(), bool dwqkv_add = false,
+                                       const Tensor& dnorm_weight_into = Tensor(),
+                                       bool dnorm_weight_add = false);
 // The same from the projection's gradient already packed: dqkv (B*T, qkv_dim), rows
 // [dq | dk | dv] with RoPE undone (ops::attention_backward_into_qkv writes it so); the
 // bias gradient is its column sums.
-QKVRoPEGrads rmsnorm_qkv_rope_backward_packed(const QKVRoPEConfig& cfg, const Tensor& dqkv,
-                                              const Tensor& dh, const Tensor& h, const Tensor& rstd,
-                                              const Tensor& positions, const Tensor& norm_weight,
-                                              const Tensor& wqkv,
-                                              const Tensor& dwqkv_into = Tensor(),
-                                              bool dwqkv_add = false);
+QKVRoPEGrads rmsnorm_qkv_rope_backward_packed(
+    const QKVRoPEConfig& cfg, const Tensor& dqkv, const Tensor& dh, const Tensor& h,
+    const Tensor& rstd, const Tensor& positions, const Tensor& norm_weight, const Tensor& wqkv,
+    const Tensor& dwqkv_into = Tensor(), bool dwqkv_add = false,
+    const Tensor& dnorm_weight_into = Tensor(), bool dnorm_weight_add = false);
 
 namespace detail {
 // The projection with bias and RoPE as one Hopper GEMM whose epilogue writes

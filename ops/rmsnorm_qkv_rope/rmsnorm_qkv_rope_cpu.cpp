@@ -152,7 +152,8 @@ void check_backward(const char* op, const QKVRoPEConfig& cfg, const Tensor& dh, 
 void backward_from_dqkv(const char* op, const QKVRoPEConfig& cfg, const Tensor& dqkv,
                         const Tensor& dh, const Tensor& h, const Tensor& rstd,
                         const Tensor& norm_weight, const Tensor& wqkv, const Tensor& dwqkv_into,
-                        bool dwqkv_add, QKVRoPEGrads& grads) {
+                        bool dwqkv_add, const Tensor& dnorm_weight_into, bool dnorm_weight_add,
+                        QKVRoPEGrads& grads) {
   const int64_t rows = h.size(0) * h.size(1), D = cfg.hidden_dim;
   const DType dt = h.dtype();
   const Device dev = h.device();
@@ -161,9 +162,10 @@ void backward_from_dqkv(const char* op, const QKVRoPEConfig& cfg, const Tensor& 
   Tensor dn = Tensor::empty({rows, D}, dt, dev), n = Tensor::empty({rows, D}, dt, dev);
   gemm(dqkv, false, w, false, dn);
   grads.dx = Tensor::empty(h.shape(), dt, dev);
-  grads.dnorm_weight = Tensor::empty({D}, dt, dev);
+  grads.dnorm_weight = detail::dweight_buffer(op, dnorm_weight_into, hc, wn);
   detail::rmsnorm_rows_backward(dn, dh.defined() ? dh.contiguous() : Tensor(), hc, wn, rstdc,
-                                grads.dx, grads.dnorm_weight, n);
+                                grads.dx, grads.dnorm_weight, n,
+                                dnorm_weight_into.defined() && dnorm_weight_add);
   if (dwqkv_into.defined()) {
     check_shape(op, "dwqkv_into", dwqkv_into, wqkv.shape());
     FG_CHECK(dwqkv_into.is_contiguous(), op, ": dwqkv_into ", dwqkv_into.shape_str(),
@@ -181,7 +183,8 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
                                        const Tensor& dv, const Tensor& dh, const Tensor& h,
                                        const Tensor& rstd, const Tensor& positions,
                                        const Tensor& norm_weight, const Tensor& wqkv,
-                                       const Tensor& dwqkv_into, bool dwqkv_add) {
+                                       const Tensor& dwqkv_into, bool dwqkv_add,
+                                       const Tensor& dnorm_weight_into, bool dnorm_weight_add) {
   check_backward(kBackwardOp, cfg, dh, h, rstd, positions, norm_weight, wqkv);
   const int64_t B = h.size(0), T = h.size(1);
   const DType dt = h.dtype();
@@ -207,7 +210,7 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward(const QKVRoPEConfig& cfg, const Tensor& d
                         positions.contiguous(), cfg.rotary_dim, cfg.rope_theta, true,
                         {grads.dbias});
   backward_from_dqkv(kBackwardOp, cfg, dqkv, dh, h, rstd, norm_weight, wqkv, dwqkv_into, dwqkv_add,
-                     grads);
+                     dnorm_weight_into, dnorm_weight_add, grads);
   return grads;
 }
 
@@ -215,7 +218,8 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward_packed(const QKVRoPEConfig& cfg, const Te
                                               const Tensor& dh, const Tensor& h, const Tensor& rstd,
                                               const Tensor& positions, const Tensor& norm_weight,
                                               const Tensor& wqkv, const Tensor& dwqkv_into,
-                                              bool dwqkv_add) {
+                                              bool dwqkv_add, const Tensor& dnorm_weight_into,
+                                              bool dnorm_weight_add) {
   const char* op = "rmsnorm_qkv_rope_backward_packed";
   check_backward(op, cfg, dh, h, rstd, positions, norm_weight, wqkv);
   check_shape(op, "dqkv", dqkv, {h.size(0) * h.size(1), cfg.qkv_dim()});
@@ -224,7 +228,8 @@ QKVRoPEGrads rmsnorm_qkv_rope_backward_packed(const QKVRoPEConfig& cfg, const Te
   QKVRoPEGrads grads;
   const Tensor dqkvc = dqkv.contiguous();
   if (cfg.use_bias) grads.dbias = column_sums(dqkvc);
-  backward_from_dqkv(op, cfg, dqkvc, dh, h, rstd, norm_weight, wqkv, dwqkv_into, dwqkv_add, grads);
+  backward_from_dqkv(op, cfg, dqkvc, dh, h, rstd, norm_weight, wqkv, dwqkv_into, dwqkv_add,
+                     dnorm_weight_into, dnorm_weight_add, grads);
   return grads;
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/add/add.h"
 #include "ops/rmsnorm/rmsnorm.h"
 #include "test_util.h"
 
@@ -20,6 +21,26 @@ using fg::ops::rmsnorm_forward;
 namespace detail = fg::ops::detail;
 
 namespace {
+
+// dweight into a given buffer: the parameter's (wider) gradient, written then added to,
+// returned as g.dweight; a buffer of another shape or dtype is named in the error.
+TEST(RMSNorm, BackwardIntoAGivenBuffer) {
+  Generator gen(4);
+  Tensor x = Tensor::randn({5, 7}, gen, DType::F32), w = Tensor::randn({7}, gen, DType::F32);
+  Tensor dy = Tensor::randn({5, 7}, gen, DType::F32);
+  const Tensor rstd = rmsnorm_forward(x, w, 1e-5).rstd;
+  const Tensor ref = rmsnorm_backward(dy, x, w, rstd).dweight;
+  Tensor into = Tensor::full({7}, NAN, DType::F32);
+  fg::ops::RMSNormGrads g = rmsnorm_backward(dy, x, w, rstd, into);
+  EXPECT_EQ(g.dweight.raw_data(), into.raw_data());
+  EXPECT_EQ(fg::max_abs_diff(into, ref), 0.0);
+  rmsnorm_backward(dy, x, w, rstd, into, true);
+  EXPECT_LE(fg::max_abs_diff(into, fg::ops::add_forward(ref, ref)), 1e-6);
+  EXPECT_FG_ERROR(rmsnorm_backward(dy, x, w, rstd, Tensor::zeros({6})),
+                  "rmsnorm_backward: dweight_into is (6,) but expected (7,)");
+  EXPECT_FG_ERROR(rmsnorm_backward(dy, x, w, rstd, Tensor::zeros({7}, DType::F64)),
+                  "rmsnorm_backward: dweight_into is f64 but must be f32");
+}
 
 TEST(RMSNorm, ForwardHandComputed) {
   // Row 0: mean(x^2) = 30/4; row 1: mean(x^2) = 25/4, rstd = 0.4 exactly.
@@ -204,9 +225,9 @@ void check_rmsnorm_cuda(const NormCase& c, DType dtype, double tol, bool misalig
   // Backward, without and with dh, against the CPU on the same saved rstd.
   for (bool with_dh : {false, true}) {
     Tensor dh = with_dh ? in.dh : Tensor();
-    fg::ops::RMSNormGrads g_ref =
-        detail::rmsnorm_backward_checked("ref", on_cpu(in.dy), with_dh ? on_cpu(in.dh) : Tensor(),
-                                         "x", on_cpu(in.x), on_cpu(in.w), on_cpu(rstd));
+    fg::ops::RMSNormGrads g_ref = detail::rmsnorm_backward_checked(
+        "ref", on_cpu(in.dy), with_dh ? on_cpu(in.dh) : Tensor(), "x", on_cpu(in.x), on_cpu(in.w),
+        on_cpu(rstd), Tensor(), false);
     Tensor dx = nan_tensor({c.rows, c.D}, dtype, gpu), dw = nan_tensor({c.D}, dtype, gpu);
     detail::rmsnorm_rows_backward(in.dy, dh, in.x, in.w, rstd, dx, dw);
     EXPECT_TRUE(close_rel(dx, g_ref.dx, tol)) << "dx, dh " << with_dh;
@@ -236,6 +257,19 @@ void check_rmsnorm_cuda(const NormCase& c, DType dtype, double tol, bool misalig
   EXPECT_FALSE(fg::has_non_finite(pub_g.dx));
   EXPECT_FALSE(fg::has_non_finite(pub_g.dweight));
   EXPECT_EQ(pub_g.dweight.dtype(), dtype);
+
+  // dweight into a buffer of the statistics' dtype (a bf16 weight's f32 master gradient),
+  // written, then added to: the fp32 sums unrounded (bf16's rounding alone would miss 1e-4).
+  const auto f64_cpu = [](const Tensor& t) { return t.to(Device::cpu(), DType::F64); };
+  const Tensor dw64 =
+      rmsnorm_backward(f64_cpu(in.dy), f64_cpu(in.x), f64_cpu(in.w), f64_cpu(pub.rstd)).dweight;
+  Tensor into = nan_tensor({c.D}, stat, gpu);
+  fg::ops::RMSNormGrads g_into = rmsnorm_backward(in.dy, in.x, in.w, pub.rstd, into);
+  EXPECT_EQ(g_into.dweight.raw_data(), into.raw_data());
+  EXPECT_TRUE(close_rel(into, dw64, dtype == DType::F64 ? 1e-12 : 1e-4)) << "dweight into";
+  rmsnorm_backward(in.dy, in.x, in.w, pub.rstd, into, true);
+  EXPECT_TRUE(close_rel(into, fg::ops::add_forward(dw64, dw64), dtype == DType::F64 ? 1e-12 : 1e-4))
+      << "dweight added into";
 }
 
 class RMSNormCuda : public ::testing::TestWithParam<NormCase> {};

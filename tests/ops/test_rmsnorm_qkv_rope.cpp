@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "autograd/functions.h"
+#include "ops/add/add.h"
 #include "ops/add_rmsnorm/add_rmsnorm.h"
 #include "ops/gemm/gemm.h"
 #include "ops/gemm/gemm_hopper.h"
@@ -169,6 +170,13 @@ TEST(RMSNormQKVRoPE, BackwardEqualsComposition) {
         EXPECT_LE(fg::max_abs_diff(g.dx, norm.dx), 1e-13);
         EXPECT_LE(fg::max_abs_diff(g.dnorm_weight, norm.dweight), 1e-13);
         EXPECT_LE(fg::max_abs_diff(g.dwqkv, dw_ref), 1e-13);
+        // The norm weight's gradient into a given buffer, then added to it.
+        Tensor into = Tensor::full({D}, NAN, DType::F64);
+        for (bool add : {false, true})
+          fg::ops::rmsnorm_qkv_rope_backward_packed(cfg, dqkv, dh, fwd.h, fwd.rstd, in.positions,
+                                                    in.norm_weight, in.wqkv, Tensor(), false, into,
+                                                    add);
+        EXPECT_LE(fg::max_abs_diff(into, fg::ops::add_forward(norm.dweight, norm.dweight)), 1e-13);
         EXPECT_EQ(g.dbias.defined(), c.bias);
         if (c.bias) {
           std::vector<double> col(cfg.qkv_dim(), 0.0), d = dqkv.to_vector();
@@ -514,6 +522,17 @@ void check_fused_cuda(const FusedCase& c, DType dtype, double tol) {
       EXPECT_EQ(gpu_grads->dbias.defined(), c.bias);
       if (c.bias) EXPECT_TRUE(close_rel(gpu_grads->dbias, gr.dbias, tol)) << "dbias";
       EXPECT_EQ(gpu_grads->dx.dtype(), dtype);
+    }
+    // The norm weight's gradient into an f32 buffer (its f32 master's), written then added to.
+    Tensor into = Tensor::full({D}, NAN, DType::F32, gpu);
+    for (bool add : {false, true}) {
+      fg::ops::QKVRoPEGrads gi = fg::ops::rmsnorm_qkv_rope_backward_packed(
+          cfg, dqkv, with_dh ? g.dh : Tensor(), out.h, out.rstd, g.positions, g.norm_weight, g.wqkv,
+          Tensor(), false, into, add);
+      EXPECT_EQ(gi.dnorm_weight.raw_data(), into.raw_data());
+      const Tensor want =
+          add ? fg::ops::add_forward(gr.dnorm_weight, gr.dnorm_weight) : gr.dnorm_weight;
+      EXPECT_TRUE(close_rel(into, want, tol)) << "dnorm_weight into, add " << add;
     }
   }
 }
