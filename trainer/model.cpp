@@ -178,8 +178,9 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
       ag::AddRMSNormResult n2 =
           ag::add_rmsnorm(h_attn, Variable(), use(lp.mlp_norm), cfg_.norm_eps);
       // The layer's last product: under --recompute full, its output is the region's.
+      const bool region_output = recompute == Recompute::Full && ag::recomputing();
       return std::vector<Variable>{
-          ag::swiglu_mlp(n2.y, use(lp.w_gate_up), use(lp.w_down), n2.h, !ag::recomputing())};
+          ag::swiglu_mlp(n2.y, use(lp.w_gate_up), use(lp.w_down), n2.h, !region_output)};
     };
     h = recompute == Recompute::Full ? ag::checkpoint(layer, {h})[0] : layer({h})[0];
   }
