@@ -1,5 +1,7 @@
 #include "autograd/function.h"
 
+#include "ops/gemm/gemm.h"
+
 namespace fg::ag {
 
 Variable make_non_leaf(Tensor data, std::shared_ptr<Node> node, int output_nr);
@@ -20,6 +22,8 @@ Variable cast_source(const Variable& w) {
 
 GradBuffer leaf_grad_buffer(const Variable& leaf) {
   if (!leaf.defined() || !leaf.is_leaf() || !leaf.grad().defined()) return {};
+  // The caller writes it next: a product still queued into it (GemmBatch) goes first.
+  ops::gemm_batch_sync(leaf.grad());
   return {leaf.grad(), !leaf.grad_zeroed_in_place()};
 }
 

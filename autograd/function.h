@@ -40,7 +40,9 @@ bool needs_grad(const std::vector<Variable>& inputs);
 // its backward then asks leaf_grad_buffer(p) where p's gradient lives, writes
 // the GEMM's fp32 sums there (added when `add`), and returns that same tensor
 // as p's gradient, which the engine takes as already landed. No bf16 gradient,
-// no conversion pass. With no buffer yet it returns a gradient as usual.
+// no conversion pass. With no buffer yet it returns a gradient as usual. A weight
+// GEMM may queue its product in an open ops::GemmBatch (gemm_batchable); the engine
+// runs the leaf's grad-ready hooks after the batch's flush.
 Variable cast_source(const Variable& w);  // undefined when w is not a cast of a leaf
 struct GradBuffer {
   Tensor buffer;     // undefined: the leaf has none (or is not a leaf)

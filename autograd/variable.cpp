@@ -5,6 +5,7 @@
 
 #include "autograd/function.h"
 #include "ops/add/add.h"
+#include "ops/gemm/gemm.h"
 
 namespace fg::ag {
 
@@ -32,6 +33,15 @@ void accumulate(Tensor& into, const Tensor& g, DType dtype) {
   } else {
     ops::add_inplace(into, g.dtype() == dtype ? g : g.to(dtype));
   }
+}
+
+// A leaf's last contribution has been sent. Its hooks read the gradient, so they run
+// after a product an open GemmBatch still holds into it (at its flush), or now.
+void run_ready_hooks(const Variable& v) {
+  if (v.impl()->ready_hooks.empty()) return;
+  ops::after_gemm_batch(v.impl()->grad, [leaf = v]() mutable {
+    for (auto& hook : leaf.impl()->ready_hooks) hook(leaf);
+  });
 }
 
 // The gradient flowing into a node's output: the first one is taken as it is (no
@@ -142,11 +152,11 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
     if (!v.requires_grad() || !g.defined()) {
       if (v.requires_grad() && v.is_leaf() && --leaf_uses[v.impl()] == 0) {
         if (v.impl()->grad_stale) {  // the hooks read it: make the zero real
+          ops::gemm_batch_sync(v.impl()->grad);
           v.impl()->grad.zero_();
           v.impl()->grad_stale = false;
         }
-        Variable leaf = v;
-        for (auto& hook : v.impl()->ready_hooks) hook(leaf);
+        run_ready_hooks(v);
       } else if (v.requires_grad() && !v.is_leaf() && --pending[v.grad_fn().get()] == 0) {
         ready.push_back(v.grad_fn().get());
       }
@@ -162,17 +172,18 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
         accumulate_shared(buffer, g.dtype() == v.dtype() ? g : g.to(v.dtype()));
       } else if (buffer.defined() && g.raw_data() == buffer.raw_data() &&
                  g.dtype() == buffer.dtype()) {
-        v.impl()->grad_stale = false;  // written in place by the backward (leaf_grad_buffer)
-      } else if (v.impl()->grad_stale) {
-        v.impl()->grad.copy_(g);  // converts, when g comes in another dtype
+        // Written in place by the backward (leaf_grad_buffer), or queued to be (GemmBatch).
         v.impl()->grad_stale = false;
       } else {
-        accumulate(v.impl()->grad, g, v.dtype());
+        ops::gemm_batch_sync(buffer);  // a queued product into it goes first
+        if (v.impl()->grad_stale) {
+          v.impl()->grad.copy_(g);  // converts, when g comes in another dtype
+          v.impl()->grad_stale = false;
+        } else {
+          accumulate(v.impl()->grad, g, v.dtype());
+        }
       }
-      if (--leaf_uses[v.impl()] == 0) {
-        Variable leaf = v;
-        for (auto& hook : v.impl()->ready_hooks) hook(leaf);
-      }
+      if (--leaf_uses[v.impl()] == 0) run_ready_hooks(v);
       return;
     }
     Node* n = v.grad_fn().get();

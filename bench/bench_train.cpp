@@ -197,6 +197,7 @@ struct Settings {
   int64_t warmup = 5;
   std::string device = "auto", dtype = "auto";
   bool no_cuda_graph = false;
+  bool no_batch_weight_grads = false;
   std::string data = "../shared/data/tinyshakespeare.txt";
   std::string json;
   bool profile = false;
@@ -296,6 +297,7 @@ Json run_json(const Run& r, const Settings& s, const fg::trainer::TrainOptions& 
       {"model", r.model.name},
       {"recompute", r.recompute},
       {"cuda_graph", base.cuda_graph && base.device.is_cuda()},
+      {"batch_weight_grads", base.batch_weight_grads && r.recompute == "none"},
       {"device", base.device.str()},
       {"dtype", fg::dtype_name(base.dtype)},
       {"batch", r.model.batch},
@@ -374,6 +376,8 @@ int main(int argc, char** argv) {
                  "on the CPU)")
       ->capture_default_str();
   app.add_flag("--no-cuda-graph", s.no_cuda_graph, "run steps eagerly (no CUDA-graph replay)");
+  app.add_flag("--no-batch-weight-grads", s.no_batch_weight_grads,
+               "run each weight-gradient product where backward reaches it (train_gpt's flag)");
   app.add_option("--data", s.data, "the tinyshakespeare text file")->capture_default_str();
   app.add_option("--json", s.json, "write the runs as a JSON array (rewritten after each run)");
   app.add_flag("--profile", s.profile,
@@ -423,6 +427,7 @@ int main(int argc, char** argv) {
     base.eval_every = 0;
     base.progress = false;
     base.cuda_graph = !s.no_cuda_graph;
+    base.batch_weight_grads = !s.no_batch_weight_grads;
     if (s.profile && !base.device.is_cuda()) {
       std::cerr << "bench_train: --profile traces GPU kernels; ignored on " << base.device.str()
                 << "\n";
@@ -442,6 +447,7 @@ int main(int argc, char** argv) {
               << ", " << fg::dtype_name(base.dtype) << " compute"
               << (base.dtype == fg::DType::BF16 ? " with f32 master weights" : "")
               << ", CUDA graph " << (base.cuda_graph && base.device.is_cuda() ? "on" : "off")
+              << ", weight gradients " << (base.batch_weight_grads ? "batched" : "one by one")
               << ", commit " << (s.commit.empty() ? "unknown" : s.commit) << ", " << date << ". "
               << s.steps << " steps per run; ms/step is the median of the last "
               << s.steps - s.warmup << "; tokens/s = batch * seq / that."

@@ -94,6 +94,10 @@ int main(int argc, char** argv) {
   bool no_cuda_graph = false;
   app.add_flag("--no-cuda-graph", no_cuda_graph,
                "CUDA: launch each step's kernels one by one instead of replaying a captured graph");
+  bool no_batch_weight_grads = false;
+  app.add_flag("--no-batch-weight-grads", no_batch_weight_grads,
+               "run each weight-gradient product where backward reaches it, not batched across "
+               "layers at its end (less memory; data parallel reduces during backward)");
   app.add_option("--seed", o.seed, "seed for weights, data order and the synthetic corpus")
       ->capture_default_str();
   app.add_option("--max-bad-steps", o.max_bad_steps, "abort after this many non-finite steps in a row")
@@ -170,6 +174,7 @@ int main(int argc, char** argv) {
     o.schedule.total_steps = total_steps > 0 ? total_steps : o.steps;
     o.progress = !quiet;
     o.cuda_graph = !no_cuda_graph;
+    o.batch_weight_grads = !no_batch_weight_grads;
     if (!o.resume.empty()) {
       // The model's shape comes from the checkpoint unless a flag names it.
       fg::trainer::GPTConfig ck = fg::trainer::load_checkpoint_config(o.resume);

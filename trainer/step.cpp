@@ -166,7 +166,9 @@ void TrainStep::run(bool update) {
       loss_.copy_(l.data());
     else
       ops::add_inplace(loss_, l.data());
+    ops::GemmBatch weight_grads(o_.batch_weight_grads && o_.recompute == Recompute::None);
     l.backward(Tensor::full({}, 1.0 / static_cast<double>(accum), l.dtype(), l.device()));
+    weight_grads.flush();  // then the grad-ready hooks (norm, reducer) see finished buffers
   }
   if (accum > 1) ops::scale_grads({loss_}, 1.0 / static_cast<double>(accum));  // the mean
   for (const ag::Variable& p : model_.params())

@@ -13,8 +13,9 @@ void check_matrix(const char* name, const Tensor& t) {
 }
 }  // namespace
 
-void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
-          double alpha, double beta, const Tensor& bias, const Tensor& addend) {
+namespace detail {
+void check_gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+                const Tensor& bias, const Tensor& addend) {
   check_matrix("a", a);
   check_matrix("b", b);
   check_matrix("c", c);
@@ -38,6 +39,12 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Te
     check_same_device("gemm", "c", c, "addend", addend);
     check_dtype("gemm", "addend", addend, c.dtype());
   }
+}
+}  // namespace detail
+
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+          double alpha, double beta, const Tensor& bias, const Tensor& addend) {
+  detail::check_gemm(a, trans_a, b, trans_b, c, bias, addend);
 #ifdef FG_CUDA
   if (c.is_cuda()) return detail::gemm_cuda(a, trans_a, b, trans_b, c, alpha, beta, bias, addend);
 #endif

@@ -36,6 +36,7 @@ constexpr int kBlock = 256;
 constexpr int kCandidates = 8;        // heuristic algorithms timed per problem when tuning
 constexpr int kTuneRuns = 10;         // runs timed per candidate
 constexpr float kTuneMargin = 0.97f;  // a later candidate must be 3 % faster to win
+constexpr int kMaxBatch = 128;  // products per batched call (their pointers: a kernel argument)
 
 // Owns one cuBLASLt object; destroyed with its matching destroy function.
 template <class T, cublasStatus_t (*Destroy)(T)>
@@ -80,6 +81,9 @@ class DeviceBuffer {
 struct DeviceContext {
   LtHandle handle;
   DeviceBuffer workspace{kWorkspaceBytes};
+  // A batched call's operand addresses (cuBLASLt's A, B and C/D arrays, kMaxBatch apart),
+  // written by a kernel before each call: stream order keeps one call's from the next's.
+  DeviceBuffer pointers{3 * kMaxBatch * sizeof(void*)};
 };
 
 // Everything that decides the algorithm. Pointer alignments are part of it:
@@ -91,7 +95,8 @@ struct PlanKey {
   DType c_dtype;  // dtype, or f32 for bf16 operands
   int64_t m, n, k, lda, ldb, ldc;
   bool trans_a, trans_b, bias_epilogue;
-  uint32_t align_a, align_b, align_c, align_bias;
+  uint32_t align_a, align_b, align_c, align_bias;  // the least over a batch's products
+  int batch;  // products of a pointer-array batched call; 1: a plain call
   auto operator<=>(const PlanKey&) const = default;
 };
 
@@ -155,11 +160,21 @@ void set_pref(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t
   FG_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, attr, &value, sizeof(value)));
 }
 
-MatrixLayout make_layout(DType t, int64_t rows, int64_t cols, int64_t ld) {
+// batch > 1: the matrices of a pointer-array batch.
+MatrixLayout make_layout(DType t, int64_t rows, int64_t cols, int64_t ld, int batch) {
   cublasLtMatrixLayout_t l = nullptr;
   FG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, cuda_type(t), static_cast<uint64_t>(rows),
                                              static_cast<uint64_t>(cols), ld));
-  return MatrixLayout(l);
+  MatrixLayout layout(l);
+  if (batch > 1) {
+    const int32_t count = batch;
+    const uint32_t mode = CUBLASLT_BATCH_MODE_POINTER_ARRAY;
+    FG_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                                     sizeof(count)));
+    FG_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE, &mode,
+                                                     sizeof(mode)));
+  }
+  return layout;
 }
 
 // What a plan is timed on when tuning: the call's own operands and scalars.
@@ -221,10 +236,11 @@ cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, con
 }
 
 // Builds the plan, or returns null when no algorithm supports it (the bias
-// epilogue is not offered for every dtype; the caller then adds bias itself).
+// epilogue is not offered for every dtype, nor every problem as a pointer-array
+// batch; the caller then adds bias itself, or runs the products one by one).
 std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, const void* bias_ptr,
                                 const Operands& operands) {
-  bool tune = tuning() && !stream_capturing();
+  bool tune = tuning() && !stream_capturing() && key.batch == 1;
   auto plan = std::make_unique<Plan>();
   // f64 accumulates in f64; f32 and bf16 in fp32, never TF32, so f32 matches the CPU.
   bool f64 = key.dtype == DType::F64;
@@ -242,11 +258,11 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, con
     set_desc(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias_ptr);
   }
   // Stored shapes: row-major B (k, n) is column-major (n, k); (n, k) with trans_b is (k, n).
-  plan->a = key.trans_b ? make_layout(key.dtype, key.k, key.n, key.ldb)
-                        : make_layout(key.dtype, key.n, key.k, key.ldb);
-  plan->b = key.trans_a ? make_layout(key.dtype, key.m, key.k, key.lda)
-                        : make_layout(key.dtype, key.k, key.m, key.lda);
-  plan->c = make_layout(key.c_dtype, key.n, key.m, key.ldc);
+  plan->a = key.trans_b ? make_layout(key.dtype, key.k, key.n, key.ldb, key.batch)
+                        : make_layout(key.dtype, key.n, key.k, key.ldb, key.batch);
+  plan->b = key.trans_a ? make_layout(key.dtype, key.m, key.k, key.lda, key.batch)
+                        : make_layout(key.dtype, key.k, key.m, key.lda, key.batch);
+  plan->c = make_layout(key.c_dtype, key.n, key.m, key.ldc, key.batch);
 
   cublasLtMatmulPreference_t p = nullptr;
   FG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p));
@@ -262,8 +278,9 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, con
       cublasLtMatmulAlgoGetHeuristic(handle, d, plan->a.get(), plan->b.get(), plan->c.get(),
                                      plan->c.get(), p, tune ? kCandidates : 1, results, &found);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0)) {
-    FG_CHECK(key.bias_epilogue, "gemm: cuBLASLt has no algorithm for ", dtype_name(key.dtype), " (",
-             key.m, ", ", key.k, ") @ (", key.k, ", ", key.n, ")");
+    // Without the bias epilogue, or as a batch, the caller has another way.
+    FG_CHECK(key.bias_epilogue || key.batch > 1, "gemm: cuBLASLt has no algorithm for ",
+             dtype_name(key.dtype), " (", key.m, ", ", key.k, ") @ (", key.k, ", ", key.n, ")");
     return nullptr;
   }
   FG_CUBLAS_CHECK(st);
@@ -273,7 +290,7 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const PlanKey& key, con
 }
 
 // The cached plan for key, built on first use; null (also cached) when the
-// bias epilogue has no algorithm for it.
+// bias epilogue or the batch has no algorithm for it.
 Plan* find_or_make_plan(Registry& r, cublasLtHandle_t handle, const PlanKey& key,
                         const void* bias_ptr, const Operands& operands) {
   auto it = r.plans.find(key);
@@ -329,6 +346,19 @@ int64_t leading_dim(const Tensor& t) {
   return t.size(0) <= 1 ? std::max<int64_t>(t.size(1), 1) : t.strides()[0];
 }
 
+// A batched call's operand addresses, passed by value (3 KB of kernel arguments), so a
+// CUDA graph that captures the call replays them without host memory of its own.
+struct BatchPointers {
+  const void* p[3][kMaxBatch];  // cuBLASLt's A (our b), B (our a), C = D (our c)
+  int count;
+};
+
+__global__ void write_batch_pointers_kernel(const BatchPointers ptrs, const void** out) {
+  const int i = threadIdx.x;
+  if (i >= ptrs.count) return;
+  for (int m = 0; m < 3; ++m) out[m * kMaxBatch + i] = ptrs.p[m][i];
+}
+
 }  // namespace
 
 size_t gemm_cuda_workspace_bytes() { return kWorkspaceBytes; }
@@ -375,7 +405,8 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
               .align_a = alignment_of(a.raw_data()),
               .align_b = alignment_of(b.raw_data()),
               .align_c = std::min(alignment_of(c.raw_data()), alignment_of(c_src.raw_data())),
-              .align_bias = bias.defined() ? alignment_of(bias.raw_data()) : kMaxAlignment};
+              .align_bias = bias.defined() ? alignment_of(bias.raw_data()) : kMaxAlignment,
+              .batch = 1};
   bool bias_done = false;
   {
     Registry& r = registry();
@@ -406,6 +437,71 @@ void gemm_cuda(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_
                                    &plan->algo, workspace, kWorkspaceBytes, cuda::stream()));
   }
   if (bias.defined() && !bias_done) scale_add_bias(c, ldc, 1.0, bias);
+}
+
+void gemm_cuda_batched(const std::vector<Tensor>& a, bool trans_a, const std::vector<Tensor>& b,
+                       bool trans_b, const std::vector<Tensor>& c, double alpha, double beta) {
+  const size_t count = c.size();
+  const int64_t k = trans_a ? a[0].size(0) : a[0].size(1);
+  // The corner cases gemm_cuda handles (empty, k = 0, overlapping rows) stay there, as do
+  // f64 products (the CPU-check dtype).
+  const bool batchable = k > 0 && c[0].numel() > 0 && c[0].dtype() != DType::F64 &&
+                         leading_dim(a[0]) >= a[0].size(1) && leading_dim(b[0]) >= b[0].size(1) &&
+                         leading_dim(c[0]) >= c[0].size(1);
+  uint32_t align_a = kMaxAlignment, align_b = kMaxAlignment, align_c = kMaxAlignment;
+  for (size_t i = 0; i < count; ++i) {
+    align_a = std::min(align_a, alignment_of(a[i].raw_data()));
+    align_b = std::min(align_b, alignment_of(b[i].raw_data()));
+    align_c = std::min(align_c, alignment_of(c[i].raw_data()));
+  }
+  // Products [first, first + n) as one call; false when cuBLASLt has no algorithm for it.
+  auto run_batched = [&](size_t first, int n) {
+    PlanKey key{.device = c[0].device().index,
+                .dtype = a[0].dtype(),
+                .c_dtype = c[0].dtype(),
+                .m = c[0].size(0),
+                .n = c[0].size(1),
+                .k = k,
+                .lda = leading_dim(a[0]),
+                .ldb = leading_dim(b[0]),
+                .ldc = leading_dim(c[0]),
+                .trans_a = trans_a,
+                .trans_b = trans_b,
+                .bias_epilogue = false,
+                .align_a = align_a,
+                .align_b = align_b,
+                .align_c = align_c,
+                .align_bias = kMaxAlignment,
+                .batch = n};
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    DeviceContext& ctx = device_context(r, key.device);
+    Plan* plan = find_or_make_plan(r, ctx.handle.get(), key, nullptr, Operands{});
+    if (!plan) return false;
+    BatchPointers ptrs{};
+    ptrs.count = n;
+    for (int i = 0; i < n; ++i) {
+      ptrs.p[0][i] = b[first + i].raw_data();
+      ptrs.p[1][i] = a[first + i].raw_data();
+      ptrs.p[2][i] = c[first + i].raw_data();
+    }
+    auto** table = static_cast<const void**>(ctx.pointers.get());
+    write_batch_pointers_kernel<<<1, kMaxBatch, 0, cuda::stream()>>>(ptrs, table);
+    FG_CUDA_CHECK(cudaGetLastError());
+    const float alpha32 = static_cast<float>(alpha), beta32 = static_cast<float>(beta);
+    void* c_table = table + 2 * kMaxBatch;
+    FG_CUBLAS_CHECK(cublasLtMatmul(ctx.handle.get(), plan->desc.get(), &alpha32, table,
+                                   plan->a.get(), table + kMaxBatch, plan->b.get(), &beta32,
+                                   c_table, plan->c.get(), c_table, plan->c.get(), &plan->algo,
+                                   ctx.workspace.get(), kWorkspaceBytes, cuda::stream()));
+    return true;
+  };
+  for (size_t first = 0; first < count; first += kMaxBatch) {
+    const int n = static_cast<int>(std::min<size_t>(kMaxBatch, count - first));
+    if (batchable && n > 1 && run_batched(first, n)) continue;
+    for (size_t i = first; i < first + n; ++i)
+      gemm_cuda(a[i], trans_a, b[i], trans_b, c[i], alpha, beta, Tensor(), Tensor());
+  }
 }
 
 }  // namespace fg::ops::detail

@@ -22,14 +22,16 @@ int64_t check_linear(const char* op, const Tensor& x, const Tensor& weight) {
   return shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
 }
 
-// dy2 (rows, out)^T @ x2 (rows, in), or into (or added to) the given buffer.
+// dy2 (rows, out)^T @ x2 (rows, in), or into (or added to) the given buffer: a
+// parameter's gradient, which nothing reads before the optimizer, so the product may
+// wait in an open GemmBatch.
 Tensor weight_grad(const char* op, const Tensor& dy2, const Tensor& x2, const Tensor& weight,
                    const Tensor& dweight_into, bool dweight_add) {
   if (!dweight_into.defined()) return matmul(dy2, true, x2, false);
   check_shape(op, "dweight_into", dweight_into, weight.shape());
   FG_CHECK(dweight_into.is_contiguous(), op, ": dweight_into ", dweight_into.shape_str(),
            " is not contiguous");
-  gemm(dy2, true, x2, false, dweight_into, 1.0, dweight_add ? 1.0 : 0.0);
+  gemm_batchable(dy2, true, x2, false, dweight_into, 1.0, dweight_add ? 1.0 : 0.0);
   return dweight_into;
 }
 }  // namespace

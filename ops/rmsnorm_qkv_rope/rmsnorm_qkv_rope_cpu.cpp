@@ -166,15 +166,16 @@ void backward_from_dqkv(const char* op, const QKVRoPEConfig& cfg, const Tensor& 
   detail::rmsnorm_rows_backward(dn, dh.defined() ? dh.contiguous() : Tensor(), hc, wn, rstdc,
                                 grads.dx, grads.dnorm_weight, n,
                                 dnorm_weight_into.defined() && dnorm_weight_add);
-  if (dwqkv_into.defined()) {
+  if (dwqkv_into.defined()) {  // a parameter's gradient: the product may wait in a GemmBatch
     check_shape(op, "dwqkv_into", dwqkv_into, wqkv.shape());
     FG_CHECK(dwqkv_into.is_contiguous(), op, ": dwqkv_into ", dwqkv_into.shape_str(),
              " is not contiguous");
     grads.dwqkv = dwqkv_into;
+    gemm_batchable(dqkv, true, n, false, grads.dwqkv, 1.0, dwqkv_add ? 1.0 : 0.0);
   } else {
     grads.dwqkv = Tensor::empty({cfg.qkv_dim(), D}, dt, dev);
+    gemm(dqkv, true, n, false, grads.dwqkv);
   }
-  gemm(dqkv, true, n, false, grads.dwqkv, 1.0, dwqkv_into.defined() && dwqkv_add ? 1.0 : 0.0);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include "autograd/function.h"
 #include "autograd/functions.h"
 #include "ops/add/add.h"
+#include "ops/gemm/gemm.h"
 #include "ops/grad_norm/grad_norm.h"
 #include "test_util.h"
 
@@ -160,6 +161,46 @@ TEST(Engine, EmbeddingSumsIntoTheParametersBuffer) {
   step();  // overwritten in place
   EXPECT_EQ(table.grad().raw_data(), buffer);
   EXPECT_EQ(table.grad().to_vector(), (std::vector<double>{4, 4, 3, 3, 5, 5}));
+}
+
+// With a GemmBatch open the weight product of linear waits in the queue: the parameter's
+// grad-ready hook runs only once it has run and sees the finished gradient, and another
+// backward writing the same buffer (twice_of_cast) is ordered after the queued product.
+TEST(Engine, BatchedWeightGradientsLandBeforeTheHooks) {
+  Variable w(Tensor::from_vector({1, -2, 0.5, 3, 1, -1}, {2, 3}, DType::F64), true);
+  Variable x(Tensor::from_vector({1, 2, 3, -1, 0.5, 2}, {2, 3}, DType::F32));
+  Tensor dy = Tensor::from_vector({1, -1, 0.5, 2}, {2, 2}, DType::F32);
+  int calls = 0;
+  std::vector<double> seen;
+  w.register_grad_ready_hook([&](Variable& v) {
+    ++calls;
+    seen = v.grad().to_vector();
+  });
+  // d/dw = dy^T x (linear), + 2 through twice_of_cast of another cast of w
+  auto step = [&](bool both) {
+    Variable y = linear(x, cast(w, DType::F32));  // (2, 2)
+    if (!both) return y.backward(dy);
+    Variable t = twice_of_cast(cast(w, DType::F32));  // (2, 3): d/dw += 2 * ones
+    backward({t, y}, {Tensor::ones({2, 3}), dy});     // the engine runs linear's node first
+  };
+  for (bool both : {false, true}) {
+    w.zero_grad();
+    step(both);  // no buffer yet: returned as usual, unbatched
+    const std::vector<double> want = w.grad().to_vector();
+    w.zero_grad_in_place();
+    calls = 0;
+    {
+      fg::ops::GemmBatch batch;
+      step(both);
+      // Alone the product waits, and so does the hook; beside twice_of_cast, whose write
+      // ran the queue first, the buffer is final when the hook is due.
+      EXPECT_EQ(calls, both ? 1 : 0);
+      batch.flush();
+    }
+    EXPECT_EQ(calls, 1) << both;
+    EXPECT_EQ(seen, want) << both;
+    EXPECT_EQ(w.grad().to_vector(), want) << both;
+  }
 }
 
 TEST(Engine, DiamondRunsEachNodeOnce) {

@@ -87,6 +87,122 @@ TEST(Gemm, WiderC) {
                   "gemm: dtypes differ: a f64, b f64, c f32");
 }
 
+// A GemmBatch queues products until flush (c untouched before), then runs them: the
+// same bits as gemm one by one on the CPU, products of different problems and scalars
+// among them; callbacks after the products.
+TEST(GemmBatch, QueuesUntilFlushThenRunsLikeGemm) {
+  Generator gen(11);
+  std::vector<Tensor> a, b, c, want;
+  for (int i = 0; i < 5; ++i) {
+    const int64_t m = i < 3 ? 4 : 6, n = 3, k = i < 3 ? 5 : 2;
+    a.push_back(Tensor::randn({k, m}, gen, DType::F32));  // transposed, as dy in dW = dy^T x
+    b.push_back(Tensor::randn({k, n}, gen, DType::F32));
+    c.push_back(Tensor::randn({m, n}, gen, DType::F64));
+    want.push_back(c.back().clone());
+  }
+  const double beta[5] = {0, 1, 0, 1, 1};
+  for (int i = 0; i < 5; ++i) fg::ops::gemm(a[i], true, b[i], false, want[i], 1.0, beta[i]);
+  std::vector<std::vector<double>> before;
+  for (const Tensor& t : c) before.push_back(t.to_vector());
+  int callbacks = 0;
+  {
+    fg::ops::GemmBatch batch;
+    for (int i = 0; i < 5; ++i)
+      fg::ops::gemm_batchable(a[i], true, b[i], false, c[i], 1.0, beta[i]);
+    // Groups by first appearance: {0, 2} (beta 0), {1}, {3, 4}. A callback runs after the
+    // group that writes what it reads, before the groups after it.
+    fg::ops::after_gemm_batch(c[4], [&] {
+      ++callbacks;
+      EXPECT_EQ(fg::max_abs_diff(c[4], want[4]), 0.0);
+    });
+    fg::ops::after_gemm_batch(c[2], [&] {
+      ++callbacks;
+      EXPECT_EQ(fg::max_abs_diff(c[2], want[2]), 0.0);
+      EXPECT_EQ(c[1].to_vector(), before[1]);  // a later group: not yet
+    });
+    fg::ops::after_gemm_batch(Tensor::zeros({2}), [&] { ++callbacks; });  // nothing queued: now
+    EXPECT_EQ(callbacks, 1);
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(c[i].to_vector(), before[i]) << i;  // queued
+    batch.flush();
+  }
+  EXPECT_EQ(callbacks, 3);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(fg::max_abs_diff(c[i], want[i]), 0.0) << i;
+  // No batch open: at once.
+  fg::ops::gemm_batchable(a[0], true, b[0], false, c[0], 1.0, 1.0);
+  fg::ops::gemm(a[0], true, b[0], false, want[0], 1.0, 1.0);
+  EXPECT_EQ(fg::max_abs_diff(c[0], want[0]), 0.0);
+  fg::ops::after_gemm_batch(c[0], [&] { ++callbacks; });
+  EXPECT_EQ(callbacks, 4);
+}
+
+// Order is kept where it matters: a second product into a queued c, an operand a queued
+// product writes, and a buffer synced before another writer touches it each run the
+// queue first. A closed or never-flushed batch runs nothing.
+TEST(GemmBatch, KeepsOrderWhereProductsMeet) {
+  Generator gen(12);
+  Tensor a = Tensor::randn({5, 4}, gen, DType::F64), b = Tensor::randn({5, 3}, gen, DType::F64);
+  Tensor b2 = Tensor::randn({5, 3}, gen, DType::F64);
+  Tensor want = Tensor::zeros({4, 3}, DType::F64);
+  fg::ops::gemm(a, true, b, false, want);
+  fg::ops::gemm(a, true, b2, false, want, 1.0, 1.0);
+  Tensor c = Tensor::full({4, 3}, NAN, DType::F64);
+  {
+    fg::ops::GemmBatch batch;
+    fg::ops::gemm_batchable(a, true, b, false, c);             // c = a^T b
+    fg::ops::gemm_batchable(a, true, b2, false, c, 1.0, 1.0);  // c += a^T b2: after it
+    batch.flush();
+  }
+  EXPECT_LT(fg::max_abs_diff(c, want), 1e-12);
+
+  // c2 = a2^T c reads the c a queued product writes.
+  Tensor a2 = Tensor::randn({4, 2}, gen, DType::F64), c2 = Tensor::zeros({2, 3}, DType::F64);
+  Tensor want2 = Tensor::zeros({2, 3}, DType::F64);
+  fg::ops::gemm(a, true, b, false, c);
+  fg::ops::gemm(a2, true, c, false, want2);
+  c.fill_(NAN);
+  {
+    fg::ops::GemmBatch batch;
+    fg::ops::gemm_batchable(a, true, b, false, c);
+    fg::ops::gemm_batchable(a2, true, c, false, c2);
+    batch.flush();
+  }
+  EXPECT_LT(fg::max_abs_diff(c2, want2), 1e-12);
+
+  // Another writer syncs first (the engine does, before it adds to a gradient buffer).
+  c.fill_(NAN);
+  {
+    fg::ops::GemmBatch batch;
+    fg::ops::gemm_batchable(a, true, b, false, c);
+    fg::ops::gemm_batch_sync(Tensor::zeros({3}, DType::F64));  // elsewhere: still queued
+    EXPECT_TRUE(fg::has_non_finite(c));
+    fg::ops::gemm_batch_sync(c.slice(0, 1, 2));  // a row of it: the queue runs
+    EXPECT_FALSE(fg::has_non_finite(c));
+  }
+
+  c.fill_(NAN);
+  {
+    fg::ops::GemmBatch closed(false);  // a no-op scope: products run at once
+    fg::ops::gemm_batchable(a, true, b, false, c);
+    EXPECT_FALSE(fg::has_non_finite(c));
+  }
+  c.fill_(NAN);
+  {
+    fg::ops::GemmBatch dropped;
+    fg::ops::gemm_batchable(a, true, b, false, c);
+  }  // not flushed: nothing ran
+  EXPECT_TRUE(fg::has_non_finite(c));
+  fg::ops::gemm_batchable(a, true, b, false, c);  // and nothing stays open
+  EXPECT_FALSE(fg::has_non_finite(c));
+}
+
+TEST(GemmBatch, ErrorsAtTheCallNotAtTheFlush) {
+  fg::ops::GemmBatch batch;
+  EXPECT_FG_ERROR(fg::ops::gemm_batchable(Tensor::zeros({5, 4}), true, Tensor::zeros({6, 3}), false,
+                                          Tensor::zeros({4, 3})),
+                  "gemm: op(a) is (4, 5) but op(b) is (6, 3)");
+  batch.flush();
+}
+
 // ---------------------------------------------------------------------------
 // CUDA: cuBLASLt against the CPU reference in f64.
 
@@ -215,6 +331,39 @@ TEST_P(GemmCuda, F64MatchesCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmCuda, ::testing::ValuesIn(cuda_cases()),
                          [](const auto& info) { return case_name(info.param); });
+
+// Weight-gradient products batched in pointer-array cuBLASLt calls: every product of
+// a group matches f64, into f32 overwritten and accumulated, at odd shapes and at one
+// too many for a call (kMaxBatch 128: 130 products, a call of 128 and one of 2).
+TEST(GemmCudaEdge, BatchedProductsMatchTheCpu) {
+  FG_REQUIRE_GPU();
+  struct Group {
+    int64_t m, n, k;
+    int count;
+  };
+  for (const Group& g : {Group{77, 45, 300, 12}, Group{256, 384, 1024, 6}, Group{8, 16, 24, 130}}) {
+    for (double beta : {0.0, 1.0}) {
+      Generator gen(g.m + g.count);
+      std::vector<Tensor> a, b, c, want;
+      for (int i = 0; i < g.count; ++i) {
+        a.push_back(Tensor::randn({g.k, g.m}, gen, DType::BF16, Device::cuda(0)));
+        b.push_back(Tensor::randn({g.k, g.n}, gen, DType::BF16, Device::cuda(0)));
+        c.push_back(Tensor::randn({g.m, g.n}, gen, DType::F32, Device::cuda(0)));
+        want.push_back(f64(c.back()));
+        fg::ops::gemm(f64(a.back()), true, f64(b.back()), false, want.back(), 1.0, beta);
+      }
+      {
+        fg::ops::GemmBatch batch;
+        for (int i = 0; i < g.count; ++i)
+          fg::ops::gemm_batchable(a[i], true, b[i], false, c[i], 1.0, beta);
+        batch.flush();
+      }
+      for (int i = 0; i < g.count; ++i)
+        EXPECT_TRUE(close_rel(c[i], want[i], 1e-5))
+            << g.m << "x" << g.n << "x" << g.k << " product " << i << " beta " << beta;
+    }
+  }
+}
 
 TEST(GemmCudaEdge, RepeatedCallsReuseTheCachedPlan) {
   FG_REQUIRE_GPU();
