@@ -31,6 +31,7 @@ using fg::trainer::GPTConfig;
 constexpr double kDefaultPeakTflops = 989.4;  // dense bf16 without sparsity, H100/H200 SXM
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 constexpr int kTopKernels = 40;
+constexpr int kTopGaps = 8;  // idle gaps listed, by their total
 
 const char* const kFooter =
     "MFU = (6 * N * B * T + 6 * B * T^2 * D * L) / (median step seconds * peak FLOP/s).\n"
@@ -285,6 +286,18 @@ std::string profile_section(const Run& r, int64_t timed_steps) {
   }
   if (p.kernels.size() > static_cast<size_t>(kTopKernels))
     os << "\n(" << p.kernels.size() - kTopKernels << " more kernels not shown)\n";
+  if (!p.gaps.empty()) {
+    os << "\nWhere the GPU idles (no kernel or copy on any stream), by the records around "
+          "each gap. Tracing lengthens gaps around memsets and graph launches: check a saving "
+          "on unprofiled runs.\n\n| ends before it | starts it | gaps | total ms | mean us "
+          "|\n|---|---|---:|---:|---:|\n";
+    for (size_t i = 0; i < p.gaps.size() && i < static_cast<size_t>(kTopGaps); ++i) {
+      const fg::bench::GapStat& g = p.gaps[i];
+      os << "| `" << md_cell(g.before) << "` | `" << md_cell(g.after) << "` | " << g.count << " | "
+         << fmt("%.3f", g.total_ms) << " | "
+         << fmt("%.1f", 1e3 * g.total_ms / static_cast<double>(g.count)) << " |\n";
+    }
+  }
   return os.str();
 }
 

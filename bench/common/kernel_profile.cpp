@@ -225,21 +225,37 @@ KernelProfile KernelProfiler::finish(double window_ms) {
   std::sort(p.kernels.begin(), p.kernels.end(),
             [](const KernelStat& a, const KernelStat& b) { return a.total_ms > b.total_ms; });
 
-  // Busy time: the union of the intervals (kernels on several streams may overlap).
+  // Busy time: the union of the intervals (kernels on several streams may overlap); the
+  // holes in it are the idle gaps, named by the record that ended last before each and
+  // the one that starts it.
   std::sort(recs.begin(), recs.end(),
             [](const Record& a, const Record& b) { return a.start < b.start; });
   uint64_t busy = 0, cur_start = 0, cur_end = 0;
+  const Record* last = nullptr;  // the record that ends at cur_end
+  std::unordered_map<std::string, size_t> by_pair;
   for (const Record& rec : recs) {
     if (rec.start > cur_end) {
       busy += cur_end - cur_start;
+      if (last) {
+        const std::string& before = short_names[last->name];
+        const std::string& after = short_names[rec.name];
+        auto [it, added] = by_pair.try_emplace(before + '\n' + after, p.gaps.size());
+        if (added) p.gaps.push_back({before, after, 0, 0});
+        p.gaps[it->second].count += 1;
+        p.gaps[it->second].total_ms += static_cast<double>(rec.start - cur_end) * 1e-6;
+      }
       cur_start = rec.start;
       cur_end = rec.end;
-    } else {
-      cur_end = std::max(cur_end, rec.end);
+      last = &rec;
+    } else if (rec.end > cur_end) {
+      cur_end = rec.end;
+      last = &rec;
     }
   }
   busy += cur_end - cur_start;
   p.busy_ms = static_cast<double>(busy) * 1e-6;
+  std::sort(p.gaps.begin(), p.gaps.end(),
+            [](const GapStat& a, const GapStat& b) { return a.total_ms > b.total_ms; });
   return p;
 }
 

@@ -16,8 +16,16 @@ struct KernelStat {
   double total_ms = 0;
 };
 
+// Time the GPU ran nothing between the end of one record and the start of the next.
+struct GapStat {
+  std::string before, after;  // the names around the gap
+  int64_t count = 0;
+  double total_ms = 0;
+};
+
 struct KernelProfile {
   std::vector<KernelStat> kernels;  // by total time, largest first
+  std::vector<GapStat> gaps;        // idle gaps by the pair of names around them, largest first
   int64_t launches = 0;             // records in the window
   double kernel_ms = 0;             // sum of all durations
   double busy_ms = 0;               // union of the intervals: time the GPU ran anything
