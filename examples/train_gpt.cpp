@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
   bool no_batch_weight_grads = false;
   app.add_flag("--no-batch-weight-grads", no_batch_weight_grads,
                "run each weight-gradient product where backward reaches it, not batched across "
-               "layers at its end (less memory; data parallel reduces during backward)");
+               "layers at its end (less memory; always so with several data-parallel ranks)");
   app.add_option("--seed", o.seed, "seed for weights, data order and the synthetic corpus")
       ->capture_default_str();
   app.add_option("--max-bad-steps", o.max_bad_steps, "abort after this many non-finite steps in a row")

@@ -49,10 +49,11 @@ struct TrainOptions {
   // CUDA: capture one training step in a CUDA graph and replay it (shapes are
   // static). Needs grad_accum == 1 and no communicator; falls back to eager otherwise.
   bool cuda_graph = true;
-  // Without recomputation: backward queues its weight-gradient products and runs them at
-  // its end, those of one shape (the same product of every layer) as one batched call
-  // (ops::GemmBatch). Faster where single products leave SMs idle (GPT-2-small, baby);
-  // keeps their operands until then, and data parallel reduces after backward.
+  // Without recomputation and alone (or in a world of one): backward queues its
+  // weight-gradient products and runs them at its end, those of one shape (the same product
+  // of every layer) as one batched call (ops::GemmBatch). Faster where single products
+  // leave SMs idle (GPT-2-small, baby); keeps their operands until then. Several ranks keep
+  // their all-reduce under backward instead.
   bool batch_weight_grads = true;
 
   // Data parallel: this process's (or thread's) rank in a world of ranks; null

@@ -84,6 +84,11 @@ TrainStep::TrainStep(const TrainOptions& o, const GPT& model, AdamW& opt,
     : o_(o), model_(model), opt_(opt), reducer_(reducer), micro_(micro) {
   const Device device = o.device;
   use_graph_ = o.cuda_graph && device.is_cuda() && !o.comm && !o.gradient_hook;
+  // Batched weight products hold their operands to the end of backward (recomputation
+  // exists to free them) and finish every gradient there, after which the data-parallel
+  // all-reduce of several ranks could no longer overlap backward.
+  batch_weight_grads_ = o.batch_weight_grads && o.recompute == Recompute::None &&
+                        (!o.comm || o.comm->world_size() == 1);
   grads_ = gradients(model.params());
   // The forward reads its weights from these instead of casting each one every
   // step; AdamW writes them as it updates the masters.
@@ -166,7 +171,7 @@ void TrainStep::run(bool update) {
       loss_.copy_(l.data());
     else
       ops::add_inplace(loss_, l.data());
-    ops::GemmBatch weight_grads(o_.batch_weight_grads && o_.recompute == Recompute::None);
+    ops::GemmBatch weight_grads(batch_weight_grads_);
     l.backward(Tensor::full({}, 1.0 / static_cast<double>(accum), l.dtype(), l.device()));
     weight_grads.flush();  // then the grad-ready hooks (norm, reducer) see finished buffers
   }

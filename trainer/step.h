@@ -65,6 +65,7 @@ class TrainStep {
   dist::GradReducer* reducer_;
   int64_t micro_;
   bool use_graph_;
+  bool batch_weight_grads_;         // backward's weight products batched (ops::GemmBatch)
   std::vector<Tensor> grads_;       // persistent: the first gradient of a step is copied in
   std::vector<Tensor> copies_;      // the weights in the compute dtype, kept current by AdamW
   Tensor inputs_, targets_;         // (grad_accum, micro, seq) i32 on the device
