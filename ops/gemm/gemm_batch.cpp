@@ -140,7 +140,9 @@ GemmBatch::~GemmBatch() {
 }
 
 void GemmBatch::flush() {
-  if (queue_) queue_->run();
+  if (!queue_) return;
+  // A callback may queue more (the batch is still open while they run): until none is left.
+  while (!queue_->products.empty() || !queue_->after.empty()) queue_->run();
 }
 
 void gemm_batchable(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,

@@ -179,6 +179,18 @@ TEST(GemmBatch, KeepsOrderWhereProductsMeet) {
     EXPECT_FALSE(fg::has_non_finite(c));
   }
 
+  // A callback that queues a product (the batch is open while callbacks run): the flush
+  // runs it too.
+  c.fill_(NAN);
+  c2.fill_(NAN);
+  {
+    fg::ops::GemmBatch batch;
+    fg::ops::gemm_batchable(a, true, b, false, c);
+    fg::ops::after_gemm_batch(c, [&] { fg::ops::gemm_batchable(a2, true, c, false, c2); });
+    batch.flush();
+  }
+  EXPECT_LT(fg::max_abs_diff(c2, want2), 1e-12);
+
   c.fill_(NAN);
   {
     fg::ops::GemmBatch closed(false);  // a no-op scope: products run at once
