@@ -82,16 +82,21 @@ struct GemmBatch::Queue {
   std::vector<Product> products;
   std::vector<After> after;
 
+  // Whether a queued product writes memory of s.
+  bool writes(const Span& s) const {
+    for (const Product& q : products)
+      if (s.overlaps(span_of(q.c))) return true;
+    return false;
+  }
+
   // Whether writing `written` and reading `read` now could change what a queued product
   // reads or writes, or see what it has not written yet.
   bool conflicts(const Span& written, const std::vector<Span>& read) const {
-    for (const Product& q : products) {
-      const Span qc = span_of(q.c);
-      if (written.overlaps(qc) || written.overlaps(span_of(q.a)) || written.overlaps(span_of(q.b)))
-        return true;
-      for (const Span& r : read)
-        if (r.overlaps(qc)) return true;
-    }
+    for (const Product& q : products)
+      if (written.overlaps(span_of(q.a)) || written.overlaps(span_of(q.b))) return true;
+    if (writes(written)) return true;
+    for (const Span& r : read)
+      if (writes(r)) return true;
     return false;
   }
 
@@ -160,7 +165,7 @@ void gemm_batch_sync(const Tensor& t) {
 
 void after_gemm_batch(const Tensor& reads, std::function<void()> fn) {
   const Span span = reads.defined() ? span_of(reads) : Span{0, 0};
-  if (t_open && t_open->conflicts(Span{0, 0}, {span}))
+  if (t_open && t_open->writes(span))
     t_open->after.push_back({span, std::move(fn)});
   else
     fn();
