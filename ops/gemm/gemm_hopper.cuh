@@ -50,6 +50,7 @@ constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128*40 + 256*232 <= 6
 constexpr int kTileBytesB = kBlockN * kBlockK * 2;      // 32 KB
 constexpr int kStoreBox = 64;                           // TMA store boxes: 64 x 64 bf16
 constexpr int kOutTileBytes = 64 * kBlockN * 2;         // a consumer's staged 64 x 256 tile
+constexpr int kSlotBytes = kOutTileBytes / 2;           // a staged epilogue's quarter slot
 static_assert(kStoreBox == kBlockK, "output maps are made by kmajor_map: boxes kBlockK wide");
 constexpr int kSmemLimit = 227 * 1024;                  // per block, on sm_90
 
@@ -76,8 +77,8 @@ struct ScheduleConfig {
   static constexpr int kReleaseArrivals = (kPingPong ? 4 : 8) * kCluster;
   static constexpr int kGroupUnits = kGroupRows / (kBlockM * kCluster);
   static constexpr int kBarrierOffset = kOutOffset + 2 * kOutTileBytes;
-  // full and empty per stage, then one per consumer for a staged epilogue's operands
-  static constexpr int kSmemBytes = kBarrierOffset + (2 * kStages + 2) * 8 + 1024;  // + to align
+  // full and empty per stage, then two per consumer for a staged epilogue's operands
+  static constexpr int kSmemBytes = kBarrierOffset + (2 * kStages + 4) * 8 + 1024;  // + to align
   static_assert(kTileBytesA % 1024 == 0 && kStageBytes % 1024 == 0 &&
                     kTileBytesB / kCluster % 1024 == 0,
                 "swizzle atoms start at 1024");
@@ -120,12 +121,14 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
 // store_second (as store, with col0 a column of the tile): staged and stored once the
 // buffer's first stores have read it.
 // An epilogue with a tile of operands of its own (SwiGLU's backward: gate and up) may instead
-// be staged (kStagedHalves): the tile goes in two halves of 128 columns through the
-// consumer's output buffer. load_half(buffer, bar, row0, col) has the leader bring that
-// half's operands in by TMA, four 64 x 64 boxes counted on bar (the first half's while the
-// tile's products run); apply_staged(a, b, acc0, acc1) turns the pair at shared addresses a
-// (boxes 0-1) and b (boxes 2-3) and the two accumulators of those columns into its outputs,
-// written over the operands; store_half(buffer, row0, col) stores the four boxes by TMA.
+// be staged (kStagedQuarters): the tile goes in four quarters of 64 columns through the two
+// 16 KB slots of the consumer's output buffer. load_quarter(slot, bar, row0, col) has the
+// leader bring a quarter's operands in by TMA, two 64 x 64 boxes counted on bar (the first
+// two quarters' while the tile's products run); load_staged(a, b) reads a pair of operands at
+// shared addresses a (the slot's first box) and b (its second) into a Staged value, and
+// apply_staged(a, b, staged, acc0, acc1) turns it and the two accumulators of those columns
+// into its outputs, written over the operands; store_quarter(slot, row0, col) stores the two
+// boxes by TMA.
 
 // The plain epilogue: c = bf16(acc + bias), c (M, N) clipped by TMA at its edges.
 struct StoreBf16 {
@@ -415,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* ring_ptr = smem_raw + (ring - smem_addr(smem_raw));
   uint64_t* full = reinterpret_cast<uint64_t*>(ring_ptr + C::kBarrierOffset);  // data landed
   uint64_t* empty = full + kStages;  // consumers are done reading it
-  uint64_t* operands = empty + kStages;  // per consumer: a staged epilogue's operands landed
+  uint64_t* operands = empty + kStages;  // per consumer and slot: staged operands landed
   const int units = p.units_m * p.tiles_n;
   // This block's cluster walks units cluster, cluster + clusters, ...; its row tile in a
   // unit is number `rank` of the unit's kCluster.
@@ -434,7 +437,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(&full[s], 1);  // the producer's arrive.expect_tx (+ the bytes)
       mbar_init(&empty[s], C::kReleaseArrivals);
     }
-    for (int c = 0; c < 2; ++c) mbar_init(&operands[c], 1);  // the leader's arrive.expect_tx
+    for (int c = 0; c < 4; ++c) mbar_init(&operands[c], 1);  // the leader's arrive.expect_tx
     fence_mbar_init();
   }
   if constexpr (C::kCluster == 1)
@@ -529,7 +532,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t out = ring + C::kOutOffset + consumer * kOutTileBytes;  // this consumer's
   const bool leader = threadIdx.x % kWarpgroup == 0;
   constexpr bool kStaged = [] {
-    if constexpr (requires { Epi::kStagedHalves; }) return Epi::kStagedHalves;
+    if constexpr (requires { Epi::kStagedQuarters; }) return Epi::kStagedQuarters;
     return false;
   }();
   int i = 0;  // index of the unit among this block's
@@ -543,10 +546,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     int m0, n0;
     origin(cluster + i * clusters, m0, n0);
     const int row0 = m0 + (C::kPingPong ? 0 : consumer * 64);
-    if constexpr (kStaged) {  // the first half's operands land while the products run
+    if constexpr (kStaged) {  // the first two quarters' operands land while the products run
       if (leader) {
         asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-        epi.load_half(out, &operands[consumer], row0, n0);
+        epi.load_quarter(out, &operands[2 * consumer], row0, n0);
+        epi.load_quarter(out + kSlotBytes, &operands[2 * consumer + 1], row0, n0 + 64);
       }
     }
     if constexpr (C::kPingPong) {
@@ -593,31 +597,44 @@ __global__ void __launch_bounds__(kThreads, 1)
              4 * (lane % 4);
     };
     if constexpr (kStaged) {
-      // Two halves of 128 columns through the buffer: the operands' four 64 x 64 boxes (the
-      // first's two, then the second's) land by TMA; each thread changes its pairs in place
-      // (apply_staged: the two outputs over the two operands) and the leader stores them.
+      // Four quarters of 64 columns through the buffer's two slots: a quarter's operands (two
+      // 64 x 64 boxes) land by TMA, each thread changes its pairs in place (apply_staged: the
+      // two outputs over the two operands) and the leader stores them; quarter q + 2 is loaded
+      // into q's slot as soon as q's stores have read it, while q + 1 is made.
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (h == 1 && leader) {
+      for (int q = 0; q < 4; ++q) {
+        const int s = q % 2;
+        const uint32_t slot = out + s * kSlotBytes;
+        if (q >= 1 && q <= 2 && leader) {  // quarter q + 1 into the other slot
           asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-          epi.load_half(out, &operands[consumer], row0, n0 + 128);
+          epi.load_quarter(out + (1 - s) * kSlotBytes, &operands[2 * consumer + 1 - s], row0,
+                           n0 + 64 * (q + 1));
         }
-        mbar_wait(&operands[consumer], h);  // two loads per tile: phases 0, 1
+        mbar_wait(&operands[2 * consumer + s], q / 2);  // two loads per slot and tile
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int r = warp * 16 + lane / 4 + 8 * half;  // r % 8 = lane / 4
+          // Every operand of the row's 8 pairs read before the first is used: the shared
+          // loads and stores keep their order, so the other way round each pair's chain
+          // (load, the math, store) ran alone.
+          typename Epi::Staged in[8];
 #pragma unroll
-          for (int jj = 0; jj < 16; ++jj) {
-            const int j = 16 * h + jj;
-            const uint32_t a = pair_addr(jj, r);
-            epi.apply_staged(a, a + 2 * kStoreBox * 128, acc[4 * j + 2 * half],
+          for (int jj = 0; jj < 8; ++jj) {
+            const uint32_t a = pair_addr(jj, r) - out + slot;
+            in[jj] = epi.load_staged(a, a + kStoreBox * 128);
+          }
+#pragma unroll
+          for (int jj = 0; jj < 8; ++jj) {
+            const int j = 8 * q + jj;
+            const uint32_t a = pair_addr(jj, r) - out + slot;
+            epi.apply_staged(a, a + kStoreBox * 128, in[jj], acc[4 * j + 2 * half],
                              acc[4 * j + 2 * half + 1]);
           }
         }
-        fence_proxy_async();  // the buffer's writes, visible to the copy engine
+        fence_proxy_async();  // the slot's writes, visible to the copy engine
         named_sync(out_bar, kWarpgroup);
         if (leader) {
-          epi.store_half(out, row0, n0 + 128 * h);
+          epi.store_quarter(slot, row0, n0 + 64 * q);
           asm volatile("cp.async.bulk.commit_group;" ::: "memory");
         }
       }

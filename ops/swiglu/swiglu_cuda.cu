@@ -113,33 +113,40 @@ struct SwiGLUStore {
 };
 
 // The epilogue of dout = dy @ w_down (gemm_hopper.cuh, B (K, N) = w_down (D, F)), staged: the
-// tile is dout for features n0.., never rounded or stored. Per 128-column half, the gate's
-// two 64 x 64 boxes of gu and the up's two land in the output buffer by TMA, each thread turns
+// tile is dout for features n0.., never rounded or stored. Per 64-column quarter, the gate's
+// 64 x 64 box of gu and the up's land in a slot of the output buffer by TMA, each thread turns
 // its pairs into dg and du in place (SwiGLU's backward as in swiglu_backward_kernel, on the
-// fp32 dout), and the four boxes go out to dgu's halves.
+// fp32 dout), and the two boxes go out to dgu's halves.
 struct SwiGLUBackwardStore {
-  static constexpr bool kStagedHalves = true;
+  static constexpr bool kStagedQuarters = true;
   static constexpr int kBox = hopper::kStoreBox * 128;  // bytes of one 64 x 64 box
   CUtensorMap g_map, u_map;    // gu's halves, (rows, F) each with row stride 2F
   CUtensorMap dg_map, du_map;  // dgu's halves, the same way
   int f;
 
-  __device__ __forceinline__ void load_half(uint32_t buf, uint64_t* bar, int row0, int col) const {
+  // A quarter's gate box at slot, its up box next; a box wholly past F reads the last whole
+  // one (its outputs are dropped).
+  __device__ __forceinline__ void load_quarter(uint32_t slot, uint64_t* bar, int row0,
+                                               int col) const {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    hopper::mbar_expect_tx(bar, 4 * kBox);
-#pragma unroll
-    for (int b = 0; b < 2; ++b) {  // a box wholly past F reads the last whole one (dropped)
-      const int c = min(col + 64 * b, (f - 1) / 64 * 64);
-      hopper::tma_load_2d(buf + b * kBox, &g_map, bar, c, row0);
-      hopper::tma_load_2d(buf + (2 + b) * kBox, &u_map, bar, c, row0);
-    }
+    hopper::mbar_expect_tx(bar, 2 * kBox);
+    const int c = min(col, (f - 1) / 64 * 64);
+    hopper::tma_load_2d(slot, &g_map, bar, c, row0);
+    hopper::tma_load_2d(slot + kBox, &u_map, bar, c, row0);
 #endif
   }
-  __device__ __forceinline__ void apply_staged(uint32_t g_addr, uint32_t u_addr, float& a0,
-                                               float& a1) const {
-    uint32_t g2, u2;
-    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(g2) : "r"(g_addr));
-    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(u2) : "r"(u_addr));
+  struct Staged {
+    uint32_t g2, u2;  // a pair of gate and up values, bf16
+  };
+  __device__ __forceinline__ Staged load_staged(uint32_t g_addr, uint32_t u_addr) const {
+    Staged v;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v.g2) : "r"(g_addr));
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v.u2) : "r"(u_addr));
+    return v;
+  }
+  __device__ __forceinline__ void apply_staged(uint32_t g_addr, uint32_t u_addr, Staged in,
+                                               float& a0, float& a1) const {
+    const uint32_t g2 = in.g2, u2 = in.u2;
     const __nv_bfloat162 dg = __floats2bfloat162_rn(grad(a0, g2 << 16, u2 << 16),
                                                     grad(a1, g2 & 0xffff0000u, u2 & 0xffff0000u));
     const __nv_bfloat162 du = __floats2bfloat162_rn(a0, a1);
@@ -157,12 +164,9 @@ struct SwiGLUBackwardStore {
     d *= g * s;
     return dg;
   }
-  __device__ __forceinline__ void store_half(uint32_t buf, int row0, int col) const {
-#pragma unroll
-    for (int b = 0; b < 2; ++b) {
-      hopper::tma_store_2d(&dg_map, buf + b * kBox, col + 64 * b, row0);
-      hopper::tma_store_2d(&du_map, buf + (2 + b) * kBox, col + 64 * b, row0);
-    }
+  __device__ __forceinline__ void store_quarter(uint32_t slot, int row0, int col) const {
+    hopper::tma_store_2d(&dg_map, slot, col, row0);
+    hopper::tma_store_2d(&du_map, slot + kBox, col, row0);
   }
 };
 
