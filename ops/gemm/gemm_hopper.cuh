@@ -119,7 +119,7 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
 // came from) also has kSecondBoxes (its width in 64-column boxes), apply_second (as apply, on
 // the accumulators again; it leaves the output in v's first 16 kSecondBoxes values) and
 // store_second (as store, with col0 a column of the tile): staged and stored once the
-// buffer's first stores have read it.
+// first stores of the boxes it overwrites have read them.
 // An epilogue with a tile of operands of its own (SwiGLU's backward: gate and up) may instead
 // be staged (kStagedQuarters): the tile goes in four quarters of 64 columns through the two
 // 16 KB slots of the consumer's output buffer. load_quarter(slot, bar, row0, col) has the
@@ -641,9 +641,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     } else {
       // The tile's first kBoxes 64-column boxes as `apply` leaves them, staged and stored by
       // the leader with `store`.
-      auto stage = [&](auto boxes, auto&& apply, auto&& store) {
-        constexpr int kBoxes = decltype(boxes)::value;
-        if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+      // kUnread: how many of the last stores (one bulk group per box) may still be reading
+      // the buffer, those of the boxes past the ones this stage writes.
+      auto stage = [&](auto boxes, auto unread, auto&& apply, auto&& store) {
+        constexpr int kBoxes = decltype(boxes)::value, kUnread = decltype(unread)::value;
+        if (leader) asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(kUnread) : "memory");
         named_sync(out_bar, kWarpgroup);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
@@ -668,18 +670,22 @@ __global__ void __launch_bounds__(kThreads, 1)
         named_sync(out_bar, kWarpgroup);
         if (leader) {
 #pragma unroll
-          for (int box = 0; box < kBoxes; ++box)
+          for (int box = 0; box < kBoxes; ++box) {
             store(out + box * (kStoreBox * 128), row0, n0 + box * kStoreBox);
-          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+            asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+          }
         }
       };
+      constexpr int kFirstBoxes = kBlockN / kStoreBox;
       stage(
-          std::integral_constant<int, kBlockN / kStoreBox>{},
+          std::integral_constant<int, kFirstBoxes>{}, std::integral_constant<int, 0>{},
           [&](int row, int col0, float(&v)[64]) { epi.apply(row, col0, v); },
           [&](uint32_t box, int r0, int col) { epi.store(box, r0, col); });
       if constexpr (requires { Epi::kSecondBoxes; }) {
+        static_assert(Epi::kSecondBoxes <= kFirstBoxes);
         stage(
             std::integral_constant<int, Epi::kSecondBoxes>{},
+            std::integral_constant<int, kFirstBoxes - Epi::kSecondBoxes>{},
             [&](int row, int col0, float(&v)[64]) { epi.apply_second(row, col0, v); },
             [&](uint32_t box, int r0, int col) { epi.store_second(box, r0, col); });
       }
