@@ -591,9 +591,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     // chunk c ^ (r % 8) (the 128-byte swizzle the TMA store reads; a warp's 4-byte writes
     // of one j hit 32 banks). The previous tile's stores must have read the buffer first.
     const int out_bar = 3 + consumer;  // named barrier of this consumer's 128 threads
-    // Where this thread's pair j (columns 8j + 2 * (lane % 4) + 0, 1) of buffer row r lies.
-    const auto pair_addr = [&](int j, int r) {
-      return out + (j / 8) * (kStoreBox * 128) + r * 128 + (((j % 8) ^ (lane / 4)) << 4) +
+    // Where this thread's pair j (columns 8j + 2 * (lane % 4) + 0, 1) of row r of a staging
+    // buffer (the output buffer or one of its slots) lies.
+    const auto pair_addr = [&](uint32_t buffer, int j, int r) {
+      return buffer + (j / 8) * (kStoreBox * 128) + r * 128 + (((j % 8) ^ (lane / 4)) << 4) +
              4 * (lane % 4);
     };
     if constexpr (kStaged) {
@@ -620,13 +621,13 @@ __global__ void __launch_bounds__(kThreads, 1)
           typename Epi::Staged in[8];
 #pragma unroll
           for (int jj = 0; jj < 8; ++jj) {
-            const uint32_t a = pair_addr(jj, r) - out + slot;
+            const uint32_t a = pair_addr(slot, jj, r);
             in[jj] = epi.load_staged(a, a + kStoreBox * 128);
           }
 #pragma unroll
           for (int jj = 0; jj < 8; ++jj) {
             const int j = 8 * q + jj;
-            const uint32_t a = pair_addr(jj, r) - out + slot;
+            const uint32_t a = pair_addr(slot, jj, r);
             epi.apply_staged(a, a + kStoreBox * 128, in[jj], acc[4 * j + 2 * half],
                              acc[4 * j + 2 * half + 1]);
           }
@@ -660,7 +661,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int j = 0; j < 8 * kBoxes; ++j) {
             const __nv_bfloat162 pair = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-            const uint32_t addr = pair_addr(j, r);
+            const uint32_t addr = pair_addr(out, j, r);
             asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
                          "r"(*reinterpret_cast<const uint32_t*>(&pair))
                          : "memory");
