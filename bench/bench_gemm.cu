@@ -57,7 +57,8 @@ const std::vector<GemmShape> kShapes = {
     {"seed MLP down", 4096, 4096, 11008},    {"GPT-2 qkv", 16384, 2304, 768},
     {"GPT-2 gate|up", 16384, 4096, 768},     {"GPT-2 down", 16384, 768, 2048},
     {"GPT-2 out-proj", 16384, 768, 768},     {"seed MLP down dx", 4096, 10944, 4096},
-    {"GPT-2 MLP down dx", 16384, 2048, 768},
+    {"GPT-2 MLP down dx", 16384, 2048, 768}, {"GPT-2 LM head", 8192, 50304, 768},
+    {"seed LM head", 2048, 32000, 4096},
 };
 
 // max |x - y| / max |y| and ||x - y|| / ||y|| of two bf16 GPU matrices, on the host.

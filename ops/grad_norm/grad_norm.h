@@ -67,11 +67,12 @@ Tensor sum_squares_cuda(const std::vector<Tensor>& grads);  // () f64 on their d
 // () `dtype` (f32 or f64): sqrt(sum_squares_cuda(grads)).
 Tensor grad_norm_cuda(const std::vector<Tensor>& grads, DType dtype);
 void scale_cpu(const std::vector<Tensor>& grads, double factor);
-// GradNormInBackward's GPU state and steps (grad_norm_cuda.cu): count(i) writes gradient
-// i's partials, on the side stream or the compute stream.
+// GradNormInBackward's GPU state and steps (grad_norm_cuda.cu): count(begin, end) writes
+// the partials of gradients [begin, end) in one launch, on the side stream or the compute
+// stream.
 struct SideNorm;
 std::shared_ptr<SideNorm> side_norm_cuda(const std::vector<Tensor>& grads);
-void side_norm_count_cuda(SideNorm& s, size_t i, bool on_side);
+void side_norm_count_cuda(SideNorm& s, size_t begin, size_t end, bool on_side);
 Tensor side_norm_finish_cuda(SideNorm& s, DType dtype);
 void scale_cuda(const std::vector<Tensor>& grads, const Tensor& factor);  // factor checked
 }  // namespace detail

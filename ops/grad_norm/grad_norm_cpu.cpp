@@ -129,7 +129,10 @@ void GradNormInBackward::ready(size_t i) {
   if (!s.active || i >= s.index.size() || s.index[i] < 0 || s.counted[s.index[i]]) return;
   s.counted[s.index[i]] = true;
 #ifdef FG_CUDA
-  if (s.side) detail::side_norm_count_cuda(*s.side, static_cast<size_t>(s.index[i]), true);
+  if (s.side) {
+    const auto j = static_cast<size_t>(s.index[i]);
+    detail::side_norm_count_cuda(*s.side, j, j + 1, true);
+  }
 #endif
 }
 
@@ -141,8 +144,13 @@ Tensor GradNormInBackward::finish() {
   if (s.grads.empty()) return Tensor::zeros({});
 #ifdef FG_CUDA
   if (s.side) {
-    for (size_t j = 0; j < s.grads.size(); ++j)
-      if (!counted[j]) detail::side_norm_count_cuda(*s.side, j, false);
+    // Each run of gradients not counted in backward in one launch.
+    for (size_t j = 0; j < s.grads.size();) {
+      size_t end = j;
+      while (end < s.grads.size() && !counted[end]) ++end;
+      if (end > j) detail::side_norm_count_cuda(*s.side, j, end, false);
+      j = end == j ? j + 1 : end;
+    }
     return detail::side_norm_finish_cuda(*s.side, s.dtype);
   }
 #endif

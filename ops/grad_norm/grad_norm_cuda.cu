@@ -211,7 +211,7 @@ std::shared_ptr<SideNorm> side_norm_cuda(const std::vector<Tensor>& grads) {
   return std::make_shared<SideNorm>(grads);
 }
 
-void side_norm_count_cuda(SideNorm& s, size_t i, bool on_side) {
+void side_norm_count_cuda(SideNorm& s, size_t begin, size_t end, bool on_side) {
   cudaStream_t stream = cuda::stream();
   if (on_side) {
     // The side stream starts after everything queued so far, which wrote the gradient.
@@ -220,7 +220,11 @@ void side_norm_count_cuda(SideNorm& s, size_t i, bool on_side) {
     FG_CUDA_CHECK(cudaStreamWaitEvent(stream, s.ready));
     s.side_used = true;
   }
-  sum_squares_partials({s.grads[i]}, s.partials.data<double>() + s.first_chunk[i], stream);
+  // Consecutive gradients' partials are consecutive (launch_packs' order), so a run of
+  // them lands where one launch per gradient would have put it.
+  const std::vector<Tensor> run(s.grads.begin() + static_cast<std::ptrdiff_t>(begin),
+                                s.grads.begin() + static_cast<std::ptrdiff_t>(end));
+  sum_squares_partials(run, s.partials.data<double>() + s.first_chunk[begin], stream);
 }
 
 Tensor side_norm_finish_cuda(SideNorm& s, DType dtype) {

@@ -314,8 +314,9 @@ TEST(GradNormCuda, InBackwardMatchesOnePassBitForBit) {
   FG_REQUIRE_GPU();
   // Mixed dtypes and sizes around the chunk size; two passes over other values, each
   // counting some gradients on the side stream (in a shuffled order) and the rest at
-  // finish: a partial left from the first pass, or one read before its gradient was
-  // written, would show in the second.
+  // finish, single ones and a run of ten in one launch: a partial left from the first
+  // pass, one read before its gradient was written, or a run's partials out of place
+  // would show in the second.
   std::vector<Tensor> g;
   Generator gen(11);
   DType dtypes[] = {DType::F32, DType::BF16, DType::F64};
@@ -324,11 +325,12 @@ TEST(GradNormCuda, InBackwardMatchesOnePassBitForBit) {
     g.push_back(Tensor::randn(shape, gen, dtypes[i % 3], Device::cuda(0), 0.0, 1.0 + i % 5));
   }
   GradNormInBackward norm(g);
+  EXPECT_EQ(norm.finish().item(), grad_norm(g).item());  // no pass started: all in one run
   for (int pass = 0; pass < 2; ++pass) {
     norm.start();
     for (int k = 0; k < 60; ++k) {
       const int i = (k * 37 + pass) % 60;
-      if ((i + pass) % 3 == 0) continue;             // left for finish()
+      if ((i + pass) % 3 == 0 || i >= 50) continue;  // left for finish()
       scale_grads({g[i]}, pass == 0 ? 1.5 : -0.75);  // written just before it is ready
       norm.ready(i);
     }
