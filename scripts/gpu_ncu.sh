@@ -9,6 +9,8 @@
 # KERNELS: a regex over demangled kernel names. SKIP: matching launches left out first (take a
 # later step's: bench_train --profile lists the calls per step), COUNT: launches profiled.
 # REGIONS: address ranges of the SASS listing to split the first launch's samples by.
+# PROGRAM / ARGS: another program of $BIN instead, e.g. PROGRAM=bench_fused_qkv
+# ARGS='--shapes seed --reps 3' (the default is bench_train on $MODEL without its graph).
 # The report, its CSV pages and the summary go to $OUT/ncu.tgz; the summary is echoed.
 set -uo pipefail
 OUT=${OUT:-/tmp/fg_out}
@@ -17,18 +19,19 @@ KERNELS=${KERNELS:?KERNELS=a regex of kernel names}
 MODEL=${MODEL:-gpt2}
 SKIP=${SKIP:-0}
 COUNT=${COUNT:-1}
+PROGRAM=${PROGRAM:-bench_train}
+ARGS=${ARGS:---data .deps/tinyshakespeare.txt --models $MODEL --recompute none --steps 3 --warmup 1 --no-cuda-graph}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
-if [ ! -x "$BIN/bench_train" ]; then
+if [ ! -x "$BIN/$PROGRAM" ]; then
   BIN=build-gpu/bin
-  bash scripts/gpu_build.sh bench_train || exit 1
+  bash scripts/gpu_build.sh "$PROGRAM" || exit 1
 fi
 
 SECONDS=0
 timeout 500 ncu --clock-control none --set full --import-source no --kernel-name-base demangled \
   --kernel-name "regex:$KERNELS" --launch-skip "$SKIP" --launch-count "$COUNT" -o "$WORK/report" \
-  "$BIN/bench_train" --data .deps/tinyshakespeare.txt --models "$MODEL" --recompute none \
-  --steps 3 --warmup 1 --no-cuda-graph > "$WORK/ncu.log" 2>&1
+  "$BIN/$PROGRAM" $ARGS > "$WORK/ncu.log" 2>&1
 echo "ncu rc=$? ${SECONDS}s"
 if [ ! -s "$WORK/report.ncu-rep" ]; then
   tail -20 "$WORK/ncu.log"
