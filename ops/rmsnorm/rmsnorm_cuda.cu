@@ -229,39 +229,51 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// One row of the register-resident backward. The calling thread holds packs first,
-// first + step, ... (kPacks of them) of the row, whose dy, x (and dh) it reads once;
-// row_sum(v) adds v over the row's threads. Writes dx (and y: the normalized row,
-// recomputed) once and adds the row's dy * xhat into the thread's dweight sums dw.
-template <class T, int kVec, int kPacks, bool kDh, bool kY, class RowSum>
-__device__ __forceinline__ void backward_row(const T* dy, const T* dh, const T* x,
-                                             const Pack<T, kVec> (&w)[kPacks],
-                                             const compute_t<T>* rstd, T* dx, T* y,
-                                             compute_t<T> (&dw)[kPacks][kVec], int64_t D, int first,
-                                             int step, RowSum row_sum) {
+// A thread's packs of one row for the register-resident backward: first, first + step, ...
+// (kPacks of them) of dy, x (and dh).
+template <class T, int kVec, int kPacks, bool kDh>
+struct BackwardPacks {
+  Pack<T, kVec> dy[kPacks], x[kPacks], dh[kPacks];
+
+  // Every load issued before any is used.
+  __device__ __forceinline__ void load(const T* dy_row, const T* dh_row, const T* x_row,
+                                       int64_t packs, int first, int step) {
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t c = first + p * static_cast<int64_t>(step);
+      if (c < packs) {
+        dy[p] = load_pack<kVec>(dy_row + c * kVec);
+        x[p] = load_pack<kVec>(x_row + c * kVec);
+        if constexpr (kDh) dh[p] = load_pack<kVec>(dh_row + c * kVec);
+      }
+    }
+  }
+};
+
+// One row of the register-resident backward from the calling thread's loaded packs;
+// row_sum(v) adds v over the row's threads, and before_sum() runs just before it (a
+// caller's chance to issue the next row's loads, whose latency then hides under the
+// sum). Writes dx (and y: the normalized row, recomputed) once and adds the row's
+// dy * xhat into the thread's dweight sums dw.
+template <class T, int kVec, int kPacks, bool kDh, bool kY, class RowSum, class BeforeSum>
+__device__ __forceinline__ void backward_row(const BackwardPacks<T, kVec, kPacks, kDh>& v,
+                                             const Pack<T, kVec> (&w)[kPacks], compute_t<T> r,
+                                             T* dx, T* y, compute_t<T> (&dw)[kPacks][kVec],
+                                             int64_t D, int first, int step, RowSum row_sum,
+                                             BeforeSum before_sum) {
   using A = compute_t<T>;
   using P = Pack<T, kVec>;
   const int64_t packs = D / kVec;
-  P dyv[kPacks], xv[kPacks], dhv[kPacks];
-#pragma unroll
-  for (int p = 0; p < kPacks; ++p) {  // every load issued before the first use
-    const int64_t c = first + p * static_cast<int64_t>(step);
-    if (c < packs) {
-      dyv[p] = load_pack<kVec>(dy + c * kVec);
-      xv[p] = load_pack<kVec>(x + c * kVec);
-      if constexpr (kDh) dhv[p] = load_pack<kVec>(dh + c * kVec);
-    }
-  }
-  const A r = *rstd;  // after the row's loads: its latency hides under theirs
-  A dot = 0;          // sum over the row of g * xhat
+  A dot = 0;  // sum over the row of g * xhat
 #pragma unroll
   for (int p = 0; p < kPacks; ++p) {
     const int64_t c = first + p * static_cast<int64_t>(step);
     if (c >= packs) continue;
 #pragma unroll
     for (int j = 0; j < kVec; ++j)
-      dot += to_compute(w[p].v[j]) * to_compute(dyv[p].v[j]) * (to_compute(xv[p].v[j]) * r);
+      dot += to_compute(w[p].v[j]) * to_compute(v.dy[p].v[j]) * (to_compute(v.x[p].v[j]) * r);
   }
+  before_sum();
   const A mean = row_sum(dot) / static_cast<A>(D);
 #pragma unroll
   for (int p = 0; p < kPacks; ++p) {
@@ -270,13 +282,13 @@ __device__ __forceinline__ void backward_row(const T* dy, const T* dh, const T* 
     P out, yv;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      const A xhat = to_compute(xv[p].v[j]) * r,
-              g = to_compute(w[p].v[j]) * to_compute(dyv[p].v[j]);
-      A v = r * (g - xhat * mean);
-      if constexpr (kDh) v += to_compute(dhv[p].v[j]);
-      out.v[j] = from_compute<T>(v);
+      const A xhat = to_compute(v.x[p].v[j]) * r,
+              g = to_compute(w[p].v[j]) * to_compute(v.dy[p].v[j]);
+      A o = r * (g - xhat * mean);
+      if constexpr (kDh) o += to_compute(v.dh[p].v[j]);
+      out.v[j] = from_compute<T>(o);
       if constexpr (kY) yv.v[j] = from_compute<T>(xhat * to_compute(w[p].v[j]));
-      dw[p][j] += to_compute(dyv[p].v[j]) * xhat;
+      dw[p][j] += to_compute(v.dy[p].v[j]) * xhat;
     }
     store_pack<kVec>(dx + c * kVec, out);
     if constexpr (kY) store_pack<kVec>(y + c * kVec, yv);
@@ -308,13 +320,28 @@ __global__ void __launch_bounds__(kRowThreads)
   Pack<T, kVec> w[kPacks];
   A dw[kPacks][kVec] = {};
   load_weight_packs(weight, w, packs, threadIdx.x, blockDim.x);
+  // A row's sum waits on a block barrier, so the next row's loads are issued before it
+  // (two rows in flight per block). Not at 3 or 4 packs a thread: the second row's
+  // registers would halve the blocks per SM.
+  constexpr bool kAhead = kPacks <= 2;
+  BackwardPacks<T, kVec, kPacks, kDh> cur, next;
+  const auto load_row = [&](BackwardPacks<T, kVec, kPacks, kDh>& v, int64_t row) {
+    const int64_t base = row * D;
+    v.load(dy + base, kDh ? dh + base : nullptr, x + base, packs, threadIdx.x, blockDim.x);
+  };
+  if (kAhead && blockIdx.x < rows) load_row(cur, blockIdx.x);
   int parity = 0;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, parity ^= 1) {
     const int64_t base = row * D;
-    backward_row<T, kVec, kPacks, kDh, kY>(dy + base, kDh ? dh + base : nullptr, x + base, w,
-                                           rstd + row, dx + base, kY ? y + base : nullptr, dw, D,
-                                           threadIdx.x, blockDim.x,
-                                           [&](A v) { return block_sum(v, sums, parity); });
+    const int64_t following = row + gridDim.x;
+    if (!kAhead) load_row(cur, row);
+    backward_row<T, kVec, kPacks, kDh, kY>(
+        cur, w, rstd[row], dx + base, kY ? y + base : nullptr, dw, D, threadIdx.x, blockDim.x,
+        [&](A v) { return block_sum(v, sums, parity); },
+        [&] {
+          if (kAhead && following < rows) load_row(next, following);
+        });
+    if (kAhead) cur = next;
   }
 #pragma unroll
   for (int p = 0; p < kPacks; ++p) {
@@ -347,9 +374,11 @@ __global__ void __launch_bounds__(kNarrowThreads)
   for (int64_t row = blockIdx.x * static_cast<int64_t>(kNarrowWarps) + warp; row < rows;
        row += step) {
     const int64_t base = row * D;
-    backward_row<T, kVec, kPacks, kDh, kY>(dy + base, kDh ? dh + base : nullptr, x + base, w,
-                                           rstd + row, dx + base, kY ? y + base : nullptr, dw, D,
-                                           lane, kWarp, [](A v) { return warp_sum(v); });
+    BackwardPacks<T, kVec, kPacks, kDh> v;
+    v.load(dy + base, kDh ? dh + base : nullptr, x + base, packs, lane, kWarp);
+    backward_row<T, kVec, kPacks, kDh, kY>(
+        v, w, rstd[row], dx + base, kY ? y + base : nullptr, dw, D, lane, kWarp,
+        [](A s) { return warp_sum(s); }, [] {});
   }
 #pragma unroll
   for (int p = 0; p < kPacks; ++p) {
