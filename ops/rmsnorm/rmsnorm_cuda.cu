@@ -188,18 +188,25 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
     if (c < packs) w[p] = load_pack<kVec>(weight + c * kVec);
   }
+  // Every load of a row issued before the first use; with kAhead the next row's loads are
+  // issued before this row's block sum (two rows in flight per block), as in backward.
+  constexpr bool kAhead = kPacks <= 2;
+  P hv[kPacks], rv[kPacks], next_h[kPacks], next_r[kPacks];
+  const auto load_row = [&](P(&hp)[kPacks], P(&rp)[kPacks], int64_t row) {
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
+      if (c < packs) {
+        hp[p] = load_pack<kVec>(x + row * D + c * kVec);
+        if constexpr (kResidual) rp[p] = load_pack<kVec>(residual + row * D + c * kVec);
+      }
+    }
+  };
+  if (kAhead && blockIdx.x < rows) load_row(hv, rv, blockIdx.x);
   int parity = 0;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, parity ^= 1) {
     const int64_t base = row * D;
-    P hv[kPacks], rv[kPacks];
-#pragma unroll
-    for (int p = 0; p < kPacks; ++p) {  // every load issued before the first use
-      const int64_t c = threadIdx.x + p * static_cast<int64_t>(blockDim.x);
-      if (c < packs) {
-        hv[p] = load_pack<kVec>(x + base + c * kVec);
-        if constexpr (kResidual) rv[p] = load_pack<kVec>(residual + base + c * kVec);
-      }
-    }
+    if (!kAhead) load_row(hv, rv, row);
     A ss = 0;
 #pragma unroll
     for (int p = 0; p < kPacks; ++p) {
@@ -214,6 +221,7 @@ __global__ void __launch_bounds__(kRowThreads)
 #pragma unroll
       for (int j = 0; j < kVec; ++j) ss += to_compute(hv[p].v[j]) * to_compute(hv[p].v[j]);
     }
+    if (kAhead && row + gridDim.x < rows) load_row(next_h, next_r, row + gridDim.x);
     const A r = rsqrt_acc(block_sum(ss, sums, parity) / static_cast<A>(D) + eps);
     if (threadIdx.x == 0) rstd[row] = r;
 #pragma unroll
@@ -225,6 +233,13 @@ __global__ void __launch_bounds__(kRowThreads)
       for (int j = 0; j < kVec; ++j)
         out.v[j] = from_compute<T>(to_compute(hv[p].v[j]) * r * to_compute(w[p].v[j]));
       store_pack<kVec>(y + base + c * kVec, out);
+    }
+    if (kAhead) {
+#pragma unroll
+      for (int p = 0; p < kPacks; ++p) {
+        hv[p] = next_h[p];
+        rv[p] = next_r[p];
+      }
     }
   }
 }
