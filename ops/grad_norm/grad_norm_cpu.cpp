@@ -145,11 +145,12 @@ Tensor GradNormInBackward::finish() {
 #ifdef FG_CUDA
   if (s.side) {
     // Each run of gradients not counted in backward in one launch.
-    for (size_t j = 0; j < s.grads.size();) {
-      size_t end = j;
+    for (size_t j = 0; j < s.grads.size(); ++j) {
+      if (counted[j]) continue;
+      size_t end = j + 1;
       while (end < s.grads.size() && !counted[end]) ++end;
-      if (end > j) detail::side_norm_count_cuda(*s.side, j, end, false);
-      j = end == j ? j + 1 : end;
+      detail::side_norm_count_cuda(*s.side, j, end, false);
+      j = end;  // counted, or past the last
     }
     return detail::side_norm_finish_cuda(*s.side, s.dtype);
   }
