@@ -1371,7 +1371,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tr::kConsumerRegs));
-  const int cw = wg - 1;  // consumer: keys cw * 64.. of the block, dQ columns cw * kHd / 2..
+  // consumer: keys cw * 64.. of the block, dQ columns cw * kHd / 2.. (through a shuffle,
+  // which ptxas sees as uniform, so a branch on cw does not serialize the wgmmas)
+  const int cw = __shfl_sync(0xffffffffu, wg, 0) - 1;
   const int quad_row = lane / 4, quad_col = lane % 4 * 2;
   const int key_row = cw * 64 + warp * 16 + quad_row;  // the lane's first key in the tile
   constexpr int kHalf = kHd / 4;  // floats of a thread's dQ half
@@ -1393,61 +1395,72 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
     const float* lse_s = lse_tiles + stage * kBm;
     const float* delta_s = delta_tiles + stage * kBm;
     hopper::mbar_wait(&full[stage], (it / kStages) & 1);
+    // On the diagonal (the key block's first query tile), consumer 1's keys all come after
+    // the tile's last query: its P^T and dS^T are zero, so it skips its products and
+    // softmax and only writes its dS^T rows as zeros for the dQ product.
+    uint32_t ds_frag[kBm / 16][4];
+    if (cw == 0 || n0 + 64 <= m0 + kBm - 1) {
+      // S^T = K Q^T and dP^T = V dO^T: (64 keys, 64 queries) per consumer.
+      float st[kBm / 2], dpt[kBm / 2];
+#pragma unroll
+      for (int i = 0; i < kBm / 2; ++i) st[i] = dpt[i] = 0.f;
+      pin(st);  // the zeros are written before the fence, not sunk past it
+      pin(dpt);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kHd / 16; ++ks) {
+        const uint32_t chunk = (ks / 4) * 128, col = (ks % 4) * 32;
+        const uint32_t rows = chunk * kBn + cw * 64 * 128 + col;
+        wgmma_ss_n64<0, 0>(st, wgmma_desc(s_k + rows, 16, 1024),
+                           wgmma_desc(s_qs + chunk * kBm + col, 16, 1024));
+        wgmma_ss_n64<0, 0>(dpt, wgmma_desc(s_v + rows, 16, 1024),
+                           wgmma_desc(s_dos + chunk * kBm + col, 16, 1024));
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      pin(st);
+      pin(dpt);
 
-    // S^T = K Q^T and dP^T = V dO^T: (64 keys, 64 queries) per consumer.
-    float st[kBm / 2], dpt[kBm / 2];
+      // P^T = exp(S^T * scale - lse); dS^T = P^T (dP^T - D). Zero above the diagonal
+      // (only where this consumer's keys reach past the tile's first query) and for
+      // queries past T (their lse and D were read as zeros).
+      const bool need_mask = n0 + cw * 64 + 63 > m0 || m0 + kBm > d.seq;
 #pragma unroll
-    for (int i = 0; i < kBm / 2; ++i) st[i] = dpt[i] = 0.f;
-    pin(st);  // the zeros are written before the fence, not sunk past it
-    pin(dpt);
-    wgmma_fence();
+      for (int nt = 0; nt < kQt; ++nt)
 #pragma unroll
-    for (int ks = 0; ks < kHd / 16; ++ks) {
-      const uint32_t chunk = (ks / 4) * 128, col = (ks % 4) * 32;
-      const uint32_t rows = chunk * kBn + cw * 64 * 128 + col;
-      wgmma_ss_n64<0, 0>(st, wgmma_desc(s_k + rows, 16, 1024),
-                         wgmma_desc(s_qs + chunk * kBm + col, 16, 1024));
-      wgmma_ss_n64<0, 0>(dpt, wgmma_desc(s_v + rows, 16, 1024),
-                         wgmma_desc(s_dos + chunk * kBm + col, 16, 1024));
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    pin(st);
-    pin(dpt);
-
-    // P^T = exp(S^T * scale - lse); dS^T = P^T (dP^T - D). Zero above the
-    // diagonal and for queries past T (their lse and D were read as zeros).
-    const bool need_mask = n0 + kBn - 1 > m0 || m0 + kBm > d.seq;
-#pragma unroll
-    for (int nt = 0; nt < kQt; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = nt * 8 + quad_col + (e & 1);  // query within the tile
-        float p = exp2_approx(fmaf(st[4 * nt + e], d.scale_log2, -lse_s[col] * kLog2e));
-        if (need_mask) {
-          const int key = n0 + key_row + (e >> 1) * 8, query = m0 + col;
-          if (key > query || query >= d.seq) p = 0.f;
+        for (int e = 0; e < 4; ++e) {
+          const int col = nt * 8 + quad_col + (e & 1);  // query within the tile
+          float p = exp2_approx(fmaf(st[4 * nt + e], d.scale_log2, -lse_s[col] * kLog2e));
+          if (need_mask) {
+            const int key = n0 + key_row + (e >> 1) * 8, query = m0 + col;
+            if (key > query || query >= d.seq) p = 0.f;
+          }
+          st[4 * nt + e] = p;
+          dpt[4 * nt + e] = p * (dpt[4 * nt + e] - delta_s[col]);
         }
-        st[4 * nt + e] = p;
-        dpt[4 * nt + e] = p * (dpt[4 * nt + e] - delta_s[col]);
-      }
-    uint32_t p_frag[kBm / 16][4], ds_frag[kBm / 16][4];
+      uint32_t p_frag[kBm / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < kBm / 16; ++kk)
+      for (int kk = 0; kk < kBm / 16; ++kk)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        p_frag[kk][r] = pack_bf16(st[8 * kk + 2 * r], st[8 * kk + 2 * r + 1]);
-        ds_frag[kk][r] = pack_bf16(dpt[8 * kk + 2 * r], dpt[8 * kk + 2 * r + 1]);
-      }
+        for (int r = 0; r < 4; ++r) {
+          p_frag[kk][r] = pack_bf16(st[8 * kk + 2 * r], st[8 * kk + 2 * r + 1]);
+          ds_frag[kk][r] = pack_bf16(dpt[8 * kk + 2 * r], dpt[8 * kk + 2 * r + 1]);
+        }
 
-    // dV += P^T dO and dK += dS^T Q: k16 step kk is 16 query rows of dO and Q.
-    wgmma_fence();
+      // dV += P^T dO and dK += dS^T Q: k16 step kk is 16 query rows of dO and Q.
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBm / 16; ++kk) {
-      wgmma_rs<kHd>(dv_acc, p_frag[kk], wgmma_desc(s_dos + kk * 2048, kBm * 128, 1024));
-      wgmma_rs<kHd>(dk_acc, ds_frag[kk], wgmma_desc(s_qs + kk * 2048, kBm * 128, 1024));
+      for (int kk = 0; kk < kBm / 16; ++kk) {
+        wgmma_rs<kHd>(dv_acc, p_frag[kk], wgmma_desc(s_dos + kk * 2048, kBm * 128, 1024));
+        wgmma_rs<kHd>(dk_acc, ds_frag[kk], wgmma_desc(s_qs + kk * 2048, kBm * 128, 1024));
+      }
+      wgmma_commit();
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < kBm / 16; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) ds_frag[kk][r] = 0u;
     }
-    wgmma_commit();
 
     // dS^T (this consumer's 64 keys) into its rows of the tile's buffer, in the wgmma
     // layout (one 64-query chunk: piece j of row r at j ^ (r % 8)).
