@@ -66,6 +66,8 @@ void cross_entropy_backward_cpu(const Tensor& dloss, const Tensor& logits, const
                                 const Tensor& lse, const Tensor& count, const Tensor& dlogits);
 void cross_entropy_backward_cuda(const Tensor& dloss, const Tensor& logits, const Tensor& targets,
                                  const Tensor& lse, const Tensor& count, const Tensor& dlogits);
+// loss () = the sum of row_loss (N) f32 / count (0 when count is 0), on the GPU.
+void cross_entropy_mean_cuda(const Tensor& row_loss, const Tensor& count, const Tensor& loss);
 // logits is overwritten with dlogits.
 void cross_entropy_fused_cuda(const Tensor& logits, const Tensor& targets, const Tensor& count,
                               const Tensor& dloss, const Tensor& loss, const Tensor& lse);

@@ -415,6 +415,10 @@ void count_targets_cuda(const Tensor& targets, const Tensor& count) {
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
+void cross_entropy_mean_cuda(const Tensor& row_loss, const Tensor& count, const Tensor& loss) {
+  launch_mean<float, float>(row_loss, count, loss);
+}
+
 void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets, const Tensor& count,
                                 const Tensor& loss, const Tensor& lse) {
   dispatch_logits("cross_entropy", logits, [&]<class T, class C>() {

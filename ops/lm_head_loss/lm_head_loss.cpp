@@ -59,9 +59,32 @@ LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Te
                       : Tensor::zeros({Vp, D}, weight.dtype(), weight.device());
     one = Tensor::ones({}, loss_dtype, y.device());
   }
+#ifdef FG_CUDA
+  const bool in_epilogue =
+      V >= detail::kLossInEpilogueMinVocab && detail::lm_head_exp_applies(y, w);
+  const Tensor wmax = in_epilogue && N > 0 ? detail::row_norm_max_cuda(w) : Tensor();
+#else
+  const bool in_epilogue = false;
+#endif
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
     const int64_t r1 = std::min(N, r0 + chunk_rows);
     const Tensor y_c = y.slice(0, r0, r1), t_c = targets.slice(0, r0, r1);
+#ifdef FG_CUDA
+    if (in_epilogue) {  // e = exp(logits - shift); dlogits = scale[row] * e
+      const Tensor e = Tensor::empty({r1 - r0, Vp}, y.dtype(), y.device());
+      const Tensor scale = need_grads ? Tensor::empty({r1 - r0}, DType::F32, y.device()) : Tensor();
+      add_inplace(r.loss,
+                  detail::lm_head_exp_chunk_cuda(y_c, w, V, t_c, r.count, one, wmax, e, scale));
+      if (!need_grads) continue;
+      const Tensor dy_c = r.dy.slice(0, r0, r1),
+                   y_s = Tensor::empty(y_c.shape(), y_c.dtype(), y_c.device());
+      gemm(e, false, w, false, dy_c);  // dy_c = scale * (e @ W)
+      detail::scale_rows_cuda(dy_c, scale, dy_c);
+      detail::scale_rows_cuda(y_c, scale, y_s);  // dW (+)= e^T (scale * y_c)
+      gemm(e, true, y_s, false, r.dweight, 1.0, r0 == 0 ? 0.0 : 1.0);
+      continue;
+    }
+#endif
     const Tensor logits = matmul(y_c, false, w, true);  // (rows, Vp), the only logits alive
     const Tensor real = logits.slice(1, 0, V);
     if (!need_grads) {

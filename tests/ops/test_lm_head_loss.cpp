@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,11 @@ std::vector<int32_t> ignoring(int64_t n, int64_t v, int64_t lo, int64_t hi) {
     t.push_back(i >= lo && i < hi ? -1 : static_cast<int32_t>((i * 7) % v));
   return t;
 }
+
+// The GPU tests' vocabulary: at least detail::kLossInEpilogueMinVocab, so that bf16 on
+// Hopper takes the path with the loss in the product's epilogue.
+constexpr int64_t kGpuVocab = 4099;
+static_assert(kGpuVocab >= ops::detail::kLossInEpilogueMinVocab);
 
 // Same loss, dy and dweight.
 void expect_same(const ops::LMHeadLossOut& got, const ops::LMHeadLossOut& want, double tol,
@@ -122,7 +128,7 @@ TEST(LMHeadLoss, ErrorsNameTheShapes) {
 TEST(LMHeadLossCuda, MatchesCpu) {
   FG_REQUIRE_GPU();
   for (DType dt : {DType::F32, DType::BF16}) {
-    Problem cpu = make(301, 64, 1003, DType::F32, Device::cpu());
+    Problem cpu = make(301, 64, kGpuVocab, DType::F32, Device::cpu());
     Problem gpu{cpu.y.to(Device::cuda(), dt), cpu.w.to(Device::cuda(), dt),
                 cpu.targets.to(Device::cuda())};
     ops::LMHeadLossOut c = ops::lm_head_loss(cpu.y, cpu.w, cpu.targets, true, 0);
@@ -140,21 +146,52 @@ TEST(LMHeadLossCuda, MatchesCpu) {
 TEST(LMHeadLossCuda, IgnoredChunksMatchCpu) {
   FG_REQUIRE_GPU();
   // Chunks of 97 rows: the second is all ignored; then every row ignored.
-  Problem some = make(301, 64, 1003, DType::F32, Device::cpu(), ignoring(301, 1003, 97, 194));
-  Problem all = make(301, 64, 1003, DType::F32, Device::cpu(), ignoring(301, 1003, 0, 301));
-  for (const Problem& cpu : {some, all}) {
-    Problem gpu{cpu.y.to(Device::cuda()), cpu.w.to(Device::cuda()), cpu.targets.to(Device::cuda())};
-    ops::LMHeadLossOut c = ops::lm_head_loss(cpu.y, cpu.w, cpu.targets, true, 0);
-    ops::LMHeadLossOut g = ops::lm_head_loss(gpu.y, gpu.w, gpu.targets, true, 97);
-    if (c.count.item() == 0) {
-      EXPECT_EQ(g.count.item(), 0);
-      EXPECT_EQ(g.loss.item(), 0.0);
-      EXPECT_EQ(max_abs_diff(g.dy, Tensor::zeros({301, 64})), 0.0);
-      EXPECT_EQ(max_abs_diff(g.dweight, Tensor::zeros({1003, 64})), 0.0);
-      continue;
+  Problem some =
+      make(301, 64, kGpuVocab, DType::F32, Device::cpu(), ignoring(301, kGpuVocab, 97, 194));
+  Problem all =
+      make(301, 64, kGpuVocab, DType::F32, Device::cpu(), ignoring(301, kGpuVocab, 0, 301));
+  for (DType dt : {DType::F32, DType::BF16})  // bf16 on Hopper: the loss in the epilogue
+    for (const Problem& p : {some, all}) {
+      Problem gpu{p.y.to(Device::cuda(), dt), p.w.to(Device::cuda(), dt),
+                  p.targets.to(Device::cuda())};
+      // The reference on the inputs the GPU sees.
+      Problem cpu{gpu.y.to(Device::cpu(), DType::F32), gpu.w.to(Device::cpu(), DType::F32),
+                  p.targets};
+      ops::LMHeadLossOut c = ops::lm_head_loss(cpu.y, cpu.w, cpu.targets, true, 0);
+      ops::LMHeadLossOut g = ops::lm_head_loss(gpu.y, gpu.w, gpu.targets, true, 97);
+      if (c.count.item() == 0) {
+        EXPECT_EQ(g.count.item(), 0);
+        EXPECT_EQ(g.loss.item(), 0.0);
+        EXPECT_EQ(max_abs_diff(g.dy, Tensor::zeros({301, 64})), 0.0);
+        EXPECT_EQ(max_abs_diff(g.dweight, Tensor::zeros({kGpuVocab, 64})), 0.0);
+        continue;
+      }
+      expect_same(g, c, dt == DType::BF16 ? 1e-2 : 1e-5, "chunks of 97, the second ignored");
+      EXPECT_EQ(max_abs_diff(g.dy.slice(0, 97, 194), Tensor::zeros({97, 64})), 0.0);
     }
-    expect_same(g, c, 1e-5, "chunks of 97, the second ignored");
-    EXPECT_EQ(max_abs_diff(g.dy.slice(0, 97, 194), Tensor::zeros({97, 64})), 0.0);
+}
+
+TEST(LMHeadLossCuda, RowsOutsideTheShiftWindowMatchCpu) {
+  FG_REQUIRE_GPU();
+  // bf16 on Hopper shifts each row's exponentials by a bound on its logits made before the
+  // product (lm_head_loss_cuda.cu). Every other row scaled by 40 makes that bound hundreds
+  // above the row's logits, where the exponentials would all flush to zero: those rows must
+  // be recomputed exactly, beside rows that take the product's sums.
+  Problem p = make(301, 64, kGpuVocab, DType::F32, Device::cpu());
+  Tensor scaled = p.y.clone();
+  for (int64_t i = 1; i < 301; i += 2)
+    for (int64_t k = 0; k < 64; ++k) scaled.data<float>()[i * 64 + k] *= 40.f;
+  Problem gpu{scaled.to(Device::cuda(), DType::BF16), p.w.to(Device::cuda(), DType::BF16),
+              p.targets.to(Device::cuda())};
+  Problem cpu{gpu.y.to(Device::cpu(), DType::F32), gpu.w.to(Device::cpu(), DType::F32), p.targets};
+  ops::LMHeadLossOut c = ops::lm_head_loss(cpu.y, cpu.w, cpu.targets, true, 0);
+  for (bool grads : {true, false}) {
+    ops::LMHeadLossOut g = ops::lm_head_loss(gpu.y, gpu.w, gpu.targets, grads, 97);
+    ASSERT_TRUE(std::isfinite(g.loss.item()));
+    EXPECT_NEAR(g.loss.item(), c.loss.item(), 1e-2 * c.loss.item()) << "grads " << grads;
+    if (!grads) continue;
+    EXPECT_TRUE(close_rel(g.dy, c.dy, 1e-2));
+    EXPECT_TRUE(close_rel(g.dweight, c.dweight, 1e-2));
   }
 }
 
@@ -195,22 +232,21 @@ std::string capture(CapturedGraph& g, F&& f) {
   if (inst != cudaSuccess) return std::string("cudaGraphInstantiate: ") + cudaGetErrorString(inst);
   return "";
 }
-}  // namespace
 
-TEST(LMHeadLossCuda, RunsInsideStreamCapture) {
-  FG_REQUIRE_GPU();
-  const int64_t n = 301, d = 64, v = 1003, chunk = 97;
+// Captures lm_head_loss with dt inputs, then checks the graph's launches against eager calls.
+void captured_run_matches_eager(DType dt) {
+  const int64_t n = 301, d = 64, v = kGpuVocab, chunk = 97;
   const Device gpu = Device::cuda();
   // The second chunk is all ignored.
-  Problem p = make(n, d, v, DType::F32, gpu, ignoring(n, v, chunk, 2 * chunk));
+  Problem p = make(n, d, v, DType::F32, Device::cpu(), ignoring(n, v, chunk, 2 * chunk));
+  p = {p.y.to(gpu, dt), p.w.to(gpu, dt), p.targets.to(gpu)};
   // Eager first: it also sets up what is made once (cuBLASLt handle, workspace, plans).
   ops::LMHeadLossOut eager = ops::lm_head_loss(p.y, p.w, p.targets, true, chunk);
 
   // The graph's results land in tensors allocated before the capture; every
   // tensor made inside it is freed inside it (graph-owned memory).
-  ops::LMHeadLossOut out{Tensor::empty({}, DType::F32, gpu), Tensor::empty({n, d}, DType::F32, gpu),
-                         Tensor::empty({v, d}, DType::F32, gpu),
-                         Tensor::empty({}, DType::I32, gpu)};
+  ops::LMHeadLossOut out{Tensor::empty({}, DType::F32, gpu), Tensor::empty({n, d}, dt, gpu),
+                         Tensor::empty({v, d}, dt, gpu), Tensor::empty({}, DType::I32, gpu)};
   CapturedGraph graph;
   std::string error = capture(graph, [&] {
     ops::LMHeadLossOut r = ops::lm_head_loss(p.y, p.w, p.targets, true, chunk);
@@ -222,7 +258,7 @@ TEST(LMHeadLossCuda, RunsInsideStreamCapture) {
   ASSERT_EQ(error, "") << "lm_head_loss cannot be captured: it syncs with the host";
 
   FG_CUDA_CHECK(cudaGraphLaunch(graph.exec, cuda::stream()));
-  expect_same(out, eager, 1e-6, "captured");
+  expect_same(out, eager, 1e-6, std::string("captured, ") + dtype_name(dt));
 
   // The graph reads the targets and the count on the device each launch: new
   // targets (another count) give the new eager result, not the captured one.
@@ -230,6 +266,13 @@ TEST(LMHeadLossCuda, RunsInsideStreamCapture) {
   ops::LMHeadLossOut eager2 = ops::lm_head_loss(p.y, p.w, p.targets, true, chunk);
   ASSERT_NE(eager2.count.item(), eager.count.item());
   FG_CUDA_CHECK(cudaGraphLaunch(graph.exec, cuda::stream()));
-  expect_same(out, eager2, 1e-6, "captured, replayed on new targets");
+  expect_same(out, eager2, 1e-6,
+              std::string("captured, replayed on new targets, ") + dtype_name(dt));
+}
+}  // namespace
+
+TEST(LMHeadLossCuda, RunsInsideStreamCapture) {
+  FG_REQUIRE_GPU();
+  for (DType dt : {DType::F32, DType::BF16}) captured_run_matches_eager(dt);
 }
 #endif
