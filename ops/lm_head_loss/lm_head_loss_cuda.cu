@@ -261,7 +261,7 @@ Tensor lm_head_exp_chunk_cuda(const Tensor& y, const Tensor& w, int64_t vocab,
                target_logit = Tensor::empty({rows}, DType::F32, dev),
                row_loss = Tensor::empty({rows}, DType::F32, dev),
                partial = Tensor::empty({rows, tiles}, DType::F32, dev);
-  shift_kernel<<<grid_for(rows * 32, 256), 256, 0, cuda::stream()>>>(
+  shift_kernel<<<static_cast<unsigned>((rows + 7) / 8), 256, 0, cuda::stream()>>>(  // warp a row
       y.data<bf16>(), w.data<bf16>(), targets.data<int32_t>(), rows, static_cast<int>(d),
       static_cast<int>(vocab), wmax.data<float>(), shift.data<float>(), target_logit.data<float>());
   FG_CUDA_CHECK(cudaGetLastError());
