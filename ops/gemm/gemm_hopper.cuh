@@ -828,4 +828,16 @@ void launch_gemm_tn(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int 
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
+// launch_gemm_tn in pingpong_schedule(K) (gemm_hopper.h), for a (N, K) b.
+template <class Epi>
+void launch_gemm_tn_pingpong(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int M, int N,
+                             int K, const Epi& epi, cudaStream_t stream,
+                             bool paired_halves = false) {
+  if (pingpong_schedule(K) == GemmSchedule::kPingPong2Cta)
+    launch_gemm_tn<GemmSchedule::kPingPong2Cta>(a, lda, b, ldb, M, N, K, epi, stream,
+                                                paired_halves);
+  else
+    launch_gemm_tn<GemmSchedule::kPingPong>(a, lda, b, ldb, M, N, K, epi, stream, paired_halves);
+}
+
 }  // namespace fg::ops::detail::hopper

@@ -2,6 +2,7 @@
 // optional bias), for tests, benchmarks and host code that cannot include device code.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string_view>
 
@@ -29,6 +30,16 @@ enum class BLayout { kNK, kKN };
 inline constexpr GemmSchedule kGemmSchedules[] = {
     GemmSchedule::kCooperative, GemmSchedule::kPingPong, GemmSchedule::kCooperative2Cta,
     GemmSchedule::kPingPong2Cta};
+
+// The ping-pong schedule for an epilogue that must hide under the products: with a short k
+// loop (K <= kMulticastMaxK) the products wait on operand traffic from L2, which the 2-CTA
+// clusters halve for B; in the training step (bench/RESULTS.md, session 25) that took
+// GPT-2-small's (K = 768) LM head and gate/up products 3-6 % faster and made the seed's
+// (K = 4096) 3-5 % slower.
+inline constexpr int64_t kMulticastMaxK = 1024;
+constexpr GemmSchedule pingpong_schedule(int64_t K) {
+  return K <= kMulticastMaxK ? GemmSchedule::kPingPong2Cta : GemmSchedule::kPingPong;
+}
 
 // "cooperative", "pingpong", "cooperative_2cta", "pingpong_2cta".
 const char* gemm_schedule_name(GemmSchedule schedule);

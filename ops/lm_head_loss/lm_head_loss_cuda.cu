@@ -32,13 +32,9 @@ constexpr int kRowThreads = 128;   // the row kernel's block
 
 // 8 bf16 at p (16-byte aligned) into f32.
 __device__ __forceinline__ void load8(const bf16* p, float (&x)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+  const Pack<bf16, 8> u = load_pack<8>(p);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    x[2 * i] = __uint_as_float(w[i] << 16);
-    x[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
+  for (int i = 0; i < 8; ++i) x[i] = to_compute(u.v[i]);
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -47,24 +43,37 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// out = max over rows of |w_row|: one warp per row; out starts at 0 (non-negative floats
-// order as their bits, so the atomic max is exact and order-free).
-__global__ void row_norm_max_kernel(const bf16* __restrict__ w, int64_t rows, int d,
-                                    float* __restrict__ out) {
-  const int lane = threadIdx.x % 32;
+// out = max over rows of |w_row|: a warp a row, up to kNormLoads 16-byte loads of it in
+// flight per lane, one atomic per block; out starts at 0 (non-negative floats order as their
+// bits, so the atomic max is exact and order-free).
+constexpr int kNormWarps = 8, kNormLoads = 4;
+__global__ void __launch_bounds__(32 * kNormWarps)
+    row_norm_max_kernel(const bf16* __restrict__ w, int64_t rows, int d, float* __restrict__ out) {
+  __shared__ float warp_best[kNormWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float best = 0.f;
-  for (int64_t row = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32; row < rows;
-       row += int64_t{gridDim.x} * blockDim.x / 32) {
+  for (int64_t row = blockIdx.x * int64_t{kNormWarps} + warp; row < rows;
+       row += int64_t{gridDim.x} * kNormWarps) {
     float sq = 0.f;
-    for (int k = 8 * lane; k < d; k += 256) {
-      float x[8];
-      load8(w + row * d + k, x);
+    for (int k0 = 8 * lane; k0 < d; k0 += 256 * kNormLoads) {
+      float x[kNormLoads][8];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) sq += x[i] * x[i];
+      for (int j = 0; j < kNormLoads; ++j)
+        if (k0 + 256 * j < d) load8(w + row * d + k0 + 256 * j, x[j]);
+#pragma unroll
+      for (int j = 0; j < kNormLoads; ++j)
+        if (k0 + 256 * j < d)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) sq += x[j][i] * x[j][i];
     }
     best = fmaxf(best, sqrtf(warp_sum(sq)));
   }
-  if (lane == 0) atomicMax(reinterpret_cast<int*>(out), __float_as_int(best));
+  if (lane == 0) warp_best[warp] = best;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int i = 1; i < kNormWarps; ++i) best = fmaxf(best, warp_best[i]);
+    atomicMax(reinterpret_cast<int*>(out), __float_as_int(best));
+  }
 }
 
 // Per row (one warp): the shift c = |y| * wmax - kHeadroom and the target's logit y . W_t
@@ -208,28 +217,17 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// out = bf16(x * s[row]), (rows, d) rows contiguous, d a multiple of 8.
+// out = bf16(x * s[row]), (rows, d) rows contiguous, d a multiple of 8: a thread a pack.
 __global__ void scale_rows_kernel(const bf16* x, const float* __restrict__ s, int64_t rows, int d,
                                   bf16* out) {  // x may be out
-  const int64_t packs = rows * (d / 8);
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < packs;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t row = i / (d / 8);
-    float v[8];
-    load8(x + 8 * i, v);
-    const float f = s[row];
-    uint32_t o[4];
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= rows * (d / 8)) return;
+  const float f = s[i / (d / 8)];
+  const Pack<bf16, 8> in = load_pack<8>(x + 8 * i);
+  Pack<bf16, 8> o;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * k] * f, v[2 * k + 1] * f);
-      o[k] = *reinterpret_cast<const uint32_t*>(&p);
-    }
-    *reinterpret_cast<uint4*>(out + 8 * i) = make_uint4(o[0], o[1], o[2], o[3]);
-  }
-}
-
-unsigned grid_for(int64_t threads, int block) {
-  return static_cast<unsigned>(std::min<int64_t>((threads + block - 1) / block, 65535 * 8));
+  for (int k = 0; k < 8; ++k) o.v[k] = from_compute<bf16>(to_compute(in.v[k]) * f);
+  store_pack<8>(out + 8 * i, o);
 }
 
 }  // namespace
@@ -244,7 +242,11 @@ Tensor row_norm_max_cuda(const Tensor& w) {
   Tensor out = Tensor::zeros({}, DType::F32, w.device());
   const int64_t rows = w.size(0);
   if (rows > 0) {
-    row_norm_max_kernel<<<grid_for(rows * 32, 256), 256, 0, cuda::stream()>>>(
+    // A grid of what fits at once on the GPU: fewer atomics than a block per 8 rows.
+    const int64_t blocks =
+        std::min<int64_t>((rows + kNormWarps - 1) / kNormWarps,
+                          int64_t{cuda::sm_count()} * (2048 / (32 * kNormWarps)));
+    row_norm_max_kernel<<<static_cast<unsigned>(blocks), 32 * kNormWarps, 0, cuda::stream()>>>(
         w.data<bf16>(), rows, static_cast<int>(w.size(1)), out.data<float>());
     FG_CUDA_CHECK(cudaGetLastError());
   }
@@ -275,9 +277,9 @@ Tensor lm_head_exp_chunk_cuda(const Tensor& y, const Tensor& w, int64_t vocab,
       tiles};
   // Ping-pong: one consumer's exponentials run under the other's products (cooperative, which
   // leaves them exposed, took 1.39 ms against 1.12 at GPT-2-small's 8192-row chunk).
-  hopper::launch_gemm_tn<GemmSchedule::kPingPong>(
-      y.data<bf16>(), y.strides()[0], w.data<bf16>(), w.strides()[0], static_cast<int>(rows),
-      static_cast<int>(padded), static_cast<int>(d), epi, cuda::stream());
+  hopper::launch_gemm_tn_pingpong(y.data<bf16>(), y.strides()[0], w.data<bf16>(), w.strides()[0],
+                                  static_cast<int>(rows), static_cast<int>(padded),
+                                  static_cast<int>(d), epi, cuda::stream());
 
   const size_t smem = static_cast<size_t>(d) * sizeof(float);
   if (smem > 48 * 1024)
@@ -298,7 +300,7 @@ Tensor lm_head_exp_chunk_cuda(const Tensor& y, const Tensor& w, int64_t vocab,
 void scale_rows_cuda(const Tensor& x, const Tensor& s, const Tensor& out) {
   const int64_t rows = x.size(0), d = x.size(1);
   if (rows == 0) return;
-  scale_rows_kernel<<<grid_for(rows * d / 8, 256), 256, 0, cuda::stream()>>>(
+  scale_rows_kernel<<<cuda::grid_for(rows * (d / 8), 256), 256, 0, cuda::stream()>>>(
       x.data<bf16>(), s.data<float>(), rows, static_cast<int>(d), out.data<bf16>());
   FG_CUDA_CHECK(cudaGetLastError());
 }

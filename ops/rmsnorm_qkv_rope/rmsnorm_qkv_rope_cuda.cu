@@ -132,8 +132,9 @@ bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const T
   const bool per_row = positions.dim() == 2;
   // Ping-pong: one consumer's epilogue (the RoPE and the TMA stores) runs under the other's
   // products. H200, bench_fused_qkv with the schedules timed interleaved (bench/RESULTS.md):
-  // 4-5 % ahead of cooperative at K = 4096, 12-13 % at K = 768, within 1 % of the 2-CTA forms.
-  const GemmSchedule chosen = schedule.value_or(GemmSchedule::kPingPong);
+  // 4-5 % ahead of cooperative at K = 4096, 12-13 % at K = 768; in the training step the 2-CTA
+  // form at K <= 1024 took the baby's projections 212 -> 204 us per step (pingpong_schedule).
+  const GemmSchedule chosen = schedule.value_or(pingpong_schedule(D));
   if (hd == 64 && half == 32) launch<64, 32>(cfg, n, wqkv, bias, table, per_row, T, out, chosen);
   if (hd == 64 && half == 16) launch<64, 16>(cfg, n, wqkv, bias, table, per_row, T, out, chosen);
   if (hd == 128 && half == 64) launch<128, 64>(cfg, n, wqkv, bias, table, per_row, T, out, chosen);

@@ -233,9 +233,9 @@ bool gate_up_swiglu_cuda(const Tensor& x, const Tensor& w, const Tensor& gu, con
   const SwiGLUStore epi{half_map(gu.data<bf16>()), half_map(gu.data<bf16>() + f),
                         hopper::kmajor_map(out.data<bf16>(), rows, f, f, hopper::kStoreBox)};
   // Ping-pong: one consumer's epilogue (SwiGLU, its stores) runs under the other's products.
-  hopper::launch_gemm_tn<GemmSchedule::kPingPong>(
-      x.data<bf16>(), D, w.data<bf16>(), D, static_cast<int>(rows), static_cast<int>(2 * f),
-      static_cast<int>(D), epi, cuda::stream(), /*paired_halves=*/true);
+  hopper::launch_gemm_tn_pingpong(x.data<bf16>(), D, w.data<bf16>(), D, static_cast<int>(rows),
+                                  static_cast<int>(2 * f), static_cast<int>(D), epi, cuda::stream(),
+                                  /*paired_halves=*/true);
   return true;
 }
 
