@@ -62,7 +62,6 @@ LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Te
 #ifdef FG_CUDA
   const bool in_epilogue =
       V >= detail::kLossInEpilogueMinVocab && detail::lm_head_exp_applies(y, w);
-  const Tensor wmax = in_epilogue && N > 0 ? detail::row_norm_max_cuda(w) : Tensor();
 #else
   const bool in_epilogue = false;
 #endif
@@ -73,8 +72,7 @@ LMHeadLossOut lm_head_loss(const Tensor& y_in, const Tensor& weight_in, const Te
     if (in_epilogue) {  // e = exp(logits - shift); dlogits = scale[row] * e
       const Tensor e = Tensor::empty({r1 - r0, Vp}, y.dtype(), y.device());
       const Tensor scale = need_grads ? Tensor::empty({r1 - r0}, DType::F32, y.device()) : Tensor();
-      add_inplace(r.loss,
-                  detail::lm_head_exp_chunk_cuda(y_c, w, V, t_c, r.count, one, wmax, e, scale));
+      add_inplace(r.loss, detail::lm_head_exp_chunk_cuda(y_c, w, V, t_c, r.count, one, e, scale));
       if (!need_grads) continue;
       const Tensor dy_c = r.dy.slice(0, r0, r1),
                    y_s = Tensor::empty(y_c.shape(), y_c.dtype(), y_c.device());

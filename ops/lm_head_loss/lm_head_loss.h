@@ -37,15 +37,13 @@ bool lm_head_exp_applies(const Tensor& y, const Tensor& w);
 // Vocabularies from which lm_head_loss takes that path: below, the (rows, V) pass it saves
 // costs less than the small kernels it adds (the baby model, V = 65: +0.03 ms a step).
 constexpr int64_t kLossInEpilogueMinVocab = 4096;
-// () f32: the largest row norm of w (Vp, D).
-Tensor row_norm_max_cuda(const Tensor& w);
 // For rows y (n, D) of the chunk and targets (n): writes e (n, Vp) = exp(logit - shift[row])
 // (0 past vocab) and returns the chunk's share of the mean loss (() f32, over count). With
 // dloss (() f32), e's target entries are lowered so that dlogits = scale[row] * e, and scale
-// (n) f32 is written (0 on ignored rows). wmax: row_norm_max_cuda(w).
+// (n) f32 is written (0 on ignored rows).
 Tensor lm_head_exp_chunk_cuda(const Tensor& y, const Tensor& w, int64_t vocab,
                               const Tensor& targets, const Tensor& count, const Tensor& dloss,
-                              const Tensor& wmax, const Tensor& e, const Tensor& scale);
+                              const Tensor& e, const Tensor& scale);
 // out (rows, d) = bf16(x * s[row]); out may be x. bf16, rows contiguous, d a multiple of 8.
 void scale_rows_cuda(const Tensor& x, const Tensor& s, const Tensor& out);
 }  // namespace detail

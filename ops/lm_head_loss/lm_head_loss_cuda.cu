@@ -6,13 +6,15 @@
 // the sum, so that dloss / count * (softmax - onehot) = s[row] * E with s = dloss / (count *
 // sum): the products read E as they read dlogits, and s scales the (rows, D) sides.
 //
-// The shift comes before the product, so it cannot be the row's max. It is c = U - kHeadroom,
-// U = |y_row| * max_v |W_v| >= every logit of the row (Cauchy-Schwarz), so exp(logit - c) <=
-// e^kHeadroom and the sums of E over V and of E @ W stay finite in f32. The row's largest
-// logit is at least the target's, L, so while U - L <= kWindow it lies within kWindow -
-// kHeadroom (40) of c: probabilities flushed to zero are below e^(40 - 87). A row outside the
-// window (a loose bound) is recomputed exactly by the row kernel: its logits again, one block
-// per row, with its max as the shift; slow and, at the norms training sees, rare.
+// The shift comes before the product, so it cannot be the row's max. It is the target's
+// logit L (an f32 dot product of y and W_t), which the loss needs anyway: every logit is then
+// at least the row's max minus what it may exceed L by, and E's largest entry, exp(max - L),
+// is at least 1, so nothing that counts flushes (an entry flushes below e^-87 of it). The sum
+// bounds the rest: sum >= exp(max - L), so while sum <= e^60 the row's max is within
+// 60 of L and E, its sums and E @ W stay finite in f32. A row past it (a loss above
+// 60 nats, or an overflow to inf) is recomputed exactly by the row kernel: its logits
+// again, one block per row, with its max as the shift. Ignored rows (and out-of-range
+// targets) use shift 0 and get their E row zeroed, since they take no part in the gradient.
 #include <algorithm>
 #include <cub/block/block_reduce.cuh>
 
@@ -25,8 +27,7 @@
 namespace fg::ops::detail {
 namespace {
 
-constexpr float kHeadroom = 60.f;  // logit - c <= 60: e^60 * 50304 * |W| is far below f32's max
-constexpr float kWindow = 100.f;   // U - L beyond it: the row is recomputed exactly
+constexpr float kMaxSum = 1.1420074e26f;  // e^60: a row past it is recomputed exactly
 constexpr int kTileCols = 256;     // gemm_tn_kernel's output tile width (partial sums per tile)
 constexpr int kRowThreads = 128;   // the row kernel's block
 
@@ -43,66 +44,27 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// out = max over rows of |w_row|: a warp a row, up to kNormLoads 16-byte loads of it in
-// flight per lane, one atomic per block; out starts at 0 (non-negative floats order as their
-// bits, so the atomic max is exact and order-free).
-constexpr int kNormWarps = 8, kNormLoads = 4;
-__global__ void __launch_bounds__(32 * kNormWarps)
-    row_norm_max_kernel(const bf16* __restrict__ w, int64_t rows, int d, float* __restrict__ out) {
-  __shared__ float warp_best[kNormWarps];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float best = 0.f;
-  for (int64_t row = blockIdx.x * int64_t{kNormWarps} + warp; row < rows;
-       row += int64_t{gridDim.x} * kNormWarps) {
-    float sq = 0.f;
-    for (int k0 = 8 * lane; k0 < d; k0 += 256 * kNormLoads) {
-      float x[kNormLoads][8];
-#pragma unroll
-      for (int j = 0; j < kNormLoads; ++j)
-        if (k0 + 256 * j < d) load8(w + row * d + k0 + 256 * j, x[j]);
-#pragma unroll
-      for (int j = 0; j < kNormLoads; ++j)
-        if (k0 + 256 * j < d)
-#pragma unroll
-          for (int i = 0; i < 8; ++i) sq += x[j][i] * x[j][i];
-    }
-    best = fmaxf(best, sqrtf(warp_sum(sq)));
-  }
-  if (lane == 0) warp_best[warp] = best;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int i = 1; i < kNormWarps; ++i) best = fmaxf(best, warp_best[i]);
-    atomicMax(reinterpret_cast<int*>(out), __float_as_int(best));
-  }
-}
-
-// Per row (one warp): the shift c = |y| * wmax - kHeadroom and the target's logit y . W_t
-// in f32 (the loss's exact term; NaN for a target outside [0, V), 0 for an ignored row).
-__global__ void shift_kernel(const bf16* __restrict__ y, const bf16* __restrict__ w,
-                             const int32_t* __restrict__ targets, int64_t rows, int d, int vocab,
-                             const float* __restrict__ wmax, float* __restrict__ shift,
-                             float* __restrict__ target_logit) {
+// Per row (one warp): the target's logit y . W_t in f32, the loss's exact term and the
+// row's shift (0 for an ignored row, NaN for a target outside [0, V)).
+__global__ void target_logit_kernel(const bf16* __restrict__ y, const bf16* __restrict__ w,
+                                    const int32_t* __restrict__ targets, int64_t rows, int d,
+                                    int vocab, float* __restrict__ target_logit) {
   const int64_t row = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32;
   if (row >= rows) return;
   const int lane = threadIdx.x % 32, t = targets[row];
   const bool valid = t >= 0 && t < vocab;
-  float yy = 0.f, yw = 0.f;
-  for (int k = 8 * lane; k < d; k += 256) {
-    float a[8], b[8] = {};
-    load8(y + row * d + k, a);
-    if (valid) load8(w + int64_t{t} * d + k, b);
+  float yw = 0.f;
+  if (valid) {
+    for (int k = 8 * lane; k < d; k += 256) {
+      float a[8], b[8];
+      load8(y + row * d + k, a);
+      load8(w + int64_t{t} * d + k, b);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      yy += a[i] * a[i];
-      yw += a[i] * b[i];
+      for (int i = 0; i < 8; ++i) yw += a[i] * b[i];
     }
   }
-  yy = warp_sum(yy);
   yw = warp_sum(yw);
-  if (lane == 0) {
-    shift[row] = sqrtf(yy) * *wmax - kHeadroom;
-    target_logit[row] = valid ? yw : (t == kIgnoreIndex ? 0.f : NAN);
-  }
+  if (lane == 0) target_logit[row] = valid ? yw : (t == kIgnoreIndex ? 0.f : NAN);
 }
 
 // The product's epilogue: E = exp(logit - shift[row]) on the first `vocab` columns, 0 on the
@@ -155,31 +117,35 @@ __device__ float block_reduce(float x, Op op) {
 }
 
 // Per row (one block): lse, the row's loss and, with dloss, s and the target's entry of E.
-// A row outside the shift's window gets its logits recomputed (y in shared memory, d floats)
-// and its E rewritten with its max as the shift. An ignored row: loss 0, s 0 (its E is
-// finite, so s * E is 0).
+// A row past the window gets its logits recomputed (y in shared memory, d floats) and its E
+// rewritten with its max as the shift. An ignored row (loss 0) or a target out of range
+// (loss NaN): s 0 and, with dloss, its E row zeroed (under shift 0 it may hold inf).
 __global__ void __launch_bounds__(kRowThreads)
     finish_kernel(const bf16* __restrict__ y, const bf16* __restrict__ w,
                   const int32_t* __restrict__ targets, int d, int vocab, int64_t e_stride,
-                  int tiles, const float* __restrict__ shift,
-                  const float* __restrict__ target_logit, const float* __restrict__ partial,
-                  bf16* __restrict__ e, const float* __restrict__ dloss,
-                  const int32_t* __restrict__ count, float* __restrict__ row_loss,
-                  float* __restrict__ scale) {
+                  int tiles, const float* __restrict__ target_logit,
+                  const float* __restrict__ partial, bf16* __restrict__ e,
+                  const float* __restrict__ dloss, const int32_t* __restrict__ count,
+                  float* __restrict__ row_loss, float* __restrict__ scale) {
   extern __shared__ float y_row[];  // (d), for a recomputed row only
   const int64_t row = blockIdx.x;
   const int t = targets[row];
   const float L = target_logit[row];
-  if (t == kIgnoreIndex || isnan(L)) {  // ignored (loss 0), or a target out of range (NaN)
+  bf16* e_row = e + row * e_stride;
+  if (t == kIgnoreIndex || isnan(L)) {
+    if (scale)
+      for (int v = threadIdx.x; v < vocab; v += kRowThreads) e_row[v] = float_to_bf16(0.f);
     if (threadIdx.x == 0) {
       row_loss[row] = t == kIgnoreIndex ? 0.f : NAN;
       if (scale) scale[row] = 0.f;
     }
     return;
   }
-  float c = shift[row], sum;
-  bf16* e_row = e + row * e_stride;
-  if (c + kHeadroom - L > kWindow) {
+  float part = 0.f;
+  for (int i = threadIdx.x; i < tiles; i += kRowThreads) part += partial[row * tiles + i];
+  float sum = block_reduce(part, [](float a, float b) { return a + b; });
+  float c = L;  // the product's shift
+  if (!(sum <= kMaxSum)) {
     for (int k = threadIdx.x; k < d; k += kRowThreads) y_row[k] = bf16_to_float(y[row * d + k]);
     __syncthreads();
     auto logit = [&](int v) {
@@ -195,16 +161,12 @@ __global__ void __launch_bounds__(kRowThreads)
     float m = -INFINITY;
     for (int v = threadIdx.x; v < vocab; v += kRowThreads) m = fmaxf(m, logit(v));
     c = block_reduce(m, [](float a, float b) { return fmaxf(a, b); });
-    float part = 0.f;
+    part = 0.f;
     for (int v = threadIdx.x; v < vocab; v += kRowThreads) {
       const float x = __expf(logit(v) - c);
       e_row[v] = float_to_bf16(x);
       part += x;
     }
-    sum = block_reduce(part, [](float a, float b) { return a + b; });
-  } else {
-    float part = 0.f;
-    for (int i = threadIdx.x; i < tiles; i += kRowThreads) part += partial[row * tiles + i];
     sum = block_reduce(part, [](float a, float b) { return a + b; });
   }
   if (threadIdx.x != 0) return;
@@ -238,39 +200,23 @@ bool lm_head_exp_applies(const Tensor& y, const Tensor& w) {
          w.starts_aligned(16) && gemm_hopper_available();
 }
 
-Tensor row_norm_max_cuda(const Tensor& w) {
-  Tensor out = Tensor::zeros({}, DType::F32, w.device());
-  const int64_t rows = w.size(0);
-  if (rows > 0) {
-    // A grid of what fits at once on the GPU: fewer atomics than a block per 8 rows.
-    const int64_t blocks =
-        std::min<int64_t>((rows + kNormWarps - 1) / kNormWarps,
-                          int64_t{cuda::sm_count()} * (2048 / (32 * kNormWarps)));
-    row_norm_max_kernel<<<static_cast<unsigned>(blocks), 32 * kNormWarps, 0, cuda::stream()>>>(
-        w.data<bf16>(), rows, static_cast<int>(w.size(1)), out.data<float>());
-    FG_CUDA_CHECK(cudaGetLastError());
-  }
-  return out;
-}
-
 Tensor lm_head_exp_chunk_cuda(const Tensor& y, const Tensor& w, int64_t vocab,
                               const Tensor& targets, const Tensor& count, const Tensor& dloss,
-                              const Tensor& wmax, const Tensor& e, const Tensor& scale) {
+                              const Tensor& e, const Tensor& scale) {
   const int64_t rows = y.size(0), d = y.size(1), padded = w.size(0);
   const int tiles = static_cast<int>((padded + kTileCols - 1) / kTileCols);
   const Device dev = y.device();
-  const Tensor shift = Tensor::empty({rows}, DType::F32, dev),
-               target_logit = Tensor::empty({rows}, DType::F32, dev),
+  const Tensor target_logit = Tensor::empty({rows}, DType::F32, dev),
                row_loss = Tensor::empty({rows}, DType::F32, dev),
                partial = Tensor::empty({rows, tiles}, DType::F32, dev);
-  shift_kernel<<<static_cast<unsigned>((rows + 7) / 8), 256, 0, cuda::stream()>>>(  // warp a row
+  target_logit_kernel<<<static_cast<unsigned>((rows + 7) / 8), 256, 0, cuda::stream()>>>(
       y.data<bf16>(), w.data<bf16>(), targets.data<int32_t>(), rows, static_cast<int>(d),
-      static_cast<int>(vocab), wmax.data<float>(), shift.data<float>(), target_logit.data<float>());
+      static_cast<int>(vocab), target_logit.data<float>());  // a warp a row
   FG_CUDA_CHECK(cudaGetLastError());
 
   const ExpRowSumsStore epi{
       hopper::kmajor_map(e.data<bf16>(), rows, padded, e.strides()[0], hopper::kStoreBox),
-      shift.data<float>(),
+      target_logit.data<float>(),
       partial.data<float>(),
       static_cast<int>(rows),
       static_cast<int>(vocab),
@@ -287,10 +233,10 @@ Tensor lm_head_exp_chunk_cuda(const Tensor& y, const Tensor& w, int64_t vocab,
                                        static_cast<int>(smem)));
   finish_kernel<<<static_cast<unsigned>(rows), kRowThreads, smem, cuda::stream()>>>(
       y.data<bf16>(), w.data<bf16>(), targets.data<int32_t>(), static_cast<int>(d),
-      static_cast<int>(vocab), e.strides()[0], tiles, shift.data<float>(),
-      target_logit.data<float>(), partial.data<float>(), e.data<bf16>(),
-      dloss.defined() ? dloss.data<float>() : nullptr, count.data<int32_t>(),
-      row_loss.data<float>(), scale.defined() ? scale.data<float>() : nullptr);
+      static_cast<int>(vocab), e.strides()[0], tiles, target_logit.data<float>(),
+      partial.data<float>(), e.data<bf16>(), dloss.defined() ? dloss.data<float>() : nullptr,
+      count.data<int32_t>(), row_loss.data<float>(),
+      scale.defined() ? scale.data<float>() : nullptr);
   FG_CUDA_CHECK(cudaGetLastError());
   Tensor loss = Tensor::empty({}, DType::F32, dev);
   cross_entropy_mean_cuda(row_loss, count, loss);

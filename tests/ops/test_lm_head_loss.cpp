@@ -173,10 +173,10 @@ TEST(LMHeadLossCuda, IgnoredChunksMatchCpu) {
 
 TEST(LMHeadLossCuda, RowsOutsideTheShiftWindowMatchCpu) {
   FG_REQUIRE_GPU();
-  // bf16 on Hopper shifts each row's exponentials by a bound on its logits made before the
-  // product (lm_head_loss_cuda.cu). Every other row scaled by 40 makes that bound hundreds
-  // above the row's logits, where the exponentials would all flush to zero: those rows must
-  // be recomputed exactly, beside rows that take the product's sums.
+  // bf16 on Hopper shifts each row's exponentials by the target's logit, made before the
+  // product (lm_head_loss_cuda.cu). Every other row scaled by 40 puts its largest logits far
+  // above its target's, where the exponentials overflow: those rows must be recomputed
+  // exactly, beside rows that take the product's sums.
   Problem p = make(301, 64, kGpuVocab, DType::F32, Device::cpu());
   Tensor scaled = p.y.clone();
   for (int64_t i = 1; i < 301; i += 2)
