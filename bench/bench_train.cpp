@@ -212,6 +212,7 @@ struct Run {
   ParamCounts params;
   fg::trainer::TrainResult result;
   double ms = 0, tokens_per_s = 0, mfu = 0;
+  double slowest_ms = 0;      // the slowest timed step: what the median would hide
   int64_t reserved_peak = 0;  // CUDA only
   std::optional<KernelProfile> profile;
   std::string error;  // non-empty: the run failed with this
@@ -254,6 +255,7 @@ Run run_one(const Settings& s, const fg::trainer::TrainOptions& base, const Mode
            " step times for ", s.steps, " steps (TrainResult::step_ms)");
   std::vector<double> timed(step_ms.begin() + s.warmup, step_ms.end());
   r.ms = median(timed);
+  r.slowest_ms = *std::max_element(timed.begin(), timed.end());
   r.tokens_per_s = static_cast<double>(m.batch * m.seq) / (r.ms * 1e-3);
   r.mfu = step_flops(m, r.params) / (r.ms * 1e-3) / (s.peak_tflops * 1e12);
   if (o.device.is_cuda()) r.reserved_peak = reserved_peak(o.device);
@@ -327,6 +329,7 @@ Json run_json(const Run& r, const Settings& s, const fg::trainer::TrainOptions& 
       {"warmup", s.warmup},
       {"step_ms", r.result.step_ms},
       {"ms_per_step", r.ms},
+      {"slowest_ms", r.slowest_ms},
       {"tokens_per_s", r.tokens_per_s},
       {"mfu", r.mfu},
       {"peak_bytes", mem.peak},
@@ -463,7 +466,8 @@ int main(int argc, char** argv) {
               << ", weight gradients " << (base.batch_weight_grads ? "batched" : "one by one")
               << ", commit " << (s.commit.empty() ? "unknown" : s.commit) << ", " << date << ". "
               << s.steps << " steps per run; ms/step is the median of the last "
-              << s.steps - s.warmup << "; tokens/s = batch * seq / that."
+              << s.steps - s.warmup << "; tokens/s = batch * seq / that; slowest step: the "
+              << "largest of them (a median hides a few slow steps)."
               << (s.profile ? " Profiled runs: the times include CUPTI's tracing (3-5% on an H200)."
                             : "")
               << "\n\n"
@@ -481,9 +485,11 @@ int main(int argc, char** argv) {
                 << "M parameters, N = " << fmt("%.1f", static_cast<double>(p.matmul) * 1e-6)
                 << "M\n";
     }
-    std::cout << "\n| model | recompute | ms/step | tokens/s | MFU | peak memory GiB |\n"
-              << "|---|---|---:|---:|---:|---:|\n"
-              << std::flush;
+    std::cout
+        << "\n| model | recompute | ms/step | tokens/s | MFU | peak memory GiB | slowest step "
+           "ms |\n"
+        << "|---|---|---:|---:|---:|---:|---:|\n"
+        << std::flush;
 
     std::vector<Run> runs;
     Json json_runs = Json::array();
@@ -523,7 +529,7 @@ int main(int argc, char** argv) {
                     << " GiB (" << std::time(nullptr) - t0 << " s)" << std::endl;
           std::cout << "| " << m.name << " | " << rc << " | " << fmt("%.2f", r.ms) << " | "
                     << fmt("%.0f", r.tokens_per_s) << " | " << fmt("%.1f%%", 100 * r.mfu) << " | "
-                    << gib(r.result.memory.peak) << " |\n";
+                    << gib(r.result.memory.peak) << " | " << fmt("%.2f", r.slowest_ms) << " |\n";
           json_runs.push_back(run_json(r, s, base, gpu));
         }
         if (!s.json.empty()) write_json(s.json, json_runs);  // a timeout keeps what finished
