@@ -7,14 +7,15 @@
 // sum): the products read E as they read dlogits, and s scales the (rows, D) sides.
 //
 // The shift comes before the product, so it cannot be the row's max. It is the target's
-// logit L (an f32 dot product of y and W_t), which the loss needs anyway: every logit is then
-// at least the row's max minus what it may exceed L by, and E's largest entry, exp(max - L),
-// is at least 1, so nothing that counts flushes (an entry flushes below e^-87 of it). The sum
-// bounds the rest: sum >= exp(max - L), so while sum <= e^60 the row's max is within
-// 60 of L and E, its sums and E @ W stay finite in f32. A row past it (a loss above
-// 60 nats, or an overflow to inf) is recomputed exactly by the row kernel: its logits
-// again, one block per row, with its max as the shift. Ignored rows (and out-of-range
-// targets) use shift 0 and get their E row zeroed, since they take no part in the gradient.
+// logit L (an f32 dot product of y and W_t, which the loss needs anyway). The row's max is at
+// least L, so E's largest entry, exp(max - L), is at least 1 and only entries below e^-87 of
+// it flush to zero. The sum is at least exp(max - L): while it stays below e^60 the max is
+// within 60 of L, and E, its sums and E @ W stay finite in f32. A row past that (a loss above
+// 60 nats, or an overflow to inf) is recomputed exactly by the row kernel: its logits again,
+// one block per row, with its max as the shift. Ignored rows (and out-of-range targets) use
+// shift 0 and get their E row zeroed: they take no part in the gradient. (Session 24's shift,
+// a Cauchy-Schwarz bound |y| max|W_v| - 60, sent whole steps of the seed model to that slow
+// path within its first steps: bench/RESULTS.md, session 25.)
 #include <algorithm>
 #include <cub/block/block_reduce.cuh>
 
