@@ -37,10 +37,10 @@ bool lm_head_exp_applies(const Tensor& y, const Tensor& w);
 // Vocabularies from which lm_head_loss takes that path: below, the (rows, V) pass it saves
 // costs less than the small kernels it adds (the baby model, V = 65: +0.03 ms a step).
 constexpr int64_t kLossInEpilogueMinVocab = 4096;
-// For rows y (n, D) of the chunk and targets (n): writes e (n, Vp) = exp(logit - shift[row])
-// (0 past vocab) and returns the chunk's share of the mean loss (() f32, over count). With
-// dloss (() f32), e's target entries are lowered so that dlogits = scale[row] * e, and scale
-// (n) f32 is written (0 on ignored rows).
+// For rows y (n, D) of the chunk and targets (n): writes e (n, Vp) = exp(logit - the row's
+// target logit) (0 past vocab) and returns the chunk's share of the mean loss (() f32, over
+// count). With dloss (() f32), e's target entries are lowered so that dlogits = scale[row] *
+// e, and scale (n) f32 is written (0 on ignored rows, whose e rows are zeroed).
 Tensor lm_head_exp_chunk_cuda(const Tensor& y, const Tensor& w, int64_t vocab,
                               const Tensor& targets, const Tensor& count, const Tensor& dloss,
                               const Tensor& e, const Tensor& scale);

@@ -16,7 +16,6 @@
 // shift 0 and get their E row zeroed: they take no part in the gradient. (Session 24's shift,
 // a Cauchy-Schwarz bound |y| max|W_v| - 60, sent whole steps of the seed model to that slow
 // path within its first steps: bench/RESULTS.md, session 25.)
-#include <algorithm>
 #include <cub/block/block_reduce.cuh>
 
 #include "core/cuda_compute.cuh"
