@@ -232,8 +232,8 @@ Row bench_shape(const BenchShape& s, const GpuTimer& timer, std::vector<Stage>& 
       stage(std::string("fwd Hopper GEMM, bias + RoPE epilogue -> q, k, v (") +
                 ops::detail::gemm_schedule_name(schedule) + ")",
             0, gemm_flops, [&, schedule](int i) {
-              ops::detail::qkv_rope_projection_cuda(cfg, rows2d(at(x, i)), w, bias, pos, s.T,
-                                                    hopper_out, schedule);
+              ops::detail::qkv_rope_projection_cuda(cfg, rows2d(at(x, i)), w, bias, pos, Tensor(),
+                                                    s.T, hopper_out, schedule);
             });
   }
   time_stages();

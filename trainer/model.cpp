@@ -4,6 +4,7 @@
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
+#include "ops/rope/rope.h"
 
 namespace fg::trainer {
 
@@ -106,6 +107,8 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
            cfg_.max_seq_len);
   Tensor idx = idx_in.device() == device_ ? idx_in : idx_in.to(device_);
   Tensor positions = Tensor::arange(T, DType::I32, device_);
+  // Every layer's projection and attention backward read the same RoPE table: made once.
+  const Tensor rope_table = ops::rope_table(positions, cfg_.rope_dim(), cfg_.rope_theta);
 
   ops::QKVRoPEConfig qcfg;
   qcfg.hidden_dim = D;
@@ -171,8 +174,9 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
       } else {
         // One node: its backward writes the attention's gradients straight into the
         // projection's, RoPE undone on the way.
-        ag::QKVAttentionResult r = ag::rmsnorm_qkv_rope_attention(
-            qcfg, in[0], positions, Variable(), use(lp.attn_norm), use(lp.wqkv), use(lp.bias));
+        ag::QKVAttentionResult r =
+            ag::rmsnorm_qkv_rope_attention(qcfg, in[0], positions, Variable(), use(lp.attn_norm),
+                                           use(lp.wqkv), use(lp.bias), rope_table);
         h_attn = project(r.out, r.h, false);
       }
       ag::AddRMSNormResult n2 =

@@ -4,6 +4,7 @@
 #include "autograd/functions/rmsnorm.h"
 #include "ops/attention/attention.h"
 #include "ops/gemm/gemm.h"
+#include "ops/rope/rope.h"
 
 namespace fg::ag {
 
@@ -17,9 +18,9 @@ Tensor data_of(const Variable& v) {
 ops::QKVRoPEOut layer_forward(const ops::QKVRoPEConfig& cfg, const Variable& x,
                               const Tensor& positions, const Variable& residual,
                               const Variable& norm_weight, const Variable& wqkv,
-                              const Variable& bias) {
+                              const Variable& bias, const Tensor& rope_table = Tensor()) {
   return ops::rmsnorm_qkv_rope_forward(cfg, x.data(), positions, data_of(residual),
-                                       norm_weight.data(), wqkv.data(), data_of(bias));
+                                       norm_weight.data(), wqkv.data(), data_of(bias), rope_table);
 }
 
 // A projection cast from a parameter (master = cast_source(wqkv)) records the parameter
@@ -76,8 +77,12 @@ QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
 QKVAttentionResult rmsnorm_qkv_rope_attention(const ops::QKVRoPEConfig& cfg, const Variable& x,
                                               const Tensor& positions, const Variable& residual,
                                               const Variable& norm_weight, const Variable& wqkv,
-                                              const Variable& bias) {
-  const ops::QKVRoPEOut qkv = layer_forward(cfg, x, positions, residual, norm_weight, wqkv, bias);
+                                              const Variable& bias, const Tensor& rope_table) {
+  const Tensor table = rope_table.defined()
+                           ? rope_table
+                           : ops::rope_table(positions, cfg.rotary_dim, cfg.rope_theta);
+  const ops::QKVRoPEOut qkv =
+      layer_forward(cfg, x, positions, residual, norm_weight, wqkv, bias, table);
   ops::AttentionOut a = ops::attention_forward(qkv.q, qkv.k, qkv.v);
   const Variable master = cast_source(wqkv), norm_master = cast_source(norm_weight);
   std::vector<Variable> r = record(
@@ -85,12 +90,12 @@ QKVAttentionResult rmsnorm_qkv_rope_attention(const ops::QKVRoPEConfig& cfg, con
       {x, residual, detail::norm_weight_input(norm_master, norm_weight),
        projection_input(master, wqkv), bias},
       {a.out, qkv.h},
-      [cfg, qkv, a, positions, wn = norm_weight.data(), w = wqkv.data(), master,
+      [cfg, qkv, a, positions, table, wn = norm_weight.data(), w = wqkv.data(), master,
        norm_master](const std::vector<Tensor>& g) {
         const Tensor& h = qkv.h;
         Tensor dqkv = Tensor::empty({h.size(0) * h.size(1), cfg.qkv_dim()}, h.dtype(), h.device());
         ops::attention_backward_into_qkv(g[0], qkv.q, qkv.k, qkv.v, a.out, a.lse, positions,
-                                         cfg.rotary_dim, cfg.rope_theta, dqkv);
+                                         cfg.rotary_dim, cfg.rope_theta, dqkv, table);
         const LayerBuffers into = layer_buffers(master, norm_master, h);
         return input_grads(cfg,
                            ops::rmsnorm_qkv_rope_backward_packed(

@@ -25,7 +25,8 @@ QKVRoPEResult rmsnorm_qkv_rope(const ops::QKVRoPEConfig& cfg, const Variable& x,
 // take the attention's gradients straight into the layer's packed projection gradient
 // with RoPE undone on the way (ops::attention_backward_into_qkv) instead of a pass
 // packing them. It saves what the two functions would: h, rstd, q, k, v, out and the
-// log-sum-exp.
+// log-sum-exp, and the positions' RoPE table (rope_table, ops::rope_table; made here when
+// undefined) that its forward and backward both read.
 struct QKVAttentionResult {
   Variable out;  // (B, T, H, hd)
   Variable h;    // (B, T, D)
@@ -33,7 +34,8 @@ struct QKVAttentionResult {
 QKVAttentionResult rmsnorm_qkv_rope_attention(const ops::QKVRoPEConfig& cfg, const Variable& x,
                                               const Tensor& positions, const Variable& residual,
                                               const Variable& norm_weight, const Variable& wqkv,
-                                              const Variable& bias);
+                                              const Variable& bias,
+                                              const Tensor& rope_table = Tensor());
 
 class FusedRMSNormQKVRoPE {
  public:

@@ -26,13 +26,14 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
 // what forward kept (q and k are the rotated inputs it took), written into dqkv
 // (B*T, (H + 2 Hkv) * hd) as the rows [dq0 | dk0 | dv]: the fused QKV layer's packed
 // projection gradient (ops::rmsnorm_qkv_rope_backward_packed). positions, rotary_dim and
-// theta as ops/rope takes them. On the GPU the flash kernels undo RoPE as they write
-// (bf16, head_dim 64 or 128, rotary_dim head_dim or head_dim / 2); otherwise
-// attention_backward and one RoPE pass.
+// theta as ops/rope takes them; rope_table: ops::rope_table of the positions, made here
+// when undefined. On the GPU the flash kernels undo RoPE as they write (bf16, head_dim 64
+// or 128, rotary_dim head_dim or head_dim / 2); otherwise attention_backward and one RoPE
+// pass.
 void attention_backward_into_qkv(const Tensor& dout, const Tensor& q, const Tensor& k,
                                  const Tensor& v, const Tensor& out, const Tensor& lse,
                                  const Tensor& positions, int64_t rotary_dim, double theta,
-                                 const Tensor& dqkv);
+                                 const Tensor& dqkv, const Tensor& rope_table = Tensor());
 
 namespace detail {
 // Checked, contiguous operands; outputs allocated by the caller (dk, dv zeroed
@@ -68,11 +69,13 @@ void flash_attention_backward_cuda(const Tensor& dout, const Tensor& q, const Te
                                    const Tensor& v, const Tensor& out, const Tensor& lse,
                                    const AttentionGrads& grads, int variant = 0);
 // attention_backward_into_qkv's flash path (`variant` as for flash_attention_backward_cuda);
-// false, having done nothing, where it does not apply. Contiguous operands, positions checked.
+// false, having done nothing, where it does not apply. Contiguous operands, positions and
+// rope_table (made here when undefined) checked.
 bool flash_attention_backward_into_qkv_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
                                             const Tensor& v, const Tensor& out, const Tensor& lse,
                                             const Tensor& positions, int64_t rotary_dim,
-                                            double theta, const Tensor& dqkv, int variant = 0);
+                                            double theta, const Tensor& dqkv,
+                                            const Tensor& rope_table, int variant = 0);
 }  // namespace detail
 
 }  // namespace fg::ops

@@ -209,7 +209,7 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
 void attention_backward_into_qkv(const Tensor& dout, const Tensor& q, const Tensor& k,
                                  const Tensor& v, const Tensor& out, const Tensor& lse,
                                  const Tensor& positions, int64_t rotary_dim, double theta,
-                                 const Tensor& dqkv) {
+                                 const Tensor& dqkv, const Tensor& rope_table) {
   const char* op = "attention_backward_into_qkv";
   const AttentionDims d = check_backward(op, dout, q, k, v, out, lse);
   check_rope_args(op, q, positions, rotary_dim);
@@ -219,11 +219,13 @@ void attention_backward_into_qkv(const Tensor& dout, const Tensor& q, const Tens
   check_dtype(op, "dqkv", dqkv, q.dtype());
   check_same_device(op, "dqkv", dqkv, "q", q);
   FG_CHECK(dqkv.is_contiguous(), op, ": dqkv ", dqkv.shape_str(), " is not contiguous");
+  detail::check_rope_table(op, rope_table, positions, rotary_dim);
   const Tensor pos = positions.contiguous();
 #ifdef FG_CUDA
-  if (q.is_cuda() && detail::flash_attention_backward_into_qkv_cuda(
-                         dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
-                         out.contiguous(), lse.contiguous(), pos, rotary_dim, theta, dqkv))
+  if (q.is_cuda() &&
+      detail::flash_attention_backward_into_qkv_cuda(
+          dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
+          lse.contiguous(), pos, rotary_dim, theta, dqkv, rope_table))
     return;
 #endif
   const AttentionGrads g = attention_backward(dout, q, k, v, out, lse);

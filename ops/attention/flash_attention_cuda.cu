@@ -1776,13 +1776,15 @@ void flash_attention_backward_cuda(const Tensor& dout, const Tensor& q, const Te
 bool flash_attention_backward_into_qkv_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
                                             const Tensor& v, const Tensor& out, const Tensor& lse,
                                             const Tensor& positions, int64_t rotary_dim,
-                                            double theta, const Tensor& dqkv, int variant) {
+                                            double theta, const Tensor& dqkv,
+                                            const Tensor& rope_table, int variant) {
   const int64_t hd = q.size(3), H = q.size(2), Hkv = k.size(2);
   const bool rope_ok = rotary_dim == hd || rotary_dim == hd / 2;
   if (!flash_attention_supported(q) || !rope_ok || q.numel() == 0 ||
       !flash_attention_aligned({&dout, &q, &k, &v, &out, &dqkv}))
     return false;
-  const Tensor table = rope_table_cuda(positions, rotary_dim, theta);
+  const Tensor table =
+      rope_table.defined() ? rope_table : rope_table_cuda(positions, rotary_dim, theta);
   bf16* base = dqkv.data<bf16>();
   const GradOut o{base,
                   base + H * hd,

@@ -34,11 +34,12 @@ struct QKVRoPEOut {
   Tensor rstd;  // (B*T) f32 (f64 for f64 inputs)
 };
 // x (B, T, D); positions i32 (T) or (B, T); residual (B, T, D) when add_residual;
-// norm_weight (D); wqkv (qkv_dim, D); bias (qkv_dim) when use_bias.
+// norm_weight (D); wqkv (qkv_dim, D); bias (qkv_dim) when use_bias; rope_table: ops::rope_table
+// of the positions (rope/rope.h), made here when undefined.
 QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
                                     const Tensor& positions, const Tensor& residual,
                                     const Tensor& norm_weight, const Tensor& wqkv,
-                                    const Tensor& bias);
+                                    const Tensor& bias, const Tensor& rope_table = Tensor());
 
 struct QKVRoPEGrads {
   Tensor dx;            // (B, T, D), also the gradient of residual
@@ -70,11 +71,12 @@ namespace detail {
 // out.q, out.k and out.v, from n (B*T, D) contiguous and wqkv contiguous. Returns
 // false, having done nothing, where it does not apply: not bf16, not a Hopper GPU
 // with an sm_90a build, head_dim other than 64 or 128, rotary_dim other than
-// head_dim or head_dim / 2, operands not 16-byte aligned. `schedule`: the GEMM's; by
-// default ping-pong, the fastest at every hidden size measured (bench_fused_qkv times each).
+// head_dim or head_dim / 2, operands not 16-byte aligned. rope_table: as for
+// rmsnorm_qkv_rope_forward. `schedule`: the GEMM's; by default ping-pong, the fastest at
+// every hidden size measured (bench_fused_qkv times each).
 bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const Tensor& wqkv,
-                              const Tensor& bias, const Tensor& positions, int64_t T,
-                              const QKVRoPEOut& out,
+                              const Tensor& bias, const Tensor& positions, const Tensor& rope_table,
+                              int64_t T, const QKVRoPEOut& out,
                               std::optional<GemmSchedule> schedule = std::nullopt);
 }  // namespace detail
 

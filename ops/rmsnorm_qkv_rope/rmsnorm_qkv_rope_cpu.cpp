@@ -73,9 +73,10 @@ QKVViews split_qkv(const QKVRoPEConfig& cfg, const Tensor& qkv, int64_t B, int64
 QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
                                     const Tensor& positions, const Tensor& residual,
                                     const Tensor& norm_weight, const Tensor& wqkv,
-                                    const Tensor& bias) {
+                                    const Tensor& bias, const Tensor& rope_table) {
   cfg.validate();
   check_common(kOp, cfg, "x", x, positions, norm_weight, wqkv);
+  detail::check_rope_table(kOp, rope_table, positions, cfg.rotary_dim);
   if (cfg.add_residual) {
     detail::check_like(kOp, "residual", residual, "x", x);
   } else {
@@ -113,7 +114,7 @@ QKVRoPEOut rmsnorm_qkv_rope_forward(const QKVRoPEConfig& cfg, const Tensor& x,
 #ifdef FG_CUDA
   // On Hopper: one GEMM whose epilogue adds the bias, rotates and writes q, k, v.
   if (dev.is_cuda() &&
-      detail::qkv_rope_projection_cuda(cfg, n, w, b, positions.contiguous(), T, out))
+      detail::qkv_rope_projection_cuda(cfg, n, w, b, positions.contiguous(), rope_table, T, out))
     return out;
 #endif
 

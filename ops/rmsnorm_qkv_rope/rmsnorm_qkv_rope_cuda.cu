@@ -118,8 +118,9 @@ void launch(const QKVRoPEConfig& cfg, const Tensor& n, const Tensor& wqkv, const
 }  // namespace
 
 bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const Tensor& wqkv,
-                              const Tensor& bias, const Tensor& positions, int64_t T,
-                              const QKVRoPEOut& out, std::optional<GemmSchedule> schedule) {
+                              const Tensor& bias, const Tensor& positions, const Tensor& rope_table,
+                              int64_t T, const QKVRoPEOut& out,
+                              std::optional<GemmSchedule> schedule) {
   const int64_t hd = cfg.head_dim(), half = cfg.rotary_dim / 2, D = cfg.hidden_dim;
   const bool shape_ok =
       (hd == 64 && (half == 32 || half == 16)) || (hd == 128 && (half == 64 || half == 32));
@@ -128,7 +129,9 @@ bool qkv_rope_projection_cuda(const QKVRoPEConfig& cfg, const Tensor& n, const T
       n.size(0) >= (int64_t{1} << 31) || !n.starts_aligned(16) || !wqkv.starts_aligned(16) ||
       !gemm_hopper_available())
     return false;
-  const Tensor table = rope_table_cuda(positions, cfg.rotary_dim, cfg.rope_theta);
+  const Tensor table = rope_table.defined()
+                           ? rope_table
+                           : rope_table_cuda(positions, cfg.rotary_dim, cfg.rope_theta);
   const bool per_row = positions.dim() == 2;
   // Ping-pong: one consumer's epilogue (the RoPE and the TMA stores) runs under the other's
   // products. H200, bench_fused_qkv with the schedules timed interleaved (bench/RESULTS.md):

@@ -18,6 +18,14 @@ Tensor rope_backward(const Tensor& dy, const Tensor& positions, int64_t rotary_d
 // Throws unless x is (B, T, nh, hd), positions (T) or (B, T) i32, rotary_dim even and <= hd.
 void check_rope_args(const char* op, const Tensor& x, const Tensor& positions, int64_t rotary_dim);
 
+// The (cos, sin) table that GPU kernels rotating inside a bigger kernel read (the fused
+// projection's epilogue, attention's backward into qkv): detail::rope_table_cuda of
+// positions on a GPU; undefined for positions on the CPU, which rotates from the positions.
+// The ops that read it make one when given none; a model's forward makes it once and
+// passes it to every layer (each made its own, twice per layer: 24 launches per GPT-2-small
+// step).
+Tensor rope_table(const Tensor& positions, int64_t rotary_dim, double theta);
+
 namespace detail {
 // A run of heads that rope moves from `in` to `out`, rotated or copied. Both are
 // (B, T, nh, hd) with packed heads (strides (sb, st, hd, 1), any sb and st), so q, k
@@ -55,6 +63,12 @@ Tensor rope_table_cuda(const Tensor& positions, int64_t rotary_dim, double theta
 
 // Throws unless positions is i32 (T) or (B, T) on `device`.
 void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t T, Device device);
+
+// Throws unless `table` is undefined or what rope_table(positions, rotary_dim, ..) makes:
+// (positions.numel(), rotary_dim) f32 on the positions' GPU. (Its values are the caller's
+// word: a table of other positions or another theta rotates by those.)
+void check_rope_table(const char* op, const Tensor& table, const Tensor& positions,
+                      int64_t rotary_dim);
 
 // theta^(-2i / rotary_dim), computed in double on both devices and then rounded to the
 // angle type, so f32 angles on the CPU and the GPU agree bit for bit.

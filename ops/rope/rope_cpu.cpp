@@ -18,6 +18,20 @@ void check_positions(const char* op, const Tensor& positions, int64_t B, int64_t
            " but the activations are on ", device.str());
 }
 
+void check_rope_table(const char* op, const Tensor& table, const Tensor& positions,
+                      int64_t rotary_dim) {
+  if (!table.defined()) return;
+  FG_CHECK(positions.is_cuda(), op, ": a rope_table was given for positions on ",
+           positions.device().str(), " (the CPU rotates from the positions)");
+  check_dtype(op, "rope_table", table, DType::F32);
+  FG_CHECK(table.shape() == (Shape{positions.numel(), rotary_dim}) && table.is_contiguous(), op,
+           ": rope_table is ", table.shape_str(), " but expected contiguous (", positions.numel(),
+           ", ", rotary_dim, ") for positions ", positions.shape_str(), " and rotary_dim ",
+           rotary_dim);
+  FG_CHECK(table.device() == positions.device(), op, ": rope_table is on ", table.device().str(),
+           " but positions are on ", positions.device().str());
+}
+
 namespace {
 
 // (B, T, nh, hd) with the last two dimensions packed: what a segment kernel can walk.
@@ -152,6 +166,22 @@ Tensor rope_forward(const Tensor& x, const Tensor& positions, int64_t rotary_dim
 
 Tensor rope_backward(const Tensor& dy, const Tensor& positions, int64_t rotary_dim, double theta) {
   return rope_apply("rope_backward", dy, positions, rotary_dim, theta, true);
+}
+
+Tensor rope_table(const Tensor& positions, int64_t rotary_dim, double theta) {
+  const char* op = "rope_table";
+  check_defined(op, "positions", positions);
+  check_dtype(op, "positions", positions, DType::I32);
+  FG_CHECK(positions.dim() == 1 || positions.dim() == 2, op, ": positions is ",
+           positions.shape_str(), " but expected (T) or (B, T)");
+  FG_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0, op, ": rotary_dim is ", rotary_dim,
+           " but must be even and positive");
+  FG_CHECK(theta > 0, op, ": theta is ", theta, " but must be > 0");
+#ifdef FG_CUDA
+  if (positions.is_cuda())
+    return detail::rope_table_cuda(positions.contiguous(), rotary_dim, theta);
+#endif
+  return Tensor();
 }
 
 }  // namespace fg::ops

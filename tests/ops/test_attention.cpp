@@ -734,8 +734,8 @@ TEST(AttentionIntoQkvCuda, EveryTilingMatchesTheDefinition) {
     for (int variant = 0; variant < d::flash_attention_variant_count(hd, true); ++variant) {
       SCOPED_TRACE(shape_name(s) + " " + d::flash_attention_variant_name(hd, true, variant));
       Tensor dqkv = Tensor::full(reference.shape(), NAN, DType::BF16, gpu);
-      ASSERT_TRUE(d::flash_attention_backward_into_qkv_cuda(dout, x.q, x.k, x.v, fwd.out, fwd.lse,
-                                                            pos, s.hd / 2, 1e4, dqkv, variant));
+      ASSERT_TRUE(d::flash_attention_backward_into_qkv_cuda(
+          dout, x.q, x.k, x.v, fwd.out, fwd.lse, pos, s.hd / 2, 1e4, dqkv, Tensor(), variant));
       EXPECT_FALSE(fg::has_non_finite(dqkv));
       EXPECT_TRUE(close_rel(dqkv, reference, 1e-2));
     }
@@ -743,7 +743,9 @@ TEST(AttentionIntoQkvCuda, EveryTilingMatchesTheDefinition) {
 }
 
 // A check that could pass without the rotation would be no check: the same gradients
-// with positions one further along differ in the q and k columns (and only there).
+// with positions one further along differ in the q and k columns (and only there). A model
+// makes its positions' RoPE table once per forward and passes it to every layer
+// (ops::rope_table): the given table is the one read, with the bits of the table made inside.
 TEST(AttentionIntoQkvCuda, PositionsMatter) {
   FG_REQUIRE_GPU();
   const AttnShape s{1, 64, 2, 2, 64};
@@ -753,15 +755,24 @@ TEST(AttentionIntoQkvCuda, PositionsMatter) {
   Tensor dout = Tensor::randn(x.q.shape(), gen, DType::BF16, gpu);
   fg::ops::AttentionOut fwd = fg::ops::attention_forward(x.q, x.k, x.v);
   const Shape packed{s.T, (s.H + 2 * s.Hkv) * s.hd};
-  Tensor a = Tensor::empty(packed, DType::BF16, gpu), b = Tensor::empty(packed, DType::BF16, gpu);
-  fg::ops::attention_backward_into_qkv(dout, x.q, x.k, x.v, fwd.out, fwd.lse,
-                                       rope_positions(s, false, 0, gpu), 64, 1e4, a);
-  fg::ops::attention_backward_into_qkv(dout, x.q, x.k, x.v, fwd.out, fwd.lse,
-                                       rope_positions(s, false, 1, gpu), 64, 1e4, b);
+  const Tensor pos = rope_positions(s, false, 0, gpu), next = rope_positions(s, false, 1, gpu);
+  auto run = [&](const Tensor& positions, const Tensor& table) {
+    Tensor dqkv = Tensor::full(packed, NAN, DType::BF16, gpu);
+    fg::ops::attention_backward_into_qkv(dout, x.q, x.k, x.v, fwd.out, fwd.lse, positions, 64, 1e4,
+                                         dqkv, table);
+    return dqkv;
+  };
+  const Tensor a = run(pos, Tensor()), b = run(next, Tensor());
   const int64_t qk = (s.H + s.Hkv) * s.hd;
   EXPECT_GT(fg::max_abs_diff(a.slice(1, 0, s.H * s.hd), b.slice(1, 0, s.H * s.hd)), 1e-2);
   EXPECT_GT(fg::max_abs_diff(a.slice(1, s.H * s.hd, qk), b.slice(1, s.H * s.hd, qk)), 1e-2);
   EXPECT_EQ(fg::max_abs_diff(a.slice(1, qk, packed[1]), b.slice(1, qk, packed[1])), 0.0);
+
+  EXPECT_EQ(fg::max_abs_diff(run(pos, fg::ops::rope_table(pos, 64, 1e4)), a), 0.0);
+  EXPECT_EQ(fg::max_abs_diff(run(pos, fg::ops::rope_table(next, 64, 1e4)), b), 0.0);
+  EXPECT_FG_ERROR(run(pos, fg::ops::rope_table(pos, 32, 1e4)),
+                  "attention_backward_into_qkv: rope_table is (64, 32) but expected contiguous "
+                  "(64, 64) for positions (64,) and rotary_dim 64");
 }
 
 #endif  // FG_CUDA

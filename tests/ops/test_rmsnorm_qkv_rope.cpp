@@ -273,6 +273,11 @@ TEST(RMSNormQKVRoPE, ErrorsNameBothSides) {
                   "rmsnorm_qkv_rope: residual is (2, 4, 32) but x is (2, 5, 32)");
   EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(cfg, x, pos, Tensor(), nw, w, b),
                   "rmsnorm_qkv_rope: residual is undefined");
+  // The CPU rotates from the positions: it has no table, and takes none.
+  EXPECT_FALSE(fg::ops::rope_table(pos, 8, 1e4).defined());
+  EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(cfg, x, pos, res, nw, w, b, Tensor::zeros({5, 8})),
+                  "rmsnorm_qkv_rope: a rope_table was given for positions on cpu (the CPU rotates "
+                  "from the positions)");
   EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(cfg, x, pos, res, Tensor::ones({33}), w, b),
                   "rmsnorm_qkv_rope: norm_weight is (33,) but expected (32,)");
   EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(cfg, x, pos, res, nw, w, Tensor::zeros({63})),
@@ -491,6 +496,14 @@ void check_fused_cuda(const FusedCase& c, DType dtype, double tol) {
   EXPECT_TRUE(close_rel(out.v, ref.v, tol)) << "v";
   EXPECT_TRUE(close_rel(out.h, ref.h, tol)) << "h";
   EXPECT_TRUE(close_rel(out.rstd, ref.rstd, tol)) << "rstd";
+  // A table made once (ops::rope_table, as a model's forward makes it for every layer) gives
+  // the same bits as the one made inside.
+  const fg::ops::QKVRoPEOut shared =
+      rmsnorm_qkv_rope_forward(cfg, g.x, g.positions, g.residual, g.norm_weight, g.wqkv, g.bias,
+                               fg::ops::rope_table(g.positions, c.rotary, cfg.rope_theta));
+  EXPECT_EQ(shared.q.to_vector(), out.q.to_vector()) << "q, given table";
+  EXPECT_EQ(shared.k.to_vector(), out.k.to_vector()) << "k, given table";
+  EXPECT_EQ(shared.v.to_vector(), out.v.to_vector()) << "v, given table";
 
   // Backward on the GPU's own h and rstd; the CPU gets the same values.
   for (bool with_dh : {false, true}) {
@@ -584,6 +597,33 @@ INSTANTIATE_TEST_SUITE_P(
                       FusedCase{2, 70, 20, 4, 64, 32, true, true, false, 11}),    // D 1280, r hd/2
     case_name);
 
+// The Hopper projection reads the table it is given (a table of other positions rotates by
+// those), and a table that does not fit is an error naming it.
+TEST(RMSNormQKVRoPECudaErrors, GivenRopeTable) {
+  FG_REQUIRE_GPU();
+  FusedCase c{2, 33, 4, 4, 64, 64, true, true, false, 0};
+  const QKVRoPEConfig cfg = config_of(c);
+  FusedInputs g = make_inputs(c, DType::BF16, Device::cuda(0), 13);
+  FusedCase next = c;
+  next.offset += 1;
+  const Tensor later = positions_of(next, Device::cuda(0));
+  auto q_of = [&](const Tensor& positions, const Tensor& table) {
+    return rmsnorm_qkv_rope_forward(cfg, g.x, positions, g.residual, g.norm_weight, g.wqkv, g.bias,
+                                    table)
+        .q.to_vector();
+  };
+  const Tensor later_table = fg::ops::rope_table(later, c.rotary, cfg.rope_theta);
+  if (fg::ops::detail::gemm_hopper_available()) {
+    EXPECT_EQ(q_of(g.positions, later_table), q_of(later, Tensor()));
+    EXPECT_NE(q_of(g.positions, later_table), q_of(g.positions, Tensor()));
+  }
+  EXPECT_FG_ERROR(q_of(g.positions, fg::ops::rope_table(g.positions, 32, cfg.rope_theta)),
+                  "rmsnorm_qkv_rope: rope_table is (33, 32) but expected contiguous (33, 64) for "
+                  "positions (33,) and rotary_dim 64");
+  EXPECT_FG_ERROR(q_of(g.positions, later_table.to(fg::DType::F64)),
+                  "rmsnorm_qkv_rope: rope_table is f64 but expected f32");
+}
+
 TEST(RMSNormQKVRoPECudaErrors, PositionsOnTheWrongDevice) {
   FG_REQUIRE_GPU();
   FusedCase c{1, 3, 2, 1, 6, 6, true, false, false, 0};
@@ -617,7 +657,7 @@ TEST(RMSNormQKVRoPEHopper, EveryScheduleProjectsTheSameBits) {
       out.k = Tensor::full({c.B, c.T, c.Hkv, c.hd}, NAN, DType::BF16, Device::cuda(0));
       out.v = Tensor::full({c.B, c.T, c.Hkv, c.hd}, NAN, DType::BF16, Device::cuda(0));
       ASSERT_TRUE(fg::ops::detail::qkv_rope_projection_cuda(cfg, n, g.wqkv, g.bias, g.positions,
-                                                            c.T, out, schedule));
+                                                            Tensor(), c.T, out, schedule));
       const std::vector<std::vector<double>> got = {out.q.to_vector(), out.k.to_vector(),
                                                     out.v.to_vector()};
       for (const auto& t : got)
