@@ -1240,15 +1240,22 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 // reductions. Two consumer warpgroups own 64 keys each: S^T = K Q^T and dP^T = V dO^T (both
 // operands from shared memory); P^T and dS^T in registers as the A operands of dV += P^T dO
 // and dK += dS^T Q; dS^T to shared memory (double-buffered, so a consumer may run a tile
-// ahead), and after one 256-thread barrier consumer c computes dQ's column half c = dS K
-// over all 128 keys and stages it for the reduction. No atomics; the copy engine adds
-// whole boxes (at hd 128, T = 4096: 428 TFLOP/s against 378 with float4 atomics from the
-// consumers, bench/RESULTS.md).
+// ahead). dQ = dS K over all 128 keys needs both consumers' dS^T rows. At hd 128, after one
+// 256-thread barrier, consumer c computes dQ's column half c and stages it for the
+// reduction. At hd 64 the tile's whole dQ is one consumer's (even tiles consumer 0's, odd
+// ones consumer 1's), which waits on an mbarrier for the other's dS^T rows while the other
+// goes on to its next tile: no barrier holds the two in step, so one's softmax can run
+// under the other's products (hd 128's consumers have no registers for a whole dQ tile).
+// No atomics; the copy engine adds whole boxes (at hd 128, T = 4096: 428 TFLOP/s against
+// 378 with float4 atomics from the consumers, bench/RESULTS.md).
 
 template <int kHeadDim_>
 struct HopperWsBwdTraits {
   static constexpr bool kWarpSpecialized = true;
-  static constexpr int kHeadDim = kHeadDim_, kStages = 2;
+  // Q / dO stages: at hd 64 a third lets one consumer run a tile ahead of the other without
+  // holding the producer back (bench_attention: +1 % over two); hd 128 has shared memory
+  // for two.
+  static constexpr int kHeadDim = kHeadDim_, kStages = kHeadDim == 64 ? 3 : 2;
   static constexpr int kThreads = 384, kBlockN = 128, kBlockM = 64;  // producer + 2 consumers
   // Below 40 registers the producer spills.
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
@@ -1258,11 +1265,14 @@ struct HopperWsBwdTraits {
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // Q, dO (per stage each)
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dS^T (two buffers)
   static constexpr int kStatBytes = kBlockM * 4;           // lse, D (per stage each)
-  static constexpr int kDqBytes = kBlockM * kHeadDim / 2 * 4;  // f32 dQ half, per consumer
-  static constexpr int kDqOffset =
-      2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kStages * kStatBytes;
+  static constexpr bool kDqWhole = kHeadDim == 64;         // a tile's dQ one consumer's (above)
+  static constexpr int kDqCols = kDqWhole ? kHeadDim : kHeadDim / 2;  // per consumer
+  static constexpr int kDqBytes = kBlockM * kDqCols * 4;              // f32, per consumer
+  static constexpr int kDqOffset =  // 1024-aligned: the boxes' 128-byte swizzle
+      (2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kStages * kStatBytes + 1023) /
+      1024 * 1024;
   static constexpr int kBarrierOffset = kDqOffset + 2 * kDqBytes;
-  static constexpr int kSmemBytes = kBarrierOffset + (5 + 2 * kStages) * 8 + 1024;  // + align
+  static constexpr int kSmemBytes = kBarrierOffset + (9 + 2 * kStages) * 8 + 1024;  // + align
   // A query tile's stage is full after the producer thread's two arrive.expect_tx (Q, dO)
   // and its warp's 32 cp.async arrivals (lse, D).
   static constexpr int kFullArrivals = 2 + 32;
@@ -1279,7 +1289,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
   constexpr int kHd = Tr::kHeadDim, kBn = Tr::kBlockN, kBm = Tr::kBlockM;
   constexpr int kStages = Tr::kStages;
   constexpr int kQt = kBm / 8;  // query n8 tiles of S^T
-  constexpr int kDt = kHd / 8;  // dK / dV n8 tiles (dQ: half of them per consumer)
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_k = (smem_addr(smem) + 1023) & ~1023u;
   const uint32_t s_v = s_k + Tr::kKVBytes, s_q = s_v + Tr::kKVBytes;
@@ -1291,8 +1300,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
   uint64_t* full_kv = reinterpret_cast<uint64_t*>(base + Tr::kBarrierOffset);
   uint64_t* full = full_kv + 1;
   uint64_t* empty = full + kStages;
-  uint64_t* dq_full = empty + kStages;        // per consumer: its dQ half is in s_dq
-  uint64_t* dq_empty = dq_full + 2;           // ... and was read by the copy engine
+  uint64_t* dq_full = empty + kStages;        // per consumer: its dQ columns are in s_dq
+  uint64_t* dq_empty = dq_full + 2;           // ... and were read by the copy engine
+  uint64_t* ds_full = dq_empty + 2;           // kDqWhole, per dS^T buffer: both halves in
+  uint64_t* ds_empty = ds_full + 2;           // ... and the tile's dQ products read them
   const uint32_t s_dq = s_k + Tr::kDqOffset;  // per consumer, 32-column boxes (128-byte swizzle)
   const int wg = threadIdx.x / 128, warp = threadIdx.x / kWarpSize % 4, lane = threadIdx.x % 32;
   const BlockTile<true> tile(d, kBn, d.kv_heads);
@@ -1314,6 +1325,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
     for (int c = 0; c < 2; ++c) {
       hopper::mbar_init(&dq_full[c], 128);  // every thread of the consumer
       hopper::mbar_init(&dq_empty[c], 1);
+      hopper::mbar_init(&ds_full[c], 8);   // every consumer warp
+      hopper::mbar_init(&ds_empty[c], 4);  // the dQ consumer's warps
     }
     hopper::fence_mbar_init();
   }
@@ -1325,12 +1338,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
       for (int it = 0; it < iters; ++it) {
         int h, m0;
         tile_of(it, h, m0);
-        for (int c = 0; c < 2; ++c) {
-          hopper::mbar_wait(&dq_full[c], it & 1);
+        // The consumers with dQ columns of this tile, and the how-manieth such tile it is.
+        const int c0 = Tr::kDqWhole ? it & 1 : 0, c1 = Tr::kDqWhole ? c0 : 1;
+        const int use = Tr::kDqWhole ? it >> 1 : it;
+        for (int c = c0; c <= c1; ++c) {
+          hopper::mbar_wait(&dq_full[c], use & 1);
 #pragma unroll
-          for (int box = 0; box < kHd / 64; ++box)  // 32 f32 columns (128 bytes) each
+          for (int box = 0; box < Tr::kDqCols / 32; ++box)  // 32 f32 columns (128 bytes) each
             hopper::tma_reduce_add_3d(&dq_map, s_dq + c * Tr::kDqBytes + box * kBm * 128,
-                                      h * kHd + c * (kHd / 2) + box * 32, m0, b);
+                                      h * kHd + (c - c0) * Tr::kDqCols + box * 32, m0, b);
           asm volatile("cp.async.bulk.commit_group;" ::: "memory");
           asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
           hopper::mbar_arrive(&dq_empty[c]);
@@ -1371,15 +1387,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tr::kConsumerRegs));
-  // consumer: keys cw * 64.. of the block, dQ columns cw * kHd / 2.. (through a shuffle,
-  // which ptxas sees as uniform, so a branch on cw does not serialize the wgmmas)
+  // consumer: keys cw * 64.. of the block; the dQ of every other tile (kDqWhole) or dQ
+  // columns cw * kHd / 2.. of every tile (through a shuffle, which ptxas sees as uniform,
+  // so a branch on cw does not serialize the wgmmas)
   const int cw = __shfl_sync(0xffffffffu, wg, 0) - 1;
   const int quad_row = lane / 4, quad_col = lane % 4 * 2;
   const int key_row = cw * 64 + warp * 16 + quad_row;  // the lane's first key in the tile
-  constexpr int kHalf = kHd / 4;  // floats of a thread's dQ half
+  constexpr int kDqRegs = kBm * Tr::kDqCols / 128;     // floats of a thread's dQ
   // This consumer's dQ columns of K (N-major B: 64-column chunks kBn * 128 bytes apart).
-  const uint32_t s_k_half = s_k + (cw * kHd / 2) / 64 * (kBn * 128) + (cw * kHd / 2) % 64 * 2;
-  float dq[kHalf];
+  const int dq_col0 = Tr::kDqWhole ? 0 : cw * kHd / 2;
+  const uint32_t s_k_dq = s_k + dq_col0 / 64 * (kBn * 128) + dq_col0 % 64 * 2;
+  float dq[kDqRegs];
 
   float dk_acc[kHd / 2], dv_acc[kHd / 2];
 #pragma unroll
@@ -1463,7 +1481,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
     }
 
     // dS^T (this consumer's 64 keys) into its rows of the tile's buffer, in the wgmma
-    // layout (one 64-query chunk: piece j of row r at j ^ (r % 8)).
+    // layout (one 64-query chunk: piece j of row r at j ^ (r % 8)). kDqWhole: once the
+    // dQ products of the tile two back have read the buffer.
+    const int ds_use = it >> 1;  // the buffer's how-manieth tile
+    if (Tr::kDqWhole && it >= 2) hopper::mbar_wait(&ds_empty[it & 1], (ds_use - 1) & 1);
 #pragma unroll
     for (int kk = 0; kk < kBm / 16; ++kk)
 #pragma unroll
@@ -1473,29 +1494,43 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_attention_backward_ws_k
                       ds_frag[kk][r]);
       }
     fence_proxy_async();
-    hopper::named_sync(1, 256);  // both consumers' dS^T
+    if constexpr (Tr::kDqWhole) {
+      hopper::mbar_arrive_warp(&ds_full[it & 1]);
+      if ((it & 1) != cw) {  // the other consumer makes this tile's dQ
+        wgmma_wait<0>();
+        pin(dk_acc);
+        pin(dv_acc);
+        hopper::mbar_arrive_warp(&empty[stage]);  // Q, dO, lse, D of the stage are read
+        continue;
+      }
+      hopper::mbar_wait(&ds_full[it & 1], ds_use & 1);  // the other consumer's dS^T rows
+    } else {
+      hopper::named_sync(1, 256);  // both consumers' dS^T
+    }
 
-    // dQ (64 queries, this consumer's kHd / 2 columns) = dS K over all 128 keys.
+    // dQ (64 queries, this consumer's kDqCols columns) = dS K over all 128 keys.
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i) dq[i] = 0.f;
+    for (int i = 0; i < kDqRegs; ++i) dq[i] = 0.f;
     pin(dq);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBn / 16; ++kk)
-      wgmma_ss<kHd / 2, 1, 1>(dq, wgmma_desc(s_dsb + kk * 2048, 1024, 1024),
-                              wgmma_desc(s_k_half + kk * 2048, kBn * 128, 1024));
+      wgmma_ss<Tr::kDqCols, 1, 1>(dq, wgmma_desc(s_dsb + kk * 2048, 1024, 1024),
+                                  wgmma_desc(s_k_dq + kk * 2048, kBn * 128, 1024));
     wgmma_commit();
     wgmma_wait<0>();
     pin(dq);
     pin(dk_acc);
     pin(dv_acc);
+    if constexpr (Tr::kDqWhole) hopper::mbar_arrive_warp(&ds_empty[it & 1]);
     hopper::mbar_arrive_warp(&empty[stage]);  // Q, dO, lse, D of the stage are read
-    // dQ into this consumer's boxes once the copy engine has read the last tile's: element
+    // dQ into this consumer's boxes once the copy engine has read its last tile's: element
     // (row, col) of box col / 32 at row * 128 + 16-byte piece (col % 32 / 4) ^ (row % 8).
-    if (it > 0) hopper::mbar_wait(&dq_empty[cw], (it - 1) & 1);
+    const int dq_use = Tr::kDqWhole ? it >> 1 : it;  // this consumer's how-manieth dQ
+    if (dq_use > 0) hopper::mbar_wait(&dq_empty[cw], (dq_use - 1) & 1);
     const uint32_t dq_box = s_dq + cw * Tr::kDqBytes;
 #pragma unroll
-    for (int t = 0; t < kDt / 2; ++t)
+    for (int t = 0; t < Tr::kDqCols / 8; ++t)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int row = warp * 16 + quad_row + hf * 8, col = (t % 4) * 8 + quad_col;
