@@ -597,6 +597,16 @@ INSTANTIATE_TEST_SUITE_P(
                       FusedCase{2, 70, 20, 4, 64, 32, true, true, false, 11}),    // D 1280, r hd/2
     case_name);
 
+TEST(RMSNormQKVRoPECudaErrors, PositionsOnTheWrongDevice) {
+  FG_REQUIRE_GPU();
+  FusedCase c{1, 3, 2, 1, 6, 6, true, false, false, 0};
+  FusedInputs g = make_inputs(c, DType::F32, Device::cuda(0), 9);
+  EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(config_of(c), g.x, g.positions.to(Device::cpu()),
+                                           g.residual, g.norm_weight, g.wqkv, g.bias),
+                  "rmsnorm_qkv_rope: positions is on cpu but the activations are on cuda:0");
+}
+
+#ifdef FG_CUDA
 // The Hopper projection reads the table it is given (a table of other positions rotates by
 // those), and a table that does not fit is an error naming it.
 TEST(RMSNormQKVRoPECudaErrors, GivenRopeTable) {
@@ -624,16 +634,6 @@ TEST(RMSNormQKVRoPECudaErrors, GivenRopeTable) {
                   "rmsnorm_qkv_rope: rope_table is f64 but expected f32");
 }
 
-TEST(RMSNormQKVRoPECudaErrors, PositionsOnTheWrongDevice) {
-  FG_REQUIRE_GPU();
-  FusedCase c{1, 3, 2, 1, 6, 6, true, false, false, 0};
-  FusedInputs g = make_inputs(c, DType::F32, Device::cuda(0), 9);
-  EXPECT_FG_ERROR(rmsnorm_qkv_rope_forward(config_of(c), g.x, g.positions.to(Device::cpu()),
-                                           g.residual, g.norm_weight, g.wqkv, g.bias),
-                  "rmsnorm_qkv_rope: positions is on cpu but the activations are on cuda:0");
-}
-
-#ifdef FG_CUDA
 // The Hopper projection (bias + RoPE in the GEMM's epilogue) gives the same bits in every GEMM
 // schedule: each output is the same sequence of fp32 wgmma sums whichever warpgroup, block or
 // cluster computes it. The forward runs one schedule per hidden size (Bf16MatchesCpu checks
