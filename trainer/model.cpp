@@ -107,8 +107,11 @@ GPT::Hidden GPT::forward(const std::vector<Variable>& p, const std::vector<Tenso
            cfg_.max_seq_len);
   Tensor idx = idx_in.device() == device_ ? idx_in : idx_in.to(device_);
   Tensor positions = Tensor::arange(T, DType::I32, device_);
-  // Every layer's projection and attention backward read the same RoPE table: made once.
-  const Tensor rope_table = ops::rope_table(positions, cfg_.rope_dim(), cfg_.rope_theta);
+  // Every layer's projection and attention backward read the same RoPE table: made once
+  // (the one-node layer below takes it; under --recompute attn each layer makes its own).
+  const Tensor rope_table = recompute == Recompute::Attn
+                                ? Tensor()
+                                : ops::rope_table(positions, cfg_.rope_dim(), cfg_.rope_theta);
 
   ops::QKVRoPEConfig qcfg;
   qcfg.hidden_dim = D;
