@@ -11,6 +11,7 @@
 // --out FILE writes it too, shape by shape (a hang leaves the shapes before it).
 //   bench_gemm [--out FILE] [--commit HASH] [--reps N] [--warmup N] [--bias]
 //              [--schedules cooperative,pingpong,...] [--b-layout nk|kn]
+//              [--operands randn|weights|zeros]
 #include <cuda_runtime.h>
 
 #include <CLI/CLI.hpp>
@@ -112,6 +113,15 @@ int main(int argc, char** argv) {
   app.add_option("--schedules", schedule_names, "the Hopper GEMM's schedules to time")
       ->delimiter(',')
       ->capture_default_str();
+  // At the power limit a GEMM's clock depends on how many bits its operands toggle, so the
+  // operands decide which kernel's limit is measured: zeros leave the pipelines' own.
+  std::string operands = "randn";
+  app.add_option("--operands", operands,
+                 "randn: a ~ N(0, 1), b ~ N(0, 1/K); weights: b ~ N(0, 0.02^2), as a model's "
+                 "initial weights; zeros: both zero (no bits toggle: each kernel at its own "
+                 "pipeline limit, not the power limit)")
+      ->check(CLI::IsMember({"randn", "weights", "zeros"}))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -156,8 +166,8 @@ int main(int argc, char** argv) {
     std::ostringstream head;
     head << "# bf16 GEMM: Hopper kernel vs cuBLASLt\n\n"
          << "GPU: " << prop.name << ", commit " << commit << ", " << date
-         << ". c = a (M, K) @ b^T, " << (kn ? "b^T given as (K, N)" : "b (N, K)")
-         << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median "
+         << ". c = a (M, K) @ b^T, " << (kn ? "b^T given as (K, N)" : "b (N, K)") << ", operands "
+         << operands << (with_bias ? " + bias" : "") << ", bf16 in and out, fp32 sums. Median "
          << "of " << reps << " calls (CUDA events) after " << warmup << ", cuBLASLt and every "
          << "schedule interleaved call by call; operands rotate over "
          << "copies totalling at least " << rotate_bytes / (1 << 20) << " MB (2x L2). cuBLASLt "
@@ -176,10 +186,16 @@ int main(int argc, char** argv) {
           static_cast<int>(std::max<int64_t>(1, (rotate_bytes + set_bytes - 1) / set_bytes));
       fg::Generator gen(42);
       std::vector<Tensor> a(sets), b(sets);
+      const fg::Shape b_shape = kn ? fg::Shape{s.K, s.N} : fg::Shape{s.N, s.K};
+      const double b_std = operands == "weights" ? 0.02 : 1.0 / std::sqrt(s.K);
       for (int i = 0; i < sets; ++i) {
+        if (operands == "zeros") {
+          a[i] = Tensor::zeros({s.M, s.K}, DType::BF16, gpu);
+          b[i] = Tensor::zeros(b_shape, DType::BF16, gpu);
+          continue;
+        }
         a[i] = Tensor::randn({s.M, s.K}, gen, DType::BF16, gpu);
-        b[i] = Tensor::randn(kn ? fg::Shape{s.K, s.N} : fg::Shape{s.N, s.K}, gen, DType::BF16, gpu,
-                             0.0, 1.0 / std::sqrt(s.K));
+        b[i] = Tensor::randn(b_shape, gen, DType::BF16, gpu, 0.0, b_std);
       }
       const Tensor bias = with_bias ? Tensor::randn({s.N}, gen, DType::BF16, gpu) : Tensor();
       const Tensor c_ours = Tensor::empty({s.M, s.N}, DType::BF16, gpu);
