@@ -227,11 +227,12 @@ TEST_P(GateUpSwigluCuda, FusedMatchesCpu) {
   EXPECT_EQ(fg::max_abs_diff(r.gu.reshape({c.rows, 2 * c.f}), gu), 0.0);
 }
 
-// K = 4096 (64 k tiles) with F ending mid-tile is the second last; the last gives each
-// consumer of most blocks several tiles (the epilogues' buffers and barriers reused).
-constexpr GateUpCase kMlpShapes[] = {{1, 64, 64},      {67, 72, 192},    {300, 768, 200},
-                                     {5, 64, 8},       {129, 768, 2048}, {1000, 384, 1024},
-                                     {200, 4096, 584}, {5000, 256, 1000}};
+// K = 4096 (64 k tiles) with F ending mid-tile is the third last; the last two give each
+// consumer several tiles (the epilogues' buffers and barriers reused): the last 4-8 in every
+// block (8448 rows are 132 row tiles of 64, by 8 or 16 column tiles of 256).
+constexpr GateUpCase kMlpShapes[] = {{1, 64, 64},      {67, 72, 192},     {300, 768, 200},
+                                     {5, 64, 8},       {129, 768, 2048},  {1000, 384, 1024},
+                                     {200, 4096, 584}, {5000, 256, 1000}, {8448, 64, 2048}};
 
 std::string mlp_case_name(const ::testing::TestParamInfo<GateUpCase>& info) {
   const GateUpCase& c = info.param;
