@@ -214,6 +214,17 @@ void launch_backward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) {
   FG_CUDA_CHECK(cudaGetLastError());
 }
 
+// The schedule of the SwiGLU products (the gate/up forward and the down projection's
+// backward). At K <= kMulticastMaxK ping-pong, so one consumer's SwiGLU epilogue runs under the
+// other's products. Past it (the seed's K = 4096) cooperative: its epilogue is exposed (~2 % of
+// a 64-k-tile product), but its 128 x 256 tiles draw 0.0114 bytes of operands per FLOP from L2
+// against ping-pong's 0.0195, and at the power limit that buys clock for the whole step
+// (bench/RESULTS.md, session 28: seed step 48.18 -> 47.54 ms, cuBLASLt's products faster too;
+// the QKV and LM-head epilogues, heavier, lost more than they gained there and stay ping-pong).
+bool swiglu_cooperative(int64_t K) {
+  return K > kMulticastMaxK;
+}
+
 }  // namespace
 
 bool gate_up_swiglu_cuda_takes(const Tensor& x, const Tensor& w) {
@@ -232,10 +243,14 @@ bool gate_up_swiglu_cuda(const Tensor& x, const Tensor& w, const Tensor& gu, con
   };
   const SwiGLUStore epi{half_map(gu.data<bf16>()), half_map(gu.data<bf16>() + f),
                         hopper::kmajor_map(out.data<bf16>(), rows, f, f, hopper::kStoreBox)};
-  // Ping-pong: one consumer's epilogue (SwiGLU, its stores) runs under the other's products.
-  hopper::launch_gemm_tn_pingpong(x.data<bf16>(), D, w.data<bf16>(), D, static_cast<int>(rows),
-                                  static_cast<int>(2 * f), static_cast<int>(D), epi, cuda::stream(),
-                                  /*paired_halves=*/true);
+  if (swiglu_cooperative(D))
+    hopper::launch_gemm_tn<GemmSchedule::kCooperative>(
+        x.data<bf16>(), D, w.data<bf16>(), D, static_cast<int>(rows), static_cast<int>(2 * f),
+        static_cast<int>(D), epi, cuda::stream(), /*paired_halves=*/true);
+  else
+    hopper::launch_gemm_tn_pingpong(x.data<bf16>(), D, w.data<bf16>(), D, static_cast<int>(rows),
+                                    static_cast<int>(2 * f), static_cast<int>(D), epi,
+                                    cuda::stream(), /*paired_halves=*/true);
   return true;
 }
 
@@ -254,11 +269,15 @@ bool swiglu_down_backward_cuda(const Tensor& dy, const Tensor& w, const Tensor& 
   const SwiGLUBackwardStore epi{half_map(gu.data<bf16>()), half_map(gu.data<bf16>() + f),
                                 half_map(dgu.data<bf16>()), half_map(dgu.data<bf16>() + f),
                                 static_cast<int>(f)};
-  // Ping-pong: one consumer's epilogue (gu's loads, SwiGLU's backward, the stores) runs under
-  // the other's products.
-  hopper::launch_gemm_tn<GemmSchedule::kPingPong, BLayout::kKN>(
-      dy.data<bf16>(), D, w.data<bf16>(), f, static_cast<int>(rows), static_cast<int>(f),
-      static_cast<int>(D), epi, cuda::stream());
+  const auto run = [&]<GemmSchedule kSchedule>() {
+    hopper::launch_gemm_tn<kSchedule, BLayout::kKN>(dy.data<bf16>(), D, w.data<bf16>(), f,
+                                                    static_cast<int>(rows), static_cast<int>(f),
+                                                    static_cast<int>(D), epi, cuda::stream());
+  };
+  if (swiglu_cooperative(D))
+    run.template operator()<GemmSchedule::kCooperative>();
+  else
+    run.template operator()<GemmSchedule::kPingPong>();  // a kKN B: one-CTA ping-pong
   return true;
 }
 

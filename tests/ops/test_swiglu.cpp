@@ -227,12 +227,14 @@ TEST_P(GateUpSwigluCuda, FusedMatchesCpu) {
   EXPECT_EQ(fg::max_abs_diff(r.gu.reshape({c.rows, 2 * c.f}), gu), 0.0);
 }
 
-// K = 4096 (64 k tiles) with F ending mid-tile is the third last; the last two give each
-// consumer several tiles (the epilogues' buffers and barriers reused): the last 4-8 in every
-// block (8448 rows are 132 row tiles of 64, by 8 or 16 column tiles of 256).
-constexpr GateUpCase kMlpShapes[] = {{1, 64, 64},      {67, 72, 192},     {300, 768, 200},
-                                     {5, 64, 8},       {129, 768, 2048},  {1000, 384, 1024},
-                                     {200, 4096, 584}, {5000, 256, 1000}, {8448, 64, 2048}};
+// K = 4096 (64 k tiles) with F ending mid-tile is {200, 4096, 584}; {5000, 256, 1000} and
+// {8448, 64, 2048} give each consumer several tiles (the epilogues' buffers and barriers reused):
+// 4-8 in every block (8448 rows are 132 row tiles of 64, by 8 or 16 column tiles of 256). K past
+// kMulticastMaxK runs the cooperative schedule: 4096, and the last, 1032 (17 k tiles, the last 8
+// wide) with F ending mid-box and every block walking 2-4 of its 128 x 256 tiles.
+constexpr GateUpCase kMlpShapes[] = {
+    {1, 64, 64},       {67, 72, 192},    {300, 768, 200},   {5, 64, 8},       {129, 768, 2048},
+    {1000, 384, 1024}, {200, 4096, 584}, {5000, 256, 1000}, {8448, 64, 2048}, {4224, 1032, 2000}};
 
 std::string mlp_case_name(const ::testing::TestParamInfo<GateUpCase>& info) {
   const GateUpCase& c = info.param;
